@@ -1,0 +1,49 @@
+"""Hot reads kept in the node: which users exist, who is in which group.
+
+Users are never deleted, so a user id once seen stays valid: that set needs no
+invalidation. Group membership changes on join; the joining node drops its
+entry and tells every other node through the bus to drop theirs, so a member
+is missed at most for the time an invalidation takes to cross the bus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class Cache:
+    def __init__(self, max_groups: int = 100_000) -> None:
+        self._users: set[int] = set()
+        self._members: dict[int, tuple[int, ...]] = {}
+        self._max_groups = max_groups
+        # bumped by every invalidation: a load that an invalidation overtook
+        # (the load yields on the database) is used once but not kept
+        self._epoch = 0
+
+    def user_exists(self, user_id: int, load: Callable[[int], bool]) -> bool:
+        if user_id in self._users:
+            return True
+        if load(user_id):
+            self._users.add(user_id)
+            return True
+        return False
+
+    def known_user(self, user_id: int) -> None:
+        self._users.add(user_id)
+
+    def members(self, group_id: int, load: Callable[[int], list[int]]) -> tuple[int, ...]:
+        """The member ids of a group, empty for a group that does not exist
+        (every group has at least its creator)."""
+        cached = self._members.get(group_id)
+        if cached is None:
+            epoch = self._epoch
+            cached = tuple(load(group_id))
+            if cached and epoch == self._epoch:  # a missing group is not remembered: it may be created next
+                if len(self._members) >= self._max_groups:
+                    self._members.pop(next(iter(self._members)))
+                self._members[group_id] = cached
+        return cached
+
+    def invalidate_group(self, group_id: int) -> None:
+        self._epoch += 1
+        self._members.pop(group_id, None)

@@ -1,0 +1,73 @@
+"""Entry points. gevent's monkey patching comes first, before anything
+imports socket, threading or the database drivers."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+
+from gchat import config  # noqa: E402
+
+log = logging.getLogger("gchat")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        # alembic narrates every plugin it loads; the node logs the migration itself
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gchat-server",
+        description="A gchat chat node. With no flags: one node on SQLite (gchat.db here) "
+        "with an in-process bus. Every flag has a GCHAT_* environment variable.",
+    )
+    config.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        settings = config.from_sources(args)
+    except ValueError as e:
+        parser.error(str(e))
+    setup_logging(settings.log_level)
+
+    from gchat import app as app_module
+    from gchat.schema import SchemaBehind
+
+    try:
+        app = app_module.build(settings)
+    except SchemaBehind as e:
+        print(f"gchat-server: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a store that cannot be reached: one clear line, not a traceback
+        log.debug("start-up failed", exc_info=True)
+        print(f"gchat-server: cannot start: {e.__class__.__name__}: {e}", file=sys.stderr)
+        return 1
+    try:
+        app.start()
+    except OSError as e:
+        print(f"gchat-server: cannot listen on {settings.bind}: {e}", file=sys.stderr)
+        return 1
+
+    stop = gevent.event.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(sig, stop.set)
+    stop.wait()
+    log.info("signal received, shutting down")
+    app.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(server_main())

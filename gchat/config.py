@@ -1,0 +1,147 @@
+"""One frozen `Settings` object: command-line flag, then `GCHAT_*` environment
+variable, then default. Built once at start-up and passed down; nothing else
+in gchat reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from gchat.protocol import Limits
+
+
+def _opt(default: Any, help: str, *, flag: bool = True) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class Settings:
+    bind: str = _opt("0.0.0.0:6000", "HOST:PORT to listen on")
+    database_url: str = _opt(
+        "sqlite:///gchat.db",
+        "SQLAlchemy URL of the store; mysql://USER:PASS@HOST/DB uses PyMySQL",
+    )
+    redis_url: str = _opt("", "redis://HOST:PORT/DB of the cluster bus; empty = single node, in-process bus")
+    node_id: str = _opt("", "this node's name in the cluster (default: HOSTNAME:PORT)")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    # database
+    pool_size: int = _opt(10, "database connection pool size")
+    pool_overflow: int = _opt(10, "connections allowed beyond the pool under bursts")
+    db_timeout: float = _opt(5.0, "seconds to wait for the database (connect, read, pool) before errno 11")
+
+    # passwords: argon2id, the OWASP minimum profile by default (19 MiB, t=2)
+    hash_time_cost: int = _opt(2, "argon2id iterations")
+    hash_memory_kib: int = _opt(19456, "argon2id memory in KiB")
+
+    # protocol limits (PROTOCOL.md part B)
+    frame_max: int = _opt(Limits.frame_max, "largest frame in bytes")
+    msg_max: int = _opt(Limits.msg_max, "longest chat message in characters")
+    name_max: int = _opt(Limits.name_max, "longest user or group name")
+    desc_max: int = _opt(Limits.desc_max, "longest group description")
+    password_max: int = _opt(Limits.password_max, "longest password")
+    login_timeout: float = _opt(30.0, "seconds a connection may stay without logging in")
+
+    # connections
+    max_connections: int = _opt(100_000, "connections served at once (gevent pool size)")
+    max_per_ip: int = _opt(0, "connections per client address; 0 = no limit")
+    outbox_max_messages: int = _opt(10_000, "messages queued for one slow reader before it is cut off")
+    outbox_max_bytes: int = _opt(8 * 1024 * 1024, "bytes queued for one slow reader before it is cut off")
+    rate: float = _opt(0.0, "requests per second per connection; 0 = no limit")
+    rate_burst: int = _opt(200, "requests a connection may send at once above the rate")
+    keepalive_idle: int = _opt(60, "TCP keepalive: idle seconds before the first probe")
+    keepalive_interval: int = _opt(10, "TCP keepalive: seconds between probes")
+    keepalive_count: int = _opt(3, "TCP keepalive: unanswered probes before the peer is dead")
+
+    # cluster presence
+    heartbeat_interval: float = _opt(2.0, "seconds between this node's heartbeats")
+    node_ttl: float = _opt(10.0, "seconds after its last heartbeat that a silent node counts as dead")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            frame_max=self.frame_max,
+            msg_max=self.msg_max,
+            name_max=self.name_max,
+            desc_max=self.desc_max,
+            password_max=self.password_max,
+        )
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0] or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+    @property
+    def node(self) -> str:
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL with a driver SQLAlchemy can use under gevent: plain
+        mysql:// would pick mysqlclient (C, blocks the whole node); PyMySQL is
+        pure Python and yields on the patched socket."""
+        url = self.database_url
+        for prefix in ("mysql://", "mariadb://", "mariadb+pymysql://"):
+            if url.startswith(prefix):
+                url = "mysql+pymysql://" + url[len(prefix) :]
+        if url.startswith("mysql+pymysql://") and "charset=" not in url:
+            url += ("&" if "?" in url else "?") + "charset=utf8mb4"
+        return url
+
+
+def _env_name(name: str) -> str:
+    return "GCHAT_" + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """Add a --flag for each setting (or for `names` only), documenting its
+    environment variable and default."""
+    for f in fields(Settings):
+        if names is not None and f.name not in names:
+            continue
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} (env {_env_name(f.name)}; default {f.default!r})",
+        )
+
+
+def from_sources(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Flag, then GCHAT_* variable, then default; values converted to the
+    field's type. Raises ValueError naming the setting on a bad value."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = environ.get(_env_name(f.name))
+        if raw is None:
+            continue
+        kind = type(f.default)
+        try:
+            values[f.name] = kind(raw) if kind is not str else raw
+        except ValueError:
+            raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from None
+    settings = Settings(**values)
+    try:
+        settings.port
+    except ValueError:
+        raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT") from None
+    return settings
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, **changes)

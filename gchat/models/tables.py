@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gchat.models.base import MYSQL_TABLE_ARGS, Base
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (its rowid); BIGINT there
+# would need explicit ids.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+# A stored message is the delivered JSON text: up to 8,000 characters that may
+# escape to several bytes each, past TEXT's 64 KiB on MySQL.
+MessageText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class User(Base):
+    __tablename__ = "user"
+    __table_args__ = MYSQL_TABLE_ARGS
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    # an argon2id hash in PHC format, never the password itself
+    password: Mapped[str] = mapped_column(String(255))
+    # Mirrors presence for operators and the login ack; the truth across nodes
+    # lives in the presence store (see gchat/presence.py).
+    state: Mapped[str] = mapped_column(
+        Enum("online", "offline", name="user_state"), default="offline", server_default="offline"
+    )
+
+
+class Friend(Base):
+    """One direction, as in the original: `friendid` is in `userid`'s list."""
+
+    __tablename__ = "friend"
+    __table_args__ = MYSQL_TABLE_ARGS
+
+    userid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+    friendid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+
+
+class AllGroup(Base):
+    __tablename__ = "allgroup"
+    __table_args__ = MYSQL_TABLE_ARGS
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    groupname: Mapped[str] = mapped_column(String(50), unique=True)
+    groupdesc: Mapped[str] = mapped_column(String(200), default="", server_default="")
+
+
+class GroupUser(Base):
+    __tablename__ = "groupuser"
+    __table_args__ = (Index(None, "userid"), MYSQL_TABLE_ARGS)
+
+    groupid: Mapped[int] = mapped_column(ForeignKey("allgroup.id", ondelete="CASCADE"), primary_key=True)
+    userid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+    grouprole: Mapped[str] = mapped_column(Enum("creator", "normal", name="group_role"))
+
+
+class OfflineMessage(Base):
+    __tablename__ = "offlinemessage"
+    __table_args__ = (Index(None, "userid", "id"), MYSQL_TABLE_ARGS)
+
+    # ordered key: stored messages come back oldest first
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    userid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
+    message: Mapped[str] = mapped_column(MessageText)

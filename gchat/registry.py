@@ -1,0 +1,48 @@
+"""Who is connected to this node: user id -> the peer that holds the session.
+
+Plain dict work between I/O calls, so no lock: greenlets switch only at I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Peer(Protocol):
+    """What the service layer sees of a connection: never the socket."""
+
+    user_id: int | None
+    user_name: str
+
+    def push(self, body: bytes) -> None:
+        """Queue a delivered chat message (JSON text, no terminator)."""
+
+    def close(self, reason: str) -> None: ...
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._peers: dict[int, Peer] = {}
+
+    def bind(self, user_id: int, peer: Peer) -> bool:
+        """Bind the user to the peer; False if another peer holds it here."""
+        held = self._peers.get(user_id)
+        if held is not None and held is not peer:
+            return False
+        self._peers[user_id] = peer
+        return True
+
+    def unbind(self, user_id: int, peer: Peer) -> bool:
+        if self._peers.get(user_id) is peer:
+            del self._peers[user_id]
+            return True
+        return False
+
+    def get(self, user_id: int) -> Peer | None:
+        return self._peers.get(user_id)
+
+    def users(self) -> list[int]:
+        return list(self._peers)
+
+    def __len__(self) -> int:
+        return len(self._peers)

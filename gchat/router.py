@@ -1,0 +1,95 @@
+"""Where a message goes: a local outbox, another node through the bus, or
+offline storage. The rule that nothing accepted is lost lives here: whatever
+cannot be handed to a live connection is stored, on this node or on the node
+the bus brought it to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+
+from gchat import store
+from gchat.bus import Bus
+from gchat.presence import Presence
+from gchat.protocol import ProtocolError
+from gchat.registry import Registry
+from gchat.store import Database
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, node: str, registry: Registry, presence: Presence, bus: Bus, db: Database) -> None:
+        self.node = node
+        self.registry = registry
+        self.presence = presence
+        self.bus = bus
+        self.db = db
+
+    def deliver(self, user_id: int, body: bytes) -> str:
+        """Deliver to one user: "online" when it went to a live connection
+        (here or on another node), "offline" when it was stored."""
+        return "online" if self.deliver_many([user_id], body) else "offline"
+
+    def deliver_many(self, user_ids: Iterable[int], body: bytes) -> int:
+        """Deliver the same body to each user; returns how many were reached
+        live. Raises ProtocolError(errno 11) only if some of it could be
+        neither delivered nor stored."""
+        remote: dict[str, list[int]] = defaultdict(list)
+        offline: list[int] = []
+        reached = 0
+        for uid in user_ids:
+            peer = self.registry.get(uid)
+            if peer is not None:
+                peer.push(body)
+                reached += 1
+            else:
+                remote_or_offline = self._owner(uid)
+                if remote_or_offline is None:
+                    offline.append(uid)
+                else:
+                    remote[remote_or_offline].append(uid)
+        for node, uids in remote.items():
+            try:
+                self.bus.send(node, uids, body)
+                reached += len(uids)
+            except (ProtocolError, LookupError) as e:
+                log.warning("bus send to %s failed (%s); storing %d message(s)", node, e, len(uids))
+                offline.extend(uids)
+        if offline:
+            self.store_offline(offline, body)
+        return reached
+
+    def _owner(self, user_id: int) -> str | None:
+        """The other live node holding the user, None if offline or unknown.
+        With the presence store down we cannot know, and store the message:
+        stored is never lost, only late."""
+        try:
+            owner = self.presence.owner(user_id)
+        except ProtocolError:
+            return None
+        return owner if owner != self.node else None
+
+    def store_offline(self, user_ids: list[int], body: bytes) -> None:
+        text = body.decode()
+        with self.db.transaction() as s:
+            store.store_offline(s, ((uid, text) for uid in user_ids))
+
+    def on_bus_delivery(self, user_ids: list[int], body: bytes) -> None:
+        """A delivery another node routed here. The user may have left since
+        the routing decision: then it is stored, never dropped."""
+        gone = []
+        for uid in user_ids:
+            peer = self.registry.get(uid)
+            if peer is not None:
+                peer.push(body)
+            else:
+                gone.append(uid)
+        if gone:
+            try:
+                self.store_offline(gone, body)
+            except ProtocolError:
+                log.error("could not store %d message(s) for %s: database unavailable", len(gone), gone)
+

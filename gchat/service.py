@@ -1,0 +1,341 @@
+"""The rules of PROTOCOL.md: one plain handler per msgid, in a table.
+
+Handlers get the services, the peer (what they may know of a connection) and
+a validated request; they return the replies for the requester. They never
+touch a socket or Redis: deliveries go through the router, presence through
+the presence store, data through the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gchat import store
+from gchat.cache import Cache
+from gchat.passwords import Passwords
+from gchat.presence import Presence
+from gchat.protocol import Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, valid_name
+from gchat.registry import Peer, Registry
+from gchat.router import Router
+from gchat.store import Database
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, Any]
+
+
+@dataclass
+class Services:
+    db: Database
+    registry: Registry
+    presence: Presence
+    router: Router
+    passwords: Passwords
+    limits: Limits = field(default_factory=Limits)
+    cache: Cache = field(default_factory=Cache)
+    # hashed once so that a login for an unknown id costs as much as a wrong
+    # password: response time does not tell which ids exist
+    _dummy_hash: str = ""
+
+    def dummy_hash(self) -> str:
+        if not self._dummy_hash:
+            self._dummy_hash = self.passwords.hash("not a password")
+        return self._dummy_hash
+
+    def user_exists(self, user_id: int) -> bool:
+        def load(uid: int) -> bool:
+            with self.db.transaction() as s:
+                return store.user_exists(s, uid)
+
+        return self.cache.user_exists(user_id, load)
+
+    def members(self, group_id: int) -> tuple[int, ...]:
+        def load(gid: int) -> list[int]:
+            with self.db.transaction() as s:
+                return store.member_ids(s, gid)
+
+        return self.cache.members(group_id, load)
+
+    def invalidate_group(self, group_id: int) -> None:
+        self.cache.invalidate_group(group_id)
+
+
+Handler = Callable[[Services, Peer, Request], list[Reply]]
+
+
+def _err(errno: Errno, msg: str) -> ProtocolError:
+    return ProtocolError(errno, msg)
+
+
+def _acked(req: Request, **result: Any) -> list[Reply]:
+    """Requests 5 to 10 are silent in part A; answered only when they carry seq."""
+    return [ack(req.msgid, req.seq, **result)] if req.seq is not None else []
+
+
+def _session_user(peer: Peer, req: Request) -> int:
+    """The session is the identity: a request acts as the logged-in user, and
+    an `id` that names anyone else is refused."""
+    if peer.user_id is None:
+        raise _err(Errno.NOT_LOGGED_IN, "log in first")
+    claimed = req.get("id")
+    if claimed is not None and claimed != peer.user_id:
+        raise _err(Errno.FORBIDDEN, "id is not yours")
+    return peer.user_id
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- register and login ----------------------------------------------------
+
+
+def register(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    name, password = req["name"], req["password"]
+    if not valid_name(name, svc.limits):
+        raise _err(Errno.AUTH, f"invalid name: 1 to {svc.limits.name_max} characters, no control characters")
+    if not password:
+        raise _err(Errno.BAD_REQUEST, f"password must be 1 to {svc.limits.password_max} characters")
+    with svc.db.transaction() as s:
+        taken = store.name_taken(s, name)
+    if taken:
+        raise _err(Errno.AUTH, "name is taken")
+    password_hash = svc.passwords.hash(password)
+    try:
+        with svc.db.transaction() as s:
+            user_id = store.create_user(s, name, password_hash)
+    except ProtocolError as e:
+        if e.errno == Errno.CONFLICT:  # lost a race for the name
+            raise _err(Errno.AUTH, "name is taken") from e
+        raise
+    svc.cache.known_user(user_id)
+    reply: Reply = {"msgid": int(MsgId.REG_ACK), "errno": 0, "id": user_id}
+    return [_with_seq(reply, req)]
+
+
+def _with_seq(reply: Reply, req: Request) -> Reply:
+    if req.seq is not None:
+        reply["seq"] = req.seq
+    return reply
+
+
+def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    user_id, password = req["id"], req["password"]
+    if peer.user_id is not None:
+        if peer.user_id == user_id:
+            raise _err(Errno.ONLINE, "id is online")
+        raise _err(Errno.FORBIDDEN, "log out before logging in as another user")
+    with svc.db.transaction() as s:
+        user = store.get_user(s, user_id)
+    stored = user.password if user is not None else svc.dummy_hash()
+    if not svc.passwords.verify(stored, password) or user is None:
+        raise _err(Errno.AUTH, "id or password error")
+
+    # Online is claimed in the presence store first: it is the one atomic
+    # step across nodes (a racing login elsewhere finds it taken). Everything
+    # after it is undone if it fails, so the user is never left claimed.
+    if not svc.presence.claim(user_id):
+        raise _err(Errno.ONLINE, "id is online")
+    if not svc.registry.bind(user_id, peer):
+        svc.presence.release(user_id)
+        raise _err(Errno.ONLINE, "id is online")
+    peer.user_id, peer.user_name = user_id, user.name
+    try:
+        with svc.db.transaction() as s:
+            store.set_state(s, [user_id], "online")
+            if svc.passwords.needs_rehash(user.password):
+                store.set_password(s, user_id, svc.passwords.hash(password))
+            friends = store.friends_of(s, user_id)
+            groups = store.groups_of(s, user_id)
+            offline = store.take_offline(s, user_id)
+    except ProtocolError:
+        _leave(svc, peer)
+        raise
+    return [_with_seq(_login_reply(svc, user_id, user.name, friends, groups, offline), req)]
+
+
+def _login_reply(
+    svc: Services,
+    user_id: int,
+    name: str,
+    friends: list[tuple[int, str]],
+    groups: list[tuple[store.AllGroup, list[tuple[int, str, str]]]],
+    offline: list[str],
+) -> Reply:
+    everyone = {uid for uid, _ in friends} | {uid for _, ms in groups for uid, _, _ in ms}
+    try:
+        online = svc.presence.online(everyone)
+    except ProtocolError:
+        online = set()  # presence unknown: say offline rather than refuse the login
+    online.add(user_id)
+
+    def state(uid: int) -> str:
+        return "online" if uid in online else "offline"
+
+    # Part A: each element is a JSON object encoded as a string; the original
+    # client calls json::parse on each. Keys are left out when empty.
+    reply: Reply = {"msgid": int(MsgId.LOGIN_ACK), "errno": 0, "id": user_id, "name": name}
+    if friends:
+        reply["friends"] = [dumps({"id": uid, "name": n, "state": state(uid)}).decode() for uid, n in friends]
+    if groups:
+        reply["groups"] = [
+            dumps(
+                {
+                    "id": g.id,
+                    "groupname": g.groupname,
+                    "groupdesc": g.groupdesc,
+                    "users": [
+                        dumps({"id": uid, "name": n, "state": state(uid), "role": role}).decode()
+                        for uid, n, role in members
+                    ],
+                }
+            ).decode()
+            for g, members in groups
+        ]
+    if offline:
+        reply["offlinemsg"] = offline
+    return reply
+
+
+def _leave(svc: Services, peer: Peer) -> None:
+    """The session's user goes offline here and in the presence store."""
+    user_id = peer.user_id
+    if user_id is None:
+        return
+    peer.user_id, peer.user_name = None, ""
+    svc.registry.unbind(user_id, peer)
+    try:
+        svc.presence.release(user_id)
+    except ProtocolError:
+        log.warning("presence store unavailable: user %d is released when this node's claim expires", user_id)
+    try:
+        with svc.db.transaction() as s:
+            store.set_state(s, [user_id], "offline")
+    except ProtocolError:
+        log.warning("could not mirror user %d offline in the database", user_id)
+
+
+def disconnect(svc: Services, peer: Peer) -> None:
+    """The connection is gone: its user, if any, is offline."""
+    _leave(svc, peer)
+
+
+def logout(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    _session_user(peer, req)
+    _leave(svc, peer)
+    return _acked(req)
+
+
+# --- chat ------------------------------------------------------------------
+
+
+def _delivery(peer: Peer, req: Request) -> bytes:
+    """The delivered object: the request as sent, with the sender's real id
+    and name set by the server, and the sender's own seq removed."""
+    body = dict(req.body)
+    body.pop("seq", None)
+    body["id"], body["name"] = peer.user_id, peer.user_name
+    body.setdefault("time", _now())
+    return dumps(body)
+
+
+def one_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    _session_user(peer, req)
+    to = req["to"]
+    if not svc.user_exists(to):
+        raise _err(Errno.NOT_FOUND, f"no user {to}")
+    delivered = svc.router.deliver(to, _delivery(peer, req))
+    return _acked(req, delivered=delivered)
+
+
+def group_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    user_id = _session_user(peer, req)
+    group_id = req["groupid"]
+    members = svc.members(group_id)
+    if not members:
+        raise _err(Errno.NOT_FOUND, f"no group {group_id}")
+    if user_id not in members:
+        raise _err(Errno.FORBIDDEN, f"not a member of group {group_id}")
+    others = [m for m in members if m != user_id]
+    svc.router.deliver_many(others, _delivery(peer, req))
+    return _acked(req, members=len(others))
+
+
+# --- friends and groups ----------------------------------------------------
+
+
+def add_friend(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    user_id = _session_user(peer, req)
+    friend_id = req["friendid"]
+    if friend_id == user_id:
+        raise _err(Errno.BAD_REQUEST, "you cannot add yourself")
+    with svc.db.transaction() as s:
+        friend = store.get_user(s, friend_id)
+        if friend is None:
+            raise _err(Errno.NOT_FOUND, f"no user {friend_id}")
+        if store.is_friend(s, user_id, friend_id):
+            raise _err(Errno.CONFLICT, f"user {friend_id} is already your friend")
+        store.add_friend(s, user_id, friend_id)
+        name = friend.name
+    try:
+        online = bool(svc.presence.online([friend_id]))
+    except ProtocolError:
+        online = False
+    state = "online" if online else "offline"
+    return _acked(req, friend={"id": friend_id, "name": name, "state": state})
+
+
+def create_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    user_id = _session_user(peer, req)
+    name, desc = req["groupname"], req.get("groupdesc", "")
+    if not valid_name(name, svc.limits):
+        raise _err(Errno.BAD_REQUEST, f"invalid group name: 1 to {svc.limits.name_max} characters")
+    with svc.db.transaction() as s:
+        if store.group_name_taken(s, name):
+            raise _err(Errno.CONFLICT, f"group name {name!r} is taken")
+        group_id = store.create_group(s, name, desc, user_id)
+    return _acked(req, groupid=group_id)
+
+
+def add_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    user_id = _session_user(peer, req)
+    group_id = req["groupid"]
+    with svc.db.transaction() as s:
+        if not store.group_exists(s, group_id):
+            raise _err(Errno.NOT_FOUND, f"no group {group_id}")
+        if store.is_member(s, group_id, user_id):
+            raise _err(Errno.CONFLICT, f"already a member of group {group_id}")
+        store.add_member(s, group_id, user_id)
+    # after the commit, so a node that reloads sees the new member
+    svc.invalidate_group(group_id)
+    try:
+        svc.router.bus.invalidate_group(group_id)
+    except ProtocolError:
+        log.warning("could not tell other nodes that group %d changed", group_id)
+    return _acked(req, groupid=group_id)
+
+
+HANDLERS: dict[MsgId, Handler] = {
+    MsgId.LOGIN: login,
+    MsgId.REG: register,
+    MsgId.ONE_CHAT: one_chat,
+    MsgId.ADD_FRIEND: add_friend,
+    MsgId.CREATE_GROUP: create_group,
+    MsgId.ADD_GROUP: add_group,
+    MsgId.GROUP_CHAT: group_chat,
+    MsgId.LOGINOUT: logout,
+}
+
+
+def handle(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    """Run the request's handler. ProtocolErrors propagate with the request's
+    msgid and seq filled in, for the caller to answer."""
+    try:
+        return HANDLERS[req.msgid](svc, peer, req)
+    except ProtocolError as e:
+        e.msgid, e.seq = int(req.msgid), req.seq
+        raise

@@ -1,0 +1,235 @@
+"""The store: one engine, one sessionmaker, and the queries of the original's
+UserModel, FriendModel, GroupModel and OfflineMessageModel.
+
+Every query function takes a session and never commits: the caller wraps one
+unit of work in `Database.transaction()`, which is also the one boundary where
+driver errors become the protocol's errno 11 (or 8 for a violated key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from gchat.models import AllGroup, Friend, GroupUser, OfflineMessage, User
+from gchat.protocol import Errno, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0) -> None:
+        self.url = url
+        self.engine = make_engine(url, pool_size=pool_size, overflow=overflow, timeout=timeout)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: committed if the block ends normally, rolled
+        back whole otherwise, so nothing is ever half-written."""
+        try:
+            with self.sessions.begin() as session:
+                yield session
+        except sa_exc.IntegrityError as e:
+            # a key the request would break: duplicate friend, member, name
+            raise ProtocolError(Errno.CONFLICT, "already exists") from e
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as e:
+            log.warning("database unavailable: %s", e.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+            raise ProtocolError(Errno.UNAVAILABLE, "database unavailable, nothing was changed") from e
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def make_engine(url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if url.startswith("mysql+pymysql"):
+        # bounded waits: a stopped database gives errno 11 within `timeout`
+        # instead of hanging the request for the kernel's TCP timeout
+        t = max(1, int(timeout))
+        connect_args = {"connect_timeout": t, "read_timeout": t, "write_timeout": t}
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=overflow,
+        pool_timeout=timeout,
+        pool_pre_ping=True,  # a restarted database is noticed at checkout, not by a failed request
+        pool_recycle=3600,  # below MySQL's wait_timeout, which closes idle connections
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (admin scripts) do not block the node
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+# --- users -----------------------------------------------------------------
+
+
+def create_user(s: Session, name: str, password_hash: str) -> int:
+    user = User(name=name, password=password_hash, state="offline")
+    s.add(user)
+    s.flush()
+    return user.id
+
+
+def get_user(s: Session, user_id: int) -> User | None:
+    return s.get(User, user_id)
+
+
+def user_exists(s: Session, user_id: int) -> bool:
+    return s.scalar(select(User.id).where(User.id == user_id)) is not None
+
+
+def name_taken(s: Session, name: str) -> bool:
+    return s.scalar(select(User.id).where(User.name == name)) is not None
+
+
+def set_password(s: Session, user_id: int, password_hash: str) -> None:
+    s.execute(update(User).where(User.id == user_id).values(password=password_hash))
+
+
+def set_state(s: Session, user_ids: Iterable[int], state: str) -> None:
+    ids = list(user_ids)
+    if ids:
+        s.execute(update(User).where(User.id.in_(ids)).values(state=state))
+
+
+def reset_states(s: Session) -> int:
+    """Every user offline: for a node that is alone on its store."""
+    result = s.execute(update(User).where(User.state == "online").values(state="offline"))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def list_users(s: Session, limit: int = 1000) -> Sequence[User]:
+    return s.scalars(select(User).order_by(User.id).limit(limit)).all()
+
+
+# --- friends ---------------------------------------------------------------
+
+
+def add_friend(s: Session, user_id: int, friend_id: int) -> None:
+    s.add(Friend(userid=user_id, friendid=friend_id))
+    s.flush()
+
+
+def is_friend(s: Session, user_id: int, friend_id: int) -> bool:
+    q = select(Friend.userid).where(Friend.userid == user_id, Friend.friendid == friend_id)
+    return s.scalar(q) is not None
+
+
+def friends_of(s: Session, user_id: int) -> list[tuple[int, str]]:
+    q = (
+        select(User.id, User.name)
+        .join(Friend, Friend.friendid == User.id)
+        .where(Friend.userid == user_id)
+        .order_by(User.id)
+    )
+    return [(r.id, r.name) for r in s.execute(q)]
+
+
+# --- groups ----------------------------------------------------------------
+
+
+def create_group(s: Session, name: str, desc: str, creator_id: int) -> int:
+    group = AllGroup(groupname=name, groupdesc=desc)
+    s.add(group)
+    s.flush()
+    s.add(GroupUser(groupid=group.id, userid=creator_id, grouprole="creator"))
+    s.flush()
+    return group.id
+
+
+def group_exists(s: Session, group_id: int) -> bool:
+    return s.scalar(select(AllGroup.id).where(AllGroup.id == group_id)) is not None
+
+
+def group_name_taken(s: Session, name: str) -> bool:
+    return s.scalar(select(AllGroup.id).where(AllGroup.groupname == name)) is not None
+
+
+def add_member(s: Session, group_id: int, user_id: int, role: str = "normal") -> None:
+    s.add(GroupUser(groupid=group_id, userid=user_id, grouprole=role))
+    s.flush()
+
+
+def is_member(s: Session, group_id: int, user_id: int) -> bool:
+    q = select(GroupUser.userid).where(GroupUser.groupid == group_id, GroupUser.userid == user_id)
+    return s.scalar(q) is not None
+
+
+def member_ids(s: Session, group_id: int) -> list[int]:
+    q = select(GroupUser.userid).where(GroupUser.groupid == group_id).order_by(GroupUser.userid)
+    return list(s.scalars(q))
+
+
+def groups_of(s: Session, user_id: int) -> list[tuple[AllGroup, list[tuple[int, str, str]]]]:
+    """The user's groups, each with its members as (id, name, role), in two
+    queries whatever the number of groups."""
+    mine = select(GroupUser.groupid).where(GroupUser.userid == user_id)
+    groups = s.scalars(select(AllGroup).where(AllGroup.id.in_(mine)).order_by(AllGroup.id)).all()
+    members: dict[int, list[tuple[int, str, str]]] = {g.id: [] for g in groups}
+    if groups:
+        q = (
+            select(GroupUser.groupid, User.id, User.name, GroupUser.grouprole)
+            .join(User, User.id == GroupUser.userid)
+            .where(GroupUser.groupid.in_(list(members)))
+            .order_by(GroupUser.groupid, User.id)
+        )
+        for gid, uid, name, role in s.execute(q):
+            members[gid].append((uid, name, role))
+    return [(g, members[g.id]) for g in groups]
+
+
+def list_groups(s: Session, limit: int = 1000) -> list[tuple[AllGroup, int]]:
+    q = (
+        select(AllGroup, func.count(GroupUser.userid))
+        .outerjoin(GroupUser, GroupUser.groupid == AllGroup.id)
+        .group_by(AllGroup.id)
+        .order_by(AllGroup.id)
+        .limit(limit)
+    )
+    return [(g, int(n)) for g, n in s.execute(q)]
+
+
+# --- offline messages ------------------------------------------------------
+
+
+def store_offline(s: Session, items: Iterable[tuple[int, str]]) -> int:
+    """Store (user id, message text) pairs; one statement for the lot."""
+    rows = [{"userid": uid, "message": text} for uid, text in items]
+    if rows:
+        s.execute(OfflineMessage.__table__.insert(), rows)
+    return len(rows)
+
+
+def take_offline(s: Session, user_id: int) -> list[str]:
+    """The user's stored messages, oldest first, removed in the same unit of
+    work: they are handed over exactly once."""
+    q = select(OfflineMessage.id, OfflineMessage.message).where(OfflineMessage.userid == user_id)
+    rows = s.execute(q.order_by(OfflineMessage.id).with_for_update()).all()
+    if rows:
+        s.execute(delete(OfflineMessage).where(OfflineMessage.userid == user_id, OfflineMessage.id <= rows[-1].id))
+    return [r.message for r in rows]
+
+
+def count_offline(s: Session, user_id: int) -> int:
+    return int(s.scalar(select(func.count()).select_from(OfflineMessage).where(OfflineMessage.userid == user_id)) or 0)

@@ -1,0 +1,40 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gchat",
+    version="0.1.0",
+    description="Cluster chat server: gevent, SQLAlchemy, Redis pub/sub, nginx",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    # The migrations live in alembic/ at the top (where `alembic upgrade head`
+    # expects them) and ship inside the package as gchat.migrations, so that a
+    # plain `pip install .` brings its own schema.
+    packages=find_packages(include=["gchat", "gchat.*"]) + ["gchat.migrations", "gchat.migrations.versions"],
+    package_dir={"gchat.migrations": "alembic"},
+    package_data={"gchat.migrations": ["script.py.mako"]},
+    install_requires=[
+        "gevent>=24.2",
+        "SQLAlchemy>=2.0",
+        "alembic>=1.13",
+        "PyMySQL>=1.1",
+        "redis>=5.0",
+        # argon2id: the slow, salted, memory-hard hash OWASP recommends first
+        "argon2-cffi>=23.1",
+        # several times faster than json for the encode/decode on every frame
+        "orjson>=3.9",
+        # keeps incoming messages from garbling the line being typed in gchat-client
+        "prompt_toolkit>=3.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "psutil>=5.9", "ruff>=0.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "gchat-server = gchat.cli:server_main",
+            "gchat-admin = gchat.admin:main",
+            "gchat-client = gchat.tui:main",
+            "gchat-bench = gchat.bench:main",
+        ]
+    },
+)
