@@ -81,6 +81,8 @@ REPLY_FRAME_MAX = 64 * 1024 * 1024
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _DELIVERIES = (MsgId.ONE_CHAT, MsgId.GROUP_CHAT)
+# Requests answered by a reply of their own (part A); all others by ACK_MSG.
+_REPLY_ID: dict[int, MsgId] = {MsgId.LOGIN: MsgId.LOGIN_ACK, MsgId.REG: MsgId.REG_ACK}
 
 
 def now() -> str:
@@ -452,7 +454,7 @@ class Client:
         (a part-B server is needed). Raises the GchatError of a non-zero errno
         when check is true, RequestTimeout, ConnectionLost."""
         msgid = int(obj["msgid"])
-        reply_msgid = {MsgId.LOGIN: MsgId.LOGIN_ACK, MsgId.REG: MsgId.REG_ACK}.get(msgid, MsgId.ACK)
+        reply_msgid = _REPLY_ID.get(msgid, MsgId.ACK)
         if reply_msgid == MsgId.ACK and "seq" not in obj:
             obj = {**obj, "seq": self.next_seq()}
         pending = _Pending(int(reply_msgid), obj.get("seq"))
