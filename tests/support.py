@@ -1,0 +1,211 @@
+"""Test support: free ports, gchat-server processes, a raw wire client.
+
+Servers run as real processes on real sockets (python -m gchat.cli), started
+on a free port and stopped after; nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gchat.protocol import FrameDecoder, dumps, loads
+
+ROOT = Path(__file__).resolve().parent.parent
+_names = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique(prefix: str = "u") -> str:
+    """A user or group name no other test uses (the stores outlive a test)."""
+    return f"{prefix}{next(_names)}_{uuid.uuid4().hex[:8]}"
+
+
+class ServerProcess:
+    """A gchat-server process. `start()` returns once it logged "ready"."""
+
+    def __init__(self, database_url: str, *, redis_url: str = "", extra: Sequence[str] = (),
+                 env: dict[str, str] | None = None, port: int | None = None, node_id: str = "") -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.node_id = node_id or f"test-{self.port}"
+        self.extra = list(extra)
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "gchat.cli", "--bind", f"{self.host}:{self.port}",
+               "--database-url", self.database_url, "--node-id", self.node_id,
+               # tests hash many passwords: the cheapest argon2id the library allows
+               "--hash-time-cost", "1", "--hash-memory-kib", "8"]
+        if self.redis_url:
+            cmd += ["--redis-url", self.redis_url]
+        return cmd + self.extra
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self._ready.clear()
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     cwd=ROOT, env=env)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.kill()
+            raise RuntimeError(f"gchat-server did not get ready:\n{self.log()}")
+        return self
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            if " ready on " in line:
+                self._ready.set()
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-200:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"gchat-server did not stop on signal {sig}:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged:\n{self.log()}")
+
+
+class Wire:
+    """A raw protocol client: frames exactly as given, replies as decoded
+    objects. For the tests that are about the wire itself."""
+
+    def __init__(self, address: tuple[str, int], terminator: bytes = b"\n", timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.term = terminator
+        self.decoder = FrameDecoder(1 << 24)
+        self.frames: list[bytes] = []
+        self.timeout = timeout
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, obj: Any) -> None:
+        self.send_raw(dumps(obj) + self.term)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next frame; AssertionError if none arrives in time."""
+        frame = self.recv_frame(timeout)
+        return loads(frame)  # type: ignore[no-any-return]
+
+    def recv_frame(self, timeout: float | None = None) -> bytes:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while not self.frames:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no frame arrived")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError("no frame arrived") from None
+            if not data:
+                raise ConnectionError("server closed the connection")
+            self.frames += self.decoder.feed(data)
+        return self.frames.pop(0)
+
+    def nothing(self, wait: float = 0.3) -> None:
+        """Assert that no frame arrives within `wait` seconds."""
+        try:
+            frame = self.recv_frame(wait)
+        except AssertionError:
+            return
+        raise AssertionError(f"unexpected frame {frame!r}")
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True once the server has closed the connection (after any frames)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return False
+            except ConnectionResetError:
+                return True
+            if not data:
+                return True
+            self.frames += self.decoder.feed(data)
+        return False
+
+    def request(self, obj: Any) -> dict[str, Any]:
+        self.send(obj)
+        return self.recv()
+
+    # the flows nearly every test needs
+    def register(self, name: str | None = None, password: str = "pw") -> int:
+        reply = self.request({"msgid": 3, "name": name or unique(), "password": password})
+        assert reply["errno"] == 0, reply
+        return int(reply["id"])
+
+    def login(self, user_id: int, password: str = "pw") -> dict[str, Any]:
+        reply = self.request({"msgid": 1, "id": user_id, "password": password})
+        assert reply["msgid"] == 2 and reply["errno"] == 0, reply
+        return reply
+
+
+def user(address: tuple[str, int], terminator: bytes = b"\n", name: str | None = None) -> tuple[Wire, int]:
+    """A new registered user, logged in on its own connection."""
+    w = Wire(address, terminator)
+    uid = w.register(name)
+    w.login(uid)
+    return w, uid
