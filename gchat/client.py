@@ -368,8 +368,10 @@ class Client:
     on_reply(dict): called in the reader for each reply that no request waits
         for (acks of `send()`, errors to silent classic requests); without it,
         those are logged and dropped.
-    on_close(exc or None): called once when the connection ends (None when
-        `close()` ended it).
+    on_close(exc or None): called once in the reader when the connection
+        ends (None when `close()` ended it), before `closed` turns true.
+    The callbacks run in the reader thread: they must be quick, and must not
+    make requests on this client (the reader would wait for itself).
     """
 
     def __init__(
@@ -505,17 +507,22 @@ class Client:
             if self._closing:
                 error = None
             self._error = error or ConnectionLost("connection closed")
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            # on_close first, so that whoever then sees `closed` or a
+            # ConnectionLost also finds its effects (the TUI's notice).
+            if self.on_close is not None:
+                try:
+                    self.on_close(error)
+                except Exception:
+                    log.exception("on_close callback failed")
             self._closed.set()
             pending = self._pending
             if pending is not None:
                 pending.done.set()
             self._messages.put(_CLOSED)
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-            if self.on_close is not None:
-                self.on_close(error)
 
     def _route(self, frame: bytes) -> None:
         obj = loads(frame)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from gchat.client import (
     RequestTimeout,
     _ReplySplitter,
 )
+from tests.support import unique
 
 # --- the fake server ---------------------------------------------------------
 
@@ -310,65 +309,14 @@ def test_splitter_unterminated_frames_of_the_original_server():
 # --- against a real node ---------------------------------------------------------
 
 
-@dataclass
-class Node:
-    host: str
-    port: int
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_node(tmp: Path) -> Iterator[Node]:
-    """Start `gchat-server` on a fresh SQLite database; stop it after."""
-    try:
-        import gchat.cli  # noqa: F401
-    except ImportError:
-        pytest.skip("gchat.cli (the server) is not there yet")
-    port = _free_port()
-    exe = shutil.which("gchat-server")
-    cmd = [exe] if exe else [sys.executable, "-c", "import sys; from gchat.cli import server_main; sys.exit(server_main())"]
-    cmd += ["--bind", f"127.0.0.1:{port}", "--database-url", f"sqlite:///{tmp / 'gchat.db'}"]
-    log = open(tmp / "server.log", "w+b")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while b"ready" not in (tmp / "server.log").read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("gchat-server did not start:\n" + (tmp / "server.log").read_text(errors="replace"))
-            time.sleep(0.05)
-        yield Node("127.0.0.1", port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture
-def node(request, tmp_path) -> Iterator[Any]:
-    """The shared `server` fixture of conftest.py when there is one, else a
-    node started here."""
-    try:
-        yield request.getfixturevalue("server")
-    except pytest.FixtureLookupError:
-        yield from start_node(tmp_path)
-
-
-def pair(node: Any, **kwargs: Any) -> tuple[Client, Client, LoginResult, LoginResult]:
-    a, b = Client.connect(node.host, node.port, **kwargs), Client.connect(node.host, node.port, **kwargs)
-    suffix = str(time.monotonic_ns())[-8:]
-    ida, idb = a.register("alice" + suffix, "pa"), b.register("bob" + suffix, "pb")
+def pair(server: Any, **kwargs: Any) -> tuple[Client, Client, LoginResult, LoginResult]:
+    a, b = Client.connect(server.host, server.port, **kwargs), Client.connect(server.host, server.port, **kwargs)
+    ida, idb = a.register(unique("alice"), "pa"), b.register(unique("bob"), "pb")
     return a, b, a.login(ida, "pa"), b.login(idb, "pb")
 
 
-def test_node_every_call(node):
-    a, b, ma, mb = pair(node)
+def test_node_every_call(server):
+    a, b, ma, mb = pair(server)
     with a, b:
         assert a.acks and ma.friends == () and ma.groups == () and ma.offline == ()
         friend = a.add_friend(mb.id)
@@ -396,8 +344,8 @@ def test_node_every_call(node):
         assert me.friends == ()  # add friend is one direction, as in the original
 
 
-def test_node_errors(node):
-    a, b, ma, _ = pair(node)
+def test_node_errors(server):
+    a, b, ma, _ = pair(server)
     with a, b:
         with pytest.raises(NotFound) as err:
             a.chat(2**31 - 2, "nobody")
@@ -407,7 +355,7 @@ def test_node_errors(node):
         with pytest.raises(AuthError) as auth:
             a.register(ma.name, "x")
         assert auth.value.errno == 1
-        with Client.connect(node.host, node.port) as c:
+        with Client.connect(server.host, server.port) as c:
             with pytest.raises(AuthError) as bad:
                 c.login(ma.id, "wrong")
             assert bad.value.errno == 1 and bad.value.errmsg == "id or password error"
@@ -416,8 +364,8 @@ def test_node_errors(node):
             assert online.value.errno == 2 and online.value.errmsg == "id is online"
 
 
-def test_node_deliveries_during_requests_are_not_lost(node):
-    a, b, ma, mb = pair(node)
+def test_node_deliveries_during_requests_are_not_lost(server):
+    a, b, ma, mb = pair(server)
     n = 300
     with a, b:
         sender = threading.Thread(
@@ -435,9 +383,9 @@ def test_node_deliveries_during_requests_are_not_lost(node):
     assert got == [str(i) for i in range(n)]
 
 
-def test_node_classic_client(node):
+def test_node_classic_client(server):
     errors: list[dict[str, Any]] = []
-    a, b, ma, mb = pair(node, acks=False)
+    a, b, ma, mb = pair(server, acks=False)
     a.on_reply = errors.append
     with a, b:
         assert not a.acks
@@ -458,7 +406,7 @@ GEVENT_SCRIPT = textwrap.dedent(
     from gchat.client import Client
     host, port = sys.argv[1], int(sys.argv[2])
     a, b = Client.connect(host, port), Client.connect(host, port)
-    s = str(time.monotonic_ns())[-8:]
+    s = str(time.monotonic_ns())
     ida, idb = a.register("ga" + s, "p"), b.register("gb" + s, "p")
     a.login(ida, "p"); b.login(idb, "p")
     assert a.chat(idb, "under gevent") == "online"
@@ -472,9 +420,9 @@ GEVENT_SCRIPT = textwrap.dedent(
 )
 
 
-def test_node_under_gevent(node):
+def test_node_under_gevent(server):
     out = subprocess.run(
-        [sys.executable, "-c", GEVENT_SCRIPT, node.host, str(node.port)],
+        [sys.executable, "-c", GEVENT_SCRIPT, server.host, str(server.port)],
         check=False, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert out.returncode == 0, out.stderr

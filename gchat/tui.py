@@ -1,0 +1,458 @@
+"""gchat-client: the terminal chat client (the original client's whole flow).
+
+    gchat-client HOST PORT [--login ID --password P | --register NAME --password P]
+                 [--classic] [--timeout S] [--linger S]
+
+A menu (1 login, 2 register, 3 quit); once logged in, the user's info, friends
+with their state, groups with members and roles, and the offline messages;
+then commands:
+
+    help                        this list
+    chat:friendid:message       one-to-one message
+    addfriend:friendid          add a friend
+    creategroup:name:desc       create a group (you are its creator)
+    addgroup:groupid            join a group
+    groupchat:groupid:message   message to every member of a group
+    loginout                    log out, back to the menu
+    quit                        log out and leave
+
+Interactive (standard input is a terminal): prompt_toolkit with
+`patch_stdout`, so a message arriving while a line is half typed is printed
+above the prompt and the line is redrawn intact. readline cannot do that: it
+has no thread-safe way to print from the reader thread during `input()`.
+The connection being lost is announced at once; the next line entered offers
+to reconnect and log in again.
+
+Scripts (standard input not a terminal): the same answers and commands, one
+per line, no prompts printed: `1`, the id, the password, then commands; or
+`--login ID --password P` and only commands. `--register NAME` creates the
+account and logs in as it. At the end of input the client stays
+`--linger` seconds to print late messages, then logs out. Exit status: 0, or 1
+when the server cannot be reached or the connection is lost.
+
+Acknowledgements: by default the client asks for part-B acks, which a gchat
+node grants (the login reply echoes `seq`) and the original server ignores;
+then errors and results (group ids, delivery) are shown. `--classic` sends
+exactly the original client's frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gchat.client import (
+    AlreadyOnline,
+    AuthError,
+    ChatMessage,
+    Client,
+    ConnectionLost,
+    GchatError,
+    LoginResult,
+    NotFound,
+    RequestTimeout,
+)
+
+HELP = """commands:
+  help                        show this list
+  chat:friendid:message       send a message to a user
+  addfriend:friendid          add a friend
+  creategroup:name:desc       create a group
+  addgroup:groupid            join a group
+  groupchat:groupid:message   send a message to a group
+  loginout                    log out (back to the menu)
+  quit                        log out and leave"""
+
+MENU = """========================
+1. login
+2. register
+3. quit
+========================"""
+
+RULE = "=" * 60
+
+
+# --- input and output: a terminal, or lines of a script ---------------------
+
+
+class LineIO:
+    """Standard input read line by line; output printed as is, prompts not."""
+
+    interactive = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def ask(self, prompt: str, password: bool = False) -> str | None:
+        line = sys.stdin.readline()
+        return None if line == "" else line.rstrip("\r\n")
+
+    def show(self, text: str) -> None:
+        with self._lock:  # the reader thread prints too
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+
+class TerminalIO:
+    """prompt_toolkit; used inside `patch_stdout()` so that show() from the
+    reader thread lands above the line being edited."""
+
+    interactive = True
+
+    def __init__(self) -> None:
+        from prompt_toolkit import PromptSession
+
+        self._session: PromptSession[str] = PromptSession()
+
+    def ask(self, prompt: str, password: bool = False) -> str | None:
+        try:
+            return self._session.prompt(prompt, is_password=password)
+        except EOFError:  # Ctrl-D
+            return None
+        except KeyboardInterrupt:  # Ctrl-C: drop the line, as a shell does
+            return ""
+
+    def show(self, text: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            # No prompt is running: write at once. The patch_stdout proxy
+            # delays its writes, which would put this after the next prompt.
+            sys.__stdout__.write(text + "\n")  # type: ignore[union-attr]
+            sys.__stdout__.flush()  # type: ignore[union-attr]
+        else:
+            print(text, flush=True)  # sys.stdout is the patch_stdout proxy here
+
+
+IO = LineIO | TerminalIO
+
+
+# --- how things look -------------------------------------------------------
+
+
+def format_message(m: ChatMessage) -> str:
+    when = f"[{m.time}] " if m.time else ""
+    where = f"group {m.groupid} | " if m.is_group else ""
+    return f"{when}{where}{m.sender_name} ({m.sender_id}): {m.text}"
+
+
+def format_login(me: LoginResult) -> str:
+    lines = [RULE, f"logged in as {me.name} (id {me.id})"]
+    lines.append("friends:" if me.friends else "friends: none")
+    for f in me.friends:
+        lines.append(f"  {f.id:>6}  {f.name:<20} {f.state}")
+    lines.append("groups:" if me.groups else "groups: none")
+    for g in me.groups:
+        lines.append(f"  [{g.id}] {g.name}" + (f" - {g.desc}" if g.desc else ""))
+        for u in g.members:
+            lines.append(f"    {u.id:>6}  {u.name:<20} {u.role:<8} {u.state}")
+    if me.offline:
+        lines.append(f"offline messages ({len(me.offline)}):")
+        lines.extend("  " + format_message(m) for m in me.offline)
+    lines.append(RULE)
+    lines.append("type help for the commands")
+    return "\n".join(lines)
+
+
+def describe(e: GchatError, during: str = "") -> str:
+    """A sentence for the user about an error."""
+    if isinstance(e, ConnectionLost):
+        return f"connection lost: {e.errmsg}"
+    if isinstance(e, RequestTimeout):
+        return "the server did not answer in time"
+    if isinstance(e, AuthError):
+        if during == "login":
+            return "login failed: wrong id or password"
+        if during == "register":
+            return f"register failed: the name is taken or not allowed ({e.errmsg})"
+    if isinstance(e, AlreadyOnline):
+        return "login failed: this user is already logged in elsewhere"
+    if isinstance(e, NotFound):
+        return f"no such user or group ({e.errmsg})"
+    return f"error: {e.errmsg} (errno {e.errno})"
+
+
+# --- the program -----------------------------------------------------------
+
+
+class Quit(Exception):
+    """Leave the program with this status."""
+
+    def __init__(self, status: int = 0) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class App:
+    def __init__(self, args: argparse.Namespace, io: IO) -> None:
+        self.args = args
+        self.io = io
+        self.client: Client | None = None
+        self.credentials: tuple[int, str] | None = None  # to log in again after a reconnect
+
+    # connection -------------------------------------------------------------
+
+    def connect(self) -> Client:
+        self.client = Client.connect(
+            self.args.host,
+            self.args.port,
+            timeout=self.args.timeout,
+            acks=False if self.args.classic else None,
+            on_message=lambda m: self.io.show(format_message(m)),
+            on_reply=self._unrequested,
+            on_close=self._lost,
+        )
+        return self.client
+
+    def _unrequested(self, reply: dict[str, Any]) -> None:
+        # Without acks, an error to a silent request is all the server says.
+        if reply.get("errno"):
+            self.io.show(f"error: {reply.get('errmsg', '')} (errno {reply['errno']})")
+
+    def _lost(self, error: GchatError | None) -> None:
+        if error is not None:
+            hint = " - press Enter to reconnect" if self.io.interactive else ""
+            self.io.show(f"*** {describe(error)}{hint}")
+
+    def reconnect(self) -> bool:
+        """After a lost connection: offer to reconnect and log in again.
+        Returns True when logged in again."""
+        if not self.io.interactive:
+            raise Quit(1)
+        answer = self.io.ask("reconnect? [Y/n] ")
+        if answer is None or answer.strip().lower() not in ("", "y", "yes"):
+            raise Quit(1)
+        try:
+            self.connect()
+            if self.credentials is None:
+                return False
+            self.login(*self.credentials)
+            return True
+        except GchatError as e:
+            self.io.show(describe(e, "login"))
+            return False
+
+    def call(self, what: Callable[[], Any], during: str = "") -> Any:
+        """Run one request; errors are shown and give None."""
+        try:
+            return what()
+        except ConnectionLost:
+            raise
+        except GchatError as e:
+            self.io.show(describe(e, during))
+            return None
+
+    # the menu ---------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.connect()
+        except ConnectionLost as e:
+            self.io.show(f"cannot reach the server: {e.errmsg}")
+            return 1
+        try:
+            if self.args.register is not None:
+                self.register(self.args.register, self.password(), then_login=True)
+            elif self.args.login is not None:
+                self.login(self.args.login, self.password())
+            flags = self.args.register is not None or self.args.login is not None
+            if flags and not self.logged_in and not self.io.interactive:
+                raise Quit(1)  # a script must not go on as nobody
+            while True:
+                if self.logged_in:
+                    self.session()
+                else:
+                    self.menu()
+        except Quit as q:
+            return q.status
+        finally:
+            if self.client is not None:
+                self.client.close()
+
+    @property
+    def logged_in(self) -> bool:
+        return self.client is not None and self.client.user is not None
+
+    def password(self) -> str:
+        if self.args.password is not None:
+            return str(self.args.password)
+        answer = self.io.ask("password: ", password=True)
+        if answer is None:
+            raise Quit(0)
+        return answer
+
+    def menu(self) -> None:
+        if self.io.interactive:
+            self.io.show(MENU)
+        choice = self.io.ask("choice: ")
+        if choice is None:
+            raise Quit(0)
+        choice = choice.strip()
+        try:
+            if choice == "1":
+                user = self.io.ask("user id: ")
+                if user is None:
+                    raise Quit(0)
+                if not user.strip().isdigit():
+                    self.io.show("a user id is a number")
+                    return
+                self.login(int(user), self.password())
+            elif choice == "2":
+                name = self.io.ask("user name: ")
+                if name is None:
+                    raise Quit(0)
+                self.register(name.strip(), self.password())
+            elif choice == "3":
+                raise Quit(0)
+            elif choice:
+                self.io.show("choose 1, 2 or 3")
+        except ConnectionLost as e:
+            self.io.show(describe(e))
+            self.reconnect()
+
+    def login(self, user_id: int, password: str) -> None:
+        assert self.client is not None
+        client = self.client
+        me = self.call(lambda: client.login(user_id, password), "login")
+        if me is not None:
+            self.credentials = (user_id, password)
+            self.io.show(format_login(me))
+
+    def register(self, name: str, password: str, then_login: bool = False) -> None:
+        assert self.client is not None
+        client = self.client
+        new_id = self.call(lambda: client.register(name, password), "register")
+        if new_id is None:
+            if then_login:
+                raise Quit(1)
+            return
+        self.io.show(f"registered {name}: your id is {new_id}")
+        if then_login:
+            self.login(new_id, password)
+
+    # logged in --------------------------------------------------------------
+
+    def session(self) -> None:
+        assert self.client is not None
+        line = self.io.ask("> ")
+        if line is None:  # end of input
+            if self.args.linger > 0 and not self.client.closed:
+                time.sleep(self.args.linger)
+            self.leave()
+            raise Quit(1 if self.client.closed else 0)
+        if self.client.closed:
+            self.reconnect()
+            return
+        try:
+            self.command(line.strip())
+        except ConnectionLost as e:
+            if not self.client.closed:  # already announced by on_close otherwise
+                self.io.show(describe(e))
+            self.reconnect()
+
+    def leave(self) -> None:
+        assert self.client is not None
+        if self.client.user is not None and not self.client.closed:
+            try:
+                self.client.logout()
+            except GchatError:
+                pass  # leaving anyway; the server logs us out on disconnect
+
+    def command(self, line: str) -> None:
+        assert self.client is not None
+        c = self.client
+        name, _, rest = line.partition(":")
+        name = name.strip().lower()
+        if not name:
+            return
+        if name == "help":
+            self.io.show(HELP)
+        elif name == "quit":
+            self.leave()
+            raise Quit(0)
+        elif name == "loginout":
+            self.leave()
+            self.credentials = None
+            self.io.show("logged out")
+        elif name == "chat":
+            to, msg = self.number_and_text(rest, "chat:friendid:message")
+            if to is not None:
+                state = self.call(lambda: c.chat(to, msg))
+                if state == "offline":
+                    self.io.show(f"user {to} is offline; the message waits for their next login")
+        elif name == "addfriend":
+            fid = self.number(rest, "addfriend:friendid")
+            if fid is not None:
+                friend = self.call(lambda: c.add_friend(fid))
+                if friend is not None:
+                    self.io.show(f"friend added: {friend.name} ({friend.id}), {friend.state}")
+        elif name == "creategroup":
+            gname, _, desc = rest.partition(":")
+            if not gname.strip():
+                self.io.show("usage: creategroup:name:desc")
+                return
+            gid = self.call(lambda: c.create_group(gname.strip(), desc.strip()))
+            if gid is not None:
+                self.io.show(f"group created: {gname.strip()} (id {gid})")
+        elif name == "addgroup":
+            gid = self.number(rest, "addgroup:groupid")
+            if gid is not None:
+                self.call(lambda: c.join_group(gid))
+        elif name == "groupchat":
+            gid, msg = self.number_and_text(rest, "groupchat:groupid:message")
+            if gid is not None:
+                self.call(lambda: c.group_chat(gid, msg))
+        else:
+            self.io.show(f"unknown command {name!r}; type help for the list")
+
+    def number(self, text: str, usage: str) -> int | None:
+        if text.strip().isdigit():
+            return int(text.strip())
+        self.io.show(f"usage: {usage} (the id is a number)")
+        return None
+
+    def number_and_text(self, rest: str, usage: str) -> tuple[int | None, str]:
+        head, sep, msg = rest.partition(":")
+        if not sep or not msg:
+            self.io.show(f"usage: {usage}")
+            return None, ""
+        return self.number(head, usage), msg
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="gchat-client",
+        description="Terminal client of the gchat cluster chat server (and of the original C++ server).",
+        epilog=HELP + "\n\nWithout a terminal on standard input, menu answers and commands "
+        "are read one per line (e.g. 1, id, password, chat:2:hi).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--login", type=int, metavar="ID", help="log in as this user id at once")
+    who.add_argument("--register", metavar="NAME", help="create this account, then log in as it")
+    p.add_argument("--password", help="password for --login / --register (asked for when absent)")
+    p.add_argument("--classic", action="store_true", help="send only the original client's frames (no acks)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="connect and reply timeout (10)")
+    p.add_argument(
+        "--linger", type=float, default=0.0, metavar="S",
+        help="at end of input, keep printing incoming messages this long before logging out (0)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        with patch_stdout():
+            return App(args, TerminalIO()).run()
+    return App(args, LineIO()).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
