@@ -125,11 +125,11 @@ class Connection:
     def _writer(self) -> None:
         term = b"\n"
         while True:
-            self._wake.wait()
-            self._wake.clear()
             if not self._out:
                 if self._closing:
                     return
+                self._wake.wait()
+                self._wake.clear()
                 continue
             batch = list(self._out)
             self._out.clear()
