@@ -222,3 +222,25 @@ def test_terminal_mode_through_a_pty(server):
         finally:
             t.close()
         assert t.exitstatus == 0
+
+
+def test_terminal_mode_offers_to_reconnect(make_server):
+    node = make_server()
+    with Client.connect(node.host, node.port) as c:
+        uid = c.register(unique("dora"), "pd")
+    t = pexpect.spawn(TUI[0], [*TUI[1:], node.host, str(node.port), "--login", str(uid), "--password", "pd"],
+                      env=ENV, encoding="utf-8", timeout=15, dimensions=(40, 160))
+    try:
+        t.expect("type help")
+        node.stop()
+        t.expect("connection lost")  # at once, not at the next command
+        node.start()  # same port, same database
+        t.sendline("")
+        t.expect(r"reconnect\? \[Y/n\]")
+        t.sendline("y")
+        t.expect(f"logged in as dora.* \\(id {uid}\\)")
+        t.sendline("quit")
+        t.expect(pexpect.EOF)
+    finally:
+        t.close()
+    assert t.exitstatus == 0
