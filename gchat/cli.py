@@ -63,6 +63,8 @@ def server_main(argv: list[str] | None = None) -> int:
     stop = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stop.set)
+    # SIGUSR1 logs "stats connections=.. users=.. greenlets=.. fds=.. rss=.."
+    gevent.signal_handler(signal.SIGUSR1, app.node.log_stats)
     stop.wait()
     log.info("signal received, shutting down")
     app.stop()

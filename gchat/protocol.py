@@ -91,8 +91,11 @@ class ProtocolError(Exception):
 
 
 class FrameTooLarge(ProtocolError):
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, frames: list[bytes] | None = None) -> None:
         super().__init__(Errno.FRAME_TOO_LARGE, f"frame larger than {cap} bytes")
+        # the complete frames that came before the oversized one in the same
+        # feed: they are valid and must still be handled, in order
+        self.frames: list[bytes] = frames or []
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ class FrameDecoder:
             frame = bytes(buf[start:end]).strip(_SKIPPED)
             if frame:
                 if len(frame) > self.frame_max:
-                    raise FrameTooLarge(self.frame_max)
+                    raise FrameTooLarge(self.frame_max, frames)
                 if self.terminator is None:
                     self.terminator = bytes(buf[end : end + 1])
                 frames.append(frame)
@@ -163,7 +166,7 @@ class FrameDecoder:
             # never become a valid frame.
             stripped = buf.lstrip(_SKIPPED)
             if len(stripped) > self.frame_max:
-                raise FrameTooLarge(self.frame_max)
+                raise FrameTooLarge(self.frame_max, frames)
             self._buf = buf = bytearray(stripped)
         self._scanned = len(buf)
         return frames

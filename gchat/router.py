@@ -77,6 +77,12 @@ class Router:
         with self.db.transaction() as s:
             store.store_offline(s, ((uid, text) for uid in user_ids))
 
+    def store_offline_batch(self, items: list[tuple[int, bytes]]) -> None:
+        """Store (user id, body) pairs in one unit of work, in order: what a
+        closing connection could not write (its order is kept at next login)."""
+        with self.db.transaction() as s:
+            store.store_offline(s, ((uid, body.decode()) for uid, body in items))
+
     def on_bus_delivery(self, user_ids: list[int], body: bytes) -> None:
         """A delivery another node routed here. The user may have left since
         the routing decision: then it is stored, never dropped."""

@@ -4,16 +4,19 @@ loop, outbox, one writer greenlet), and nothing of the business rules.
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import socket
 import time
-from collections import deque
-from typing import TYPE_CHECKING
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
+from greenlet import greenlet
 
 from gchat import service
 from gchat.config import Settings
@@ -23,10 +26,12 @@ from gchat.protocol import (
     FrameTooLarge,
     ProtocolError,
     dumps,
+    encode,
     error_reply,
+    loads,
     parse_request,
 )
-from gchat.ratelimit import TokenBucket
+from gchat.ratelimit import FloodGuard, Verdict
 
 if TYPE_CHECKING:
     from gchat.service import Services
@@ -36,12 +41,22 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 64 * 1024
 # how long a closing connection may take to hand its last replies to the kernel
 FLUSH_TIMEOUT = 5.0
+# bytes joined for one send: a burst goes out in few system calls, without
+# copying a whole (up to outbox_max_bytes) outbox at once
+WRITE_CHUNK = 256 * 1024
 
 
 class Connection:
     """One client. The reader greenlet (the StreamServer's handler) decodes
     and handles frames in order; a writer greenlet drains the outbox, so a
-    slow client never blocks whoever is delivering to it."""
+    slow client never blocks whoever is delivering to it.
+
+    The outbox holds every message not yet completely handed to the kernel,
+    the one being written included: the writer removes a message only once
+    its last byte is sent. Whatever is left when the connection ends (the
+    peer stopped reading, vanished, or the write failed) is still there, in
+    order, and is stored offline for its user: nothing accepted is dropped.
+    """
 
     def __init__(self, sock: socket.socket, address: tuple[str, int], node: Node) -> None:
         self.sock = sock
@@ -58,14 +73,11 @@ class Connection:
         self._out_bytes = 0
         self._wake = Event()
         self._busy = False
-        self._held: list[bytes] = []
+        self._held: list[tuple[bytes, int]] = []
         self._closing = False
-        self._unsent: list[tuple[bytes, int]] = []
+        self._cut = False  # cut off as a slow reader: nothing more is written
         self.close_reason = ""
-        self._bucket = (
-            TokenBucket(self.settings.rate, self.settings.rate_burst) if self.settings.rate > 0 else None
-        )
-        self._limited = 0
+        self._guard = FloodGuard(self.settings.rate, self.settings.rate_burst) if self.settings.rate > 0 else None
 
     # --- Peer, as the service layer sees it --------------------------------
 
@@ -84,7 +96,7 @@ class Connection:
         being handled, pushes wait behind its reply: a login ack comes before
         the messages that arrived during the login."""
         if self._busy:
-            self._held.append(body)
+            self._held.append((body, self.user_id or 0))
         else:
             self._enqueue(body, self.user_id or 0)
 
@@ -106,43 +118,65 @@ class Connection:
         self._out_bytes += len(body)
         s = self.settings
         if len(self._out) > s.outbox_max_messages or self._out_bytes > s.outbox_max_bytes:
-            if not self._closing:
-                log.warning(
-                    "%s: slow reader, %d messages (%d bytes) queued; disconnecting",
-                    self._who(), len(self._out), self._out_bytes,
-                )
-                self.close("slow reader")
-                self._abandon_outbox()
+            if not self._cut:
+                self._cut_off()
             return
         self._wake.set()
 
-    def _abandon_outbox(self) -> None:
-        """Stop writing: what is queued will be stored, not sent."""
-        self._unsent.extend(self._out)
-        self._out.clear()
-        self._out_bytes = 0
+    def _cut_off(self) -> None:
+        """A slow reader: stop writing to it at once. The outbox stays as it
+        is and is stored offline when the connection ends."""
+        log.warning(
+            "%s: slow reader: %d messages (%d bytes) queued, over the bound of %d messages or %d bytes; "
+            "disconnecting, what is queued for it is stored offline",
+            self._who(), len(self._out), self._out_bytes,
+            self.settings.outbox_max_messages, self.settings.outbox_max_bytes,
+        )
+        self._cut = True
+        self.close("slow reader")
+        try:
+            # SHUT_WR too: a writer blocked on the full socket fails at once.
+            # Bytes already in the kernel stay readable, followed by FIN.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _writer(self) -> None:
-        term = b"\n"
-        while True:
-            if not self._out:
-                if self._closing:
-                    return
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            batch = list(self._out)
-            self._out.clear()
-            self._out_bytes = 0
-            term = self.decoder.reply_terminator
-            try:
-                # one sendall per burst: everything queued since the last write
-                self.sock.sendall(b"".join(body + term for body, _ in batch))
-            except OSError:
-                self._unsent.extend(batch)
-                self._abandon_outbox()
-                self.close("write failed")
-                return
+        try:
+            while not self._cut:
+                if not self._out:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    self._wake.wait()
+                    continue
+                self._write_some()
+        except OSError as e:
+            if not self._cut:
+                log.info("%s: write failed (%s), closing", self._who(), e)
+            self.close("write failed")
+
+    def _write_some(self) -> None:
+        """Send the head of the outbox; a message leaves the outbox only when
+        its last byte (and terminator) went to the kernel."""
+        term = self.decoder.reply_terminator
+        parts: list[bytes] = []
+        ends: list[int] = []
+        size = 0
+        for body, _ in self._out:
+            parts.append(body)
+            size += len(body) + len(term)
+            ends.append(size)
+            if size >= WRITE_CHUNK:
+                break
+        data = memoryview(term.join(parts) + term)
+        sent = done = 0
+        while sent < size:
+            sent += self.sock.send(data[sent:])
+            while done < len(ends) and ends[done] <= sent:
+                body, _ = self._out.popleft()
+                self._out_bytes -= len(body)
+                done += 1
 
     def _reply(self, reply: dict[str, object]) -> None:
         self._enqueue(dumps(reply), 0)
@@ -160,30 +194,41 @@ class Connection:
                 try:
                     frames = self.decoder.feed(data)
                 except FrameTooLarge as e:
-                    self._reply(error_reply(e))
-                    self.close("frame too large")
-                    log.info("%s: frame over %d bytes, closed", self._who(), self.settings.frame_max)
+                    self._handle_frames(e.frames)
+                    if not self._closing:
+                        self._reply(error_reply(e))
+                        self.close("frame too large")
+                        log.info("%s: frame over %d bytes, closed", self._who(), self.settings.frame_max)
                     break
-                for frame in frames:
-                    if self._closing:
-                        break
-                    self._handle_frame(frame)
+                self._handle_frames(frames)
         except OSError as e:
-            log.debug("%s: %s", self._who(), e)
+            # ETIMEDOUT here is TCP keepalive finding a peer that vanished
+            log.info("%s: connection lost (%s)", self._who(), e)
         finally:
             deadline.kill(block=False)
             self._finish(writer)
 
-    def _handle_frame(self, frame: bytes) -> None:
-        if self._bucket is not None and not self._bucket.take(time.monotonic()):
-            self._limited += 1
-            if self._limited > self.settings.rate_burst:
-                log.warning("%s: flooding past the rate limit, disconnecting", self._who())
-                self.close("flood")
+    def _handle_frames(self, frames: list[bytes]) -> None:
+        for i, frame in enumerate(frames):
+            if self._closing:
+                self._log_dropped(frames[i:])
                 return
-            self._reply(error_reply(ProtocolError(Errno.RATE_LIMITED, "rate limited, slow down")))
-            return
-        self._limited = 0
+            self._handle_frame(frame)
+
+    def _handle_frame(self, frame: bytes) -> None:
+        if self._guard is not None:
+            verdict = self._guard.check(time.monotonic())
+            if verdict is Verdict.REFUSE:
+                self._refuse(frame)
+                return
+            if verdict is Verdict.CUT:
+                log.warning(
+                    "%s: flooding: %d requests refused with errno 10 (rate %g/s, burst %d) and still "
+                    "coming; disconnecting",
+                    self._who(), self._guard.refused, self.settings.rate, self.settings.rate_burst,
+                )
+                self.close("flood")
+                return  # the caller logs this frame and the rest as dropped
         self._busy = True
         req = None
         try:
@@ -200,46 +245,81 @@ class Connection:
         for reply in replies:
             self._reply(reply)
         held, self._held = self._held, []
-        for body in held:
-            self._enqueue(body, self.user_id or 0)
+        for body, uid in held:
+            self._enqueue(body, uid)
+
+    def _refuse(self, frame: bytes) -> None:
+        """errno 10, addressed to the request (msgid, seq) when it can be read."""
+        try:
+            req = parse_request(frame, self.svc.limits)
+            msgid, seq = int(req.msgid), req.seq
+        except ProtocolError as e:
+            msgid, seq = e.msgid, e.seq
+        self._reply(error_reply(ProtocolError(Errno.RATE_LIMITED, "rate limited, slow down", msgid, seq)))
+
+    def _log_dropped(self, frames: list[bytes]) -> None:
+        """Frames read but never handled because the connection is closing.
+        Only their msgids and sizes are logged: a frame may hold a password."""
+        if not frames and not self.decoder.buffered:
+            return
+        kinds: Counter[str] = Counter()
+        for frame in frames:
+            try:
+                obj = loads(frame)
+            except ValueError:
+                obj = None
+            msgid = obj.get("msgid") if isinstance(obj, dict) else None
+            kinds[f"msgid {msgid}" if type(msgid) is int else "invalid"] += 1
+        summary = ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) or "none"
+        log.warning(
+            "%s: closing (%s): dropped %d unhandled frame(s) (%s, %d bytes) and %d bytes of a partial frame; "
+            "none of them was applied",
+            self._who(), self.close_reason, len(frames), summary, sum(map(len, frames)), self.decoder.buffered,
+        )
 
     def _login_deadline(self) -> None:
         if not self.logged_in_once:
-            log.info("%s: no login within %.0f s, closing", self._who(), self.settings.login_timeout)
+            log.info("%s: no login within %g s, closing", self._who(), self.settings.login_timeout)
             self.close("login timeout")
 
     def _finish(self, writer: gevent.Greenlet) -> None:
-        """The connection is over: its user goes offline, queued replies get a
-        last chance to reach the kernel, and every message that could not be
-        written is stored for its user."""
+        """The connection is over. Queued replies get a last chance to reach
+        the kernel; then every message that could not be written is stored
+        for its user, and only then does the user go offline, so a message
+        delivered meanwhile is either queued here (and stored with the rest)
+        or stored after them: the order at next login is the order sent."""
+        self._closing = True
+        self._wake.set()
+        if not self._cut:
+            writer.join(timeout=FLUSH_TIMEOUT)
+        writer.kill(block=True)  # a writer still blocked leaves its message in the outbox
+        self._store_unsent()
         try:
             service.disconnect(self.svc, self)
         except Exception:
             log.exception("%s: disconnect failed", self._who())
-        self._closing = True
-        self._wake.set()
-        writer.join(timeout=FLUSH_TIMEOUT)
-        writer.kill(block=False)
-        self._abandon_outbox()
-        self._store_unsent()
         try:
             self.sock.close()
         except OSError:
             pass
 
     def _store_unsent(self) -> None:
-        by_user: dict[bytes, list[int]] = {}
-        for body, uid in self._unsent:
-            if uid:
-                by_user.setdefault(body, []).append(uid)
-        self._unsent.clear()
-        for body, uids in by_user.items():
+        """Store what is left in the outbox, until it stays empty: pushes may
+        arrive while a batch is being stored. Replies (user 0) are dropped."""
+        stored = 0
+        while self._out:
+            items = [(uid, body) for body, uid in self._out if uid]
+            self._out.clear()
+            self._out_bytes = 0
+            if not items:
+                continue
             try:
-                self.svc.router.store_offline(uids, body)
+                self.svc.router.store_offline_batch(items)
+                stored += len(items)
             except ProtocolError:
-                log.error("%s: lost a message for %s: database unavailable", self._who(), uids)
-        if by_user:
-            log.info("%s: stored %d unsent message(s) offline", self._who(), len(by_user))
+                log.error("%s: lost %d undelivered message(s): database unavailable", self._who(), len(items))
+        if stored:
+            log.info("%s: stored %d unsent message(s) offline", self._who(), stored)
 
     def _who(self) -> str:
         host, port = self.address[:2]
@@ -254,6 +334,11 @@ class Node:
         self.services = services
         self.connections: set[Connection] = set()
         self._per_ip: dict[str, int] = {}
+        # addresses at their limit -> connections refused since it was reached
+        self._refused: dict[str, int] = {}
+        self._at_limit = False
+        # the pool bounds the connections served at once: when it is full the
+        # server stops accepting, and new connections wait in the backlog
         self.pool = Pool(settings.max_connections)
         self.server = StreamServer((settings.host, settings.port), self._handle, spawn=self.pool)
         self._stopped = Event()
@@ -271,24 +356,77 @@ class Node:
     def _handle(self, sock: socket.socket, address: tuple[str, int]) -> None:
         ip = address[0]
         if self.settings.max_per_ip and self._per_ip.get(ip, 0) >= self.settings.max_per_ip:
-            log.warning("%s: over %d connections from one address, refused", ip, self.settings.max_per_ip)
-            sock.close()
+            self._refuse(sock, ip)
             return
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        if self.pool.full():
-            log.warning("connection limit %d reached", self.settings.max_connections)
-        _tune(sock, self.settings)
-        conn = Connection(sock, address, self)
-        self.connections.add(conn)
+        if self.pool.full() and not self._at_limit:
+            self._at_limit = True
+            log.warning(
+                "connection limit of %d reached (max_connections): new connections wait in the "
+                "listen backlog until one closes", self.settings.max_connections,
+            )
         try:
-            conn.serve()
+            _tune(sock, self.settings)
+            conn = Connection(sock, address, self)
+            self.connections.add(conn)
+            try:
+                conn.serve()
+            finally:
+                self.connections.discard(conn)
+        except OSError as e:  # the peer left before it could be served
+            log.debug("%s: %s", ip, e)
+            sock.close()
         finally:
-            self.connections.discard(conn)
             left = self._per_ip.get(ip, 1) - 1
             if left:
                 self._per_ip[ip] = left
             else:
                 self._per_ip.pop(ip, None)
+            refused = self._refused.pop(ip, None)
+            if refused is not None:
+                log.info("%s: below the per-address limit again; %d connection(s) were refused", ip, refused)
+            if self._at_limit:
+                self._at_limit = False
+                log.info("connection limit: a connection closed, accepting again")
+
+    def _refuse(self, sock: socket.socket, ip: str) -> None:
+        """Over the per-address limit: one errno 10 line, then close."""
+        if ip not in self._refused:
+            log.warning(
+                "%s: per-address limit of %d connections reached (max_per_ip): refusing its new "
+                "connections until one closes", ip, self.settings.max_per_ip,
+            )
+        self._refused[ip] = self._refused.get(ip, 0) + 1
+        err = ProtocolError(Errno.RATE_LIMITED, f"too many connections from {ip}")
+        try:
+            sock.sendall(encode(error_reply(err)))
+        except OSError:
+            pass
+        sock.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts that must come back down when clients leave: for operators
+        (SIGUSR1 logs them) and for the churn test."""
+        gc.collect()
+        greenlets = sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead)
+        try:
+            fds = len(os.listdir("/proc/self/fd"))
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            fds = rss = -1
+        return {
+            "connections": len(self.connections),
+            "users": len(self.services.registry),
+            "per_ip": len(self._per_ip),
+            "pool": len(self.pool),
+            "greenlets": greenlets,
+            "fds": fds,
+            "rss": rss,
+        }
+
+    def log_stats(self) -> None:
+        log.info("stats %s", " ".join(f"{k}={v}" for k, v in self.stats().items()))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, close every connection (their users go offline

@@ -69,6 +69,7 @@ def make_engine(url: str, *, pool_size: int = 10, overflow: int = 10, timeout: f
         pool_timeout=timeout,
         pool_pre_ping=True,  # a restarted database is noticed at checkout, not by a failed request
         pool_recycle=3600,  # below MySQL's wait_timeout, which closes idle connections
+        hide_parameters=True,  # an error's text must not carry a password hash into the log
         connect_args=connect_args,
     )
 
