@@ -86,9 +86,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_offlinemessage_userid_id", table_name="offlinemessage")
+    # indexes go with their tables (MySQL refuses to drop one a foreign key uses)
     op.drop_table("offlinemessage")
-    op.drop_index("ix_groupuser_userid", table_name="groupuser")
     op.drop_table("groupuser")
     op.drop_table("friend")
     op.drop_table("allgroup")

@@ -1,0 +1,46 @@
+"""A plain `pip install .` (not editable) in a fresh virtual environment gives
+a working gchat-server: the migrations ship inside the package."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import ROOT, Wire, free_port
+
+
+def test_pip_install_in_a_fresh_venv_gives_a_working_server(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "*.egg-info", "build", "__pycache__", "*.db"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", str(src)],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+
+    work = tmp_path / "work"
+    work.mkdir()
+    help_out = subprocess.run([str(venv / "bin" / "gchat-server"), "--help"], capture_output=True, text=True,
+                              cwd=work, timeout=60)
+    assert help_out.returncode == 0
+    for flag in ("--database-url", "--redis-url", "--node-id", "--log-level", "GCHAT_DATABASE_URL"):
+        assert flag in help_out.stdout
+
+    port = free_port()
+    proc = subprocess.Popen([str(venv / "bin" / "gchat-server", ), "--bind", f"127.0.0.1:{port}"],
+                            cwd=work, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if " ready on " in line:
+                break
+        else:
+            raise AssertionError("the installed server never got ready")
+        with Wire(("127.0.0.1", port)) as w:
+            w.login(w.register())
+        assert (work / "gchat.db").exists()  # the embedded default: SQLite here
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -1,0 +1,60 @@
+"""The schema belongs to Alembic: migrations and models cannot drift, SQLite
+nodes migrate themselves, and a node refuses a MySQL schema that is behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MariaDB
+from tests.support import ROOT, ServerProcess, free_port
+
+
+def alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GCHAT_DATABASE_URL": url}
+    return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def upgrade_then_check(url: str) -> None:
+    up = alembic(url, "upgrade", "head")
+    assert up.returncode == 0, up.stderr
+    check = alembic(url, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "No new upgrade operations detected" in check.stdout + check.stderr
+    down = alembic(url, "downgrade", "base")
+    assert down.returncode == 0, down.stderr
+    assert alembic(url, "upgrade", "head").returncode == 0
+
+
+def test_alembic_upgrade_then_check_on_sqlite(tmp_path: Path) -> None:
+    upgrade_then_check(f"sqlite:///{tmp_path / 'a.db'}")
+
+
+def test_alembic_upgrade_then_check_on_mariadb(mariadb: MariaDB) -> None:
+    upgrade_then_check(mariadb.create(migrate=False))
+
+
+def test_a_node_refuses_a_mysql_schema_that_is_behind(mariadb: MariaDB) -> None:
+    url = mariadb.create(migrate=False)
+    cmd = ServerProcess(url, port=free_port()).command()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "alembic upgrade head" in last
+    # after the operator's migration it starts
+    assert alembic(url, "upgrade", "head").returncode == 0
+    ServerProcess(url).start().stop()
+
+
+def test_a_sqlite_node_brings_its_own_database_to_head(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    node = ServerProcess(url).start()
+    node.stop()
+    assert "No new upgrade operations detected" in (alembic(url, "check").stdout + alembic(url, "check").stderr)
+    with pytest.raises(AssertionError):
+        node.wait_for_log("Traceback", timeout=0.1)

@@ -1,0 +1,156 @@
+"""The handlers alone: no sockets, an in-process bus, a SQLite store. Peers are
+plain objects that collect what is pushed to them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from gchat import schema, service
+from gchat.bus import LocalBus
+from gchat.models import AllGroup, GroupUser, User
+from gchat.passwords import Passwords
+from gchat.presence import LocalPresence
+from gchat.protocol import Errno, ProtocolError, parse_request
+from gchat.registry import Registry
+from gchat.router import Router
+from gchat.service import Services
+from gchat.store import Database
+
+
+class FakePeer:
+    def __init__(self) -> None:
+        self.user_id: int | None = None
+        self.user_name = ""
+        self.pushed: list[dict] = []  # type: ignore[type-arg]
+        self.closed = ""
+
+    def push(self, body: bytes) -> None:
+        self.pushed.append(json.loads(body))
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Services:
+    db = Database(f"sqlite:///{tmp_path / 'h.db'}")
+    schema.upgrade(db)
+    registry, presence, bus = Registry(), LocalPresence("n1"), LocalBus("n1")
+    router = Router("n1", registry, presence, bus, db)
+    s = Services(db=db, registry=registry, presence=presence, router=router,
+                 passwords=Passwords(time_cost=1, memory_kib=8))
+    bus.start(router.on_bus_delivery, s.invalidate_group)
+    return s
+
+
+def call(svc: Services, peer: FakePeer, **req: object) -> list[dict]:  # type: ignore[type-arg]
+    return service.handle(svc, peer, parse_request(json.dumps(req).encode()))
+
+
+def refused(svc: Services, peer: FakePeer, **req: object) -> Errno:
+    with pytest.raises(ProtocolError) as e:
+        call(svc, peer, **req)
+    return e.value.errno
+
+
+def new_user(svc: Services, name: str) -> tuple[FakePeer, int]:
+    peer = FakePeer()
+    (reply,) = call(svc, FakePeer(), msgid=3, name=name, password="pw")
+    uid = reply["id"]
+    assert call(svc, peer, msgid=1, id=uid, password="pw")[0]["errno"] == 0
+    return peer, uid
+
+
+def test_password_is_stored_only_as_an_argon2id_hash(svc: Services) -> None:
+    _, uid = new_user(svc, "alice")
+    with svc.db.transaction() as s:
+        stored = s.get(User, uid).password  # type: ignore[union-attr]
+    assert stored.startswith("$argon2id$") and "pw" not in stored
+
+
+def test_login_binds_the_session_and_a_second_login_is_refused(svc: Services) -> None:
+    peer, uid = new_user(svc, "alice")
+    assert peer.user_id == uid and peer.user_name == "alice"
+    assert svc.registry.get(uid) is peer
+    assert refused(svc, FakePeer(), msgid=1, id=uid, password="pw") == Errno.ONLINE
+    assert refused(svc, FakePeer(), msgid=1, id=uid, password="nope") == Errno.AUTH
+
+
+def test_chat_to_online_user_is_pushed_with_the_real_sender(svc: Services) -> None:
+    a, a_id = new_user(svc, "alice")
+    b, b_id = new_user(svc, "bob")
+    assert call(svc, a, msgid=5, to=b_id, msg="hi", name="mallory", seq=1) == [
+        {"msgid": 11, "ack": 5, "seq": 1, "errno": 0, "delivered": "online"}]
+    (got,) = b.pushed
+    assert got["id"] == a_id and got["name"] == "alice" and got["msg"] == "hi" and "seq" not in got and got["time"]
+
+
+def test_chat_to_offline_user_is_stored_and_handed_over_once(svc: Services) -> None:
+    a, _ = new_user(svc, "alice")
+    (reg,) = call(svc, FakePeer(), msgid=3, name="bob", password="pw")
+    for i in range(3):
+        assert call(svc, a, msgid=5, to=reg["id"], msg=str(i), seq=i)[0]["delivered"] == "offline"
+    bob = FakePeer()
+    (login,) = call(svc, bob, msgid=1, id=reg["id"], password="pw")
+    assert [json.loads(m)["msg"] for m in login["offlinemsg"]] == ["0", "1", "2"]
+    call(svc, bob, msgid=10)
+    (again,) = call(svc, bob, msgid=1, id=reg["id"], password="pw")
+    assert "offlinemsg" not in again
+
+
+def test_group_membership_cache_sees_a_new_member(svc: Services) -> None:
+    a, _ = new_user(svc, "alice")
+    b, _ = new_user(svc, "bob")
+    (ack,) = call(svc, a, msgid=7, groupname="g", groupdesc="", seq=1)
+    gid = ack["groupid"]
+    assert call(svc, a, msgid=9, groupid=gid, msg="alone", seq=2)[0]["members"] == 0  # now cached
+    call(svc, b, msgid=8, groupid=gid)
+    assert call(svc, a, msgid=9, groupid=gid, msg="hi", seq=3)[0]["members"] == 1
+    assert [m["msg"] for m in b.pushed] == ["hi"]
+
+
+def test_every_request_after_login_acts_as_the_session_user_only(svc: Services) -> None:
+    a, _ = new_user(svc, "alice")
+    _, b_id = new_user(svc, "bob")
+    for req in [dict(msgid=5, to=b_id, msg="x"), dict(msgid=6, friendid=b_id), dict(msgid=7, groupname="g"),
+                dict(msgid=8, groupid=1), dict(msgid=9, groupid=1, msg="x"), dict(msgid=10)]:
+        assert refused(svc, a, id=b_id, **req) == Errno.FORBIDDEN, req
+    assert refused(svc, FakePeer(), msgid=5, to=b_id, msg="x") == Errno.NOT_LOGGED_IN
+
+
+def test_a_database_error_is_errno_11_and_leaves_nothing_half_written(svc: Services) -> None:
+    a, _ = new_user(svc, "alice")
+    with svc.db.engine.begin() as conn:  # the second insert of create_group will fail
+        conn.execute(text("ALTER TABLE groupuser RENAME TO groupuser_gone"))
+    assert refused(svc, a, msgid=7, groupname="g", groupdesc="d", seq=1) == Errno.UNAVAILABLE
+    with svc.db.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE groupuser_gone RENAME TO groupuser"))
+    with svc.db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(AllGroup)) == 0
+        assert s.scalar(select(func.count()).select_from(GroupUser)) == 0
+    # and the same request succeeds once the store is back
+    assert call(svc, a, msgid=7, groupname="g", groupdesc="d", seq=2)[0]["errno"] == 0
+
+
+def test_login_that_fails_on_the_database_leaves_the_user_free(svc: Services) -> None:
+    (reg,) = call(svc, FakePeer(), msgid=3, name="bob", password="pw")
+    with svc.db.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE friend RENAME TO friend_gone"))
+    peer = FakePeer()
+    assert refused(svc, peer, msgid=1, id=reg["id"], password="pw") == Errno.UNAVAILABLE
+    assert peer.user_id is None and svc.registry.get(reg["id"]) is None
+    assert svc.presence.owner(reg["id"]) is None
+
+
+def test_disconnect_sets_the_user_offline(svc: Services) -> None:
+    a, a_id = new_user(svc, "alice")
+    with svc.db.transaction() as s:
+        assert s.get(User, a_id).state == "online"  # type: ignore[union-attr]
+    service.disconnect(svc, a)
+    with svc.db.transaction() as s:
+        assert s.get(User, a_id).state == "offline"  # type: ignore[union-attr]
+    assert svc.registry.get(a_id) is None and not svc.presence.online([a_id])
