@@ -30,8 +30,8 @@ from gchat.client import (
     LoginResult,
     NotFound,
     RequestTimeout,
-    _ReplySplitter,
 )
+from gchat.client.framing import ReplySplitter
 from tests.support import unique
 
 # --- the fake server ---------------------------------------------------------
@@ -284,7 +284,7 @@ def test_cannot_connect():
 
 
 def split_all(chunks: list[bytes]) -> list[dict[str, Any]]:
-    s = _ReplySplitter()
+    s = ReplySplitter()
     return [json.loads(f) for c in chunks for f in s.feed(c)]
 
 

@@ -1,0 +1,124 @@
+"""Typed results: the login ack's JSON strings, and deliveries, decoded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gchat.protocol import MsgId, loads
+
+
+def _obj(item: Any) -> dict[str, Any]:
+    """An element of a login list: JSON text in part A; a server that sends
+    the object itself is accepted too."""
+    value = loads(item) if isinstance(item, (str, bytes)) else item
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {item!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Friend:
+    id: int
+    name: str
+    state: str  # "online" | "offline"
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+    @classmethod
+    def from_obj(cls, item: Any) -> Friend:
+        d = _obj(item)
+        return cls(int(d["id"]), str(d.get("name", "")), str(d.get("state", "offline")))
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    id: int
+    name: str
+    state: str
+    role: str  # "creator" | "normal"
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+    @classmethod
+    def from_obj(cls, item: Any) -> GroupMember:
+        d = _obj(item)
+        return cls(
+            int(d["id"]),
+            str(d.get("name", "")),
+            str(d.get("state", "offline")),
+            str(d.get("role", "normal")),
+        )
+
+
+@dataclass(frozen=True)
+class Group:
+    id: int
+    name: str
+    desc: str
+    members: tuple[GroupMember, ...] = ()
+
+    @classmethod
+    def from_obj(cls, item: Any) -> Group:
+        d = _obj(item)
+        return cls(
+            int(d["id"]),
+            str(d.get("groupname", "")),
+            str(d.get("groupdesc", "")),
+            tuple(GroupMember.from_obj(u) for u in d.get("users") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A delivered chat message: one-to-one (msgid 5, `to` set) or group
+    (msgid 9, `groupid` set). `time` is the sender's text, as sent."""
+
+    msgid: int
+    sender_id: int
+    sender_name: str
+    text: str
+    time: str = ""
+    to: int | None = None
+    groupid: int | None = None
+
+    @property
+    def is_group(self) -> bool:
+        return self.msgid == MsgId.GROUP_CHAT
+
+    @classmethod
+    def from_obj(cls, item: Any) -> ChatMessage:
+        d = _obj(item)
+        msgid = int(d["msgid"])
+        return cls(
+            msgid=msgid,
+            sender_id=int(d.get("id", 0)),
+            sender_name=str(d.get("name", "")),
+            text=str(d.get("msg", "")),
+            time=str(d.get("time", "")),
+            to=int(d["to"]) if "to" in d and msgid == MsgId.ONE_CHAT else None,
+            groupid=int(d["groupid"]) if "groupid" in d and msgid == MsgId.GROUP_CHAT else None,
+        )
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    id: int
+    name: str
+    friends: tuple[Friend, ...] = ()
+    groups: tuple[Group, ...] = ()
+    offline: tuple[ChatMessage, ...] = ()
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> LoginResult:
+        return cls(
+            id=int(reply["id"]),
+            name=str(reply.get("name", "")),
+            friends=tuple(Friend.from_obj(f) for f in reply.get("friends") or ()),
+            groups=tuple(Group.from_obj(g) for g in reply.get("groups") or ()),
+            offline=tuple(ChatMessage.from_obj(m) for m in reply.get("offlinemsg") or ()),
+        )
