@@ -238,7 +238,7 @@ def test_login_errors_are_typed(fake, errno, cls):
     srv = fake(lambda req: [j({"msgid": 2, "errno": errno, "errmsg": msg}, b"")])
     with Client.connect("127.0.0.1", srv.port) as c, pytest.raises(cls) as err:
         c.login(1, "bad")
-    assert err.value.errno == errno and err.value.errmsg == msg
+    assert (err.value.errno, err.value.errmsg, err.value.msgid) == (errno, msg, 1)
     assert isinstance(err.value, GchatError) and c.user is None
 
 
@@ -423,7 +423,8 @@ GEVENT_SCRIPT = textwrap.dedent(
 def test_node_under_gevent(server):
     out = subprocess.run(
         [sys.executable, "-c", GEVENT_SCRIPT, server.host, str(server.port)],
-        check=False, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        check=False, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -83,6 +83,8 @@ _BY_ERRNO: dict[int, type[GchatError]] = {
 def error_from_reply(reply: dict[str, Any]) -> GchatError:
     """The exception for a reply whose errno is not 0."""
     errno = int(reply.get("errno", 0))
-    msgid = int(reply.get("ack", reply.get("msgid", 0)))
+    # the refused request: ACK_MSG names it in `ack`; LOGIN_ACK / REG_ACK are
+    # the request's msgid + 1
+    msgid = int(reply["ack"]) if "ack" in reply else int(reply.get("msgid", 1)) - 1
     cls = _BY_ERRNO.get(errno, GchatError)
     return cls(errno, str(reply.get("errmsg") or f"error {errno}"), msgid)
