@@ -130,7 +130,7 @@ def from_sources(
             raw = environ.get(_env_name(f.name))
         if raw is None:
             continue
-        kind = type(f.default)
+        kind: type = type(f.default)
         try:
             values[f.name] = kind(raw) if kind is not str else raw
         except ValueError:

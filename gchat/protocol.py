@@ -262,7 +262,7 @@ def parse_request(frame: bytes, limits: Limits = Limits()) -> Request:
     if seq is not None and not _is_int(seq):
         raise ProtocolError(Errno.BAD_REQUEST, "seq must be an integer")
     raw_id = obj.get("msgid")
-    if not _is_int(raw_id):
+    if not isinstance(raw_id, int) or isinstance(raw_id, bool):
         raise ProtocolError(Errno.BAD_REQUEST, "msgid missing or not an integer", seq=seq)
     try:
         msgid = MsgId(raw_id)

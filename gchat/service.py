@@ -16,6 +16,7 @@ from typing import Any
 
 from gchat import store
 from gchat.cache import Cache
+from gchat.models import AllGroup
 from gchat.passwords import Passwords
 from gchat.presence import Presence
 from gchat.protocol import Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, valid_name
@@ -163,7 +164,7 @@ def _login_reply(
     user_id: int,
     name: str,
     friends: list[tuple[int, str]],
-    groups: list[tuple[store.AllGroup, list[tuple[int, str, str]]]],
+    groups: list[tuple[AllGroup, list[tuple[int, str, str]]]],
     offline: list[str],
 ) -> Reply:
     everyone = {uid for uid, _ in friends} | {uid for _, ms in groups for uid, _, _ in ms}

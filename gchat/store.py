@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -218,7 +218,7 @@ def store_offline(s: Session, items: Iterable[tuple[int, str]]) -> int:
     """Store (user id, message text) pairs; one statement for the lot."""
     rows = [{"userid": uid, "message": text} for uid, text in items]
     if rows:
-        s.execute(OfflineMessage.__table__.insert(), rows)
+        s.execute(insert(OfflineMessage), rows)
     return len(rows)
 
 
