@@ -10,6 +10,7 @@ from gevent import get_hub
 
 from gchat import schema, store
 from gchat.bus import Bus, LocalBus
+from gchat.cache import Cache
 from gchat.config import Settings
 from gchat.passwords import Passwords
 from gchat.presence import LocalPresence, Presence
@@ -85,4 +86,24 @@ def build(settings: Settings) -> App:
         passwords=Passwords(settings.hash_time_cost, settings.hash_memory_kib, offload=_offload),
         limits=settings.limits,
     )
+    if settings.redis_url:
+        _wire_cluster(presence, bus, registry, services)
     return App(settings, db, presence, bus, services, Node(settings, services))
+
+
+def _wire_cluster(presence: Any, bus: Any, registry: Registry, services: Services) -> None:
+    """The cluster's repairs that reach into this node: a user another node
+    claimed while this one was cut off from Redis loses its connection here
+    (online on one node only), and after the bus was down every cached group
+    membership is dropped (invalidations may have been missed)."""
+
+    def lost(user_id: int) -> None:
+        peer = registry.get(user_id)
+        if peer is not None:
+            peer.close("logged in on another node")
+
+    def forget_cache() -> None:
+        services.cache = Cache()
+
+    presence.on_lost = lost
+    bus.on_reconnect = forget_cache
