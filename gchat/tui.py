@@ -438,7 +438,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--classic", action="store_true", help="send only the original client's frames (no acks)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="connect and reply timeout (10)")
     p.add_argument(
-        "--linger", type=float, default=0.0, metavar="S",
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="S",
         help="at end of input, keep printing incoming messages this long before logging out (0)",
     )
     return p.parse_args(argv)

@@ -159,7 +159,12 @@ def test_login_against_an_original_server_decodes_everything_and_stays_classic(f
         while len(srv.frames) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert srv.frames[1] == {
-        "msgid": 5, "id": 13, "name": "zhang san", "to": 15, "msg": "hello", "time": "2024-01-02 03:04:07"
+        "msgid": 5,
+        "id": 13,
+        "name": "zhang san",
+        "to": 15,
+        "msg": "hello",
+        "time": "2024-01-02 03:04:07",
     }
     assert srv.frames[2] == {"msgid": 7, "id": 13, "groupname": "g", "groupdesc": "d"}
     assert srv.frames[3] == {"msgid": 10, "id": 13}
@@ -230,9 +235,7 @@ def test_on_message_callback_and_on_reply_for_fire_and_forget(fake):
     assert len(seen) == 100 and c.next_message(timeout=0) is None
 
 
-@pytest.mark.parametrize(
-    ("errno", "cls"), [(1, AuthError), (2, AlreadyOnline)]
-)
+@pytest.mark.parametrize(("errno", "cls"), [(1, AuthError), (2, AlreadyOnline)])
 def test_login_errors_are_typed(fake, errno, cls):
     msg = {1: "id or password error", 2: "id is online"}[errno]
     srv = fake(lambda req: [j({"msgid": 2, "errno": errno, "errmsg": msg}, b"")])
@@ -327,7 +330,11 @@ def test_node_every_call(server):
         assert a.chat(mb.id, "hello bob") == "online"
         m = b.next_message(timeout=5)
         assert m is not None and (m.msgid, m.sender_id, m.sender_name, m.text, m.to) == (
-            5, ma.id, ma.name, "hello bob", mb.id
+            5,
+            ma.id,
+            ma.name,
+            "hello bob",
+            mb.id,
         )
         assert m.time
         assert b.group_chat(gid, "hello room") == 1
@@ -338,7 +345,8 @@ def test_node_every_call(server):
         me = b.login(mb.id, "pb")
         assert [o.text for o in me.offline] == ["while away"]
         assert {(x.id, x.name, x.role) for x in me.groups[0].members} == {
-            (ma.id, ma.name, "creator"), (mb.id, mb.name, "normal")
+            (ma.id, ma.name, "creator"),
+            (mb.id, mb.name, "normal"),
         }
         assert (me.groups[0].id, me.groups[0].desc) == (gid, "a room")
         assert me.friends == ()  # add friend is one direction, as in the original
@@ -423,7 +431,10 @@ GEVENT_SCRIPT = textwrap.dedent(
 def test_node_under_gevent(server):
     out = subprocess.run(
         [sys.executable, "-c", GEVENT_SCRIPT, server.host, str(server.port)],
-        check=False, capture_output=True, text=True, timeout=60,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert out.returncode == 0, out.stderr

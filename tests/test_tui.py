@@ -38,8 +38,15 @@ def test_format_message_and_login():
         (one,),
     )
     text = format_login(me)
-    for part in ("zhang san (id 13)", "li si", "online", "[2] devs - the team", "creator", "offline messages (1)",
-                 "[2024-01-02 03:04:05] li si (15): hi"):
+    for part in (
+        "zhang san (id 13)",
+        "li si",
+        "online",
+        "[2] devs - the team",
+        "creator",
+        "offline messages (1)",
+        "[2024-01-02 03:04:05] li si (15): hi",
+    ):
         assert part in text
 
 
@@ -79,7 +86,11 @@ def users(server: Any) -> tuple[int, int, str]:
 def spawn(server: Any, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*TUI, server.host, str(server.port), *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
     )
 
 
@@ -108,22 +119,43 @@ def test_script_mode_login_chat_receive_logout(server):
 def test_script_mode_flags_errors_and_groups(server):
     ida, idb, bob_name = users(server)
     # wrong password: a clear message and status 1
-    p = subprocess.run([*TUI, server.host, str(server.port), "--login", str(ida), "--password", "nope"],
-                       input="", capture_output=True, text=True, env=ENV, timeout=30, check=False)
+    p = subprocess.run(
+        [*TUI, server.host, str(server.port), "--login", str(ida), "--password", "nope"],
+        input="",
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=30,
+        check=False,
+    )
     assert p.returncode == 1 and "wrong id or password" in p.stdout
     with Client.connect(server.host, server.port) as bob:
         bob.login(idb, "pb")
         # already online
-        p = subprocess.run([*TUI, server.host, str(server.port), "--login", str(idb), "--password", "pb"],
-                           input="", capture_output=True, text=True, env=ENV, timeout=30, check=False)
+        p = subprocess.run(
+            [*TUI, server.host, str(server.port), "--login", str(idb), "--password", "pb"],
+            input="",
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=30,
+            check=False,
+        )
         assert p.returncode == 1 and "already logged in" in p.stdout
         gid = bob.create_group("g" + bob_name, "bob's")
         script = (
             f"addgroup:{gid}\ngroupchat:{gid}:hi group\nchat:{2**31 - 2}:x\naddgroup:{2**31 - 2}\n"
             "chat:notanumber:x\nbogus\ncreategroup:\nquit\n"
         )
-        p = subprocess.run([*TUI, server.host, str(server.port), "--login", str(ida), "--password", "pa"],
-                           input=script, capture_output=True, text=True, env=ENV, timeout=30, check=False)
+        p = subprocess.run(
+            [*TUI, server.host, str(server.port), "--login", str(ida), "--password", "pa"],
+            input=script,
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=30,
+            check=False,
+        )
         assert p.returncode == 0, p.stdout
         m = bob.next_message(timeout=10)
         assert m is not None and m.is_group and (m.groupid, m.text) == (gid, "hi group")
@@ -139,8 +171,12 @@ def test_register_flag_and_classic_mode(server):
         bob.login(idb, "pb")
         p = subprocess.run(
             [*TUI, server.host, str(server.port), "--classic", "--linger", "1", "--register", name, "--password", "pc"],
-            input=f"chat:{idb}:classic hi\nchat:{2**31 - 2}:x\n", capture_output=True, text=True, env=ENV,
-            timeout=30, check=False,
+            input=f"chat:{idb}:classic hi\nchat:{2**31 - 2}:x\n",
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=30,
+            check=False,
         )
         assert p.returncode == 0, p.stdout
         assert f"registered {name}: your id is" in p.stdout and f"logged in as {name}" in p.stdout
@@ -155,8 +191,9 @@ def test_cannot_connect():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = subprocess.run([*TUI, "127.0.0.1", str(port)], input="", capture_output=True, text=True, env=ENV,
-                       timeout=30, check=False)
+    p = subprocess.run(
+        [*TUI, "127.0.0.1", str(port)], input="", capture_output=True, text=True, env=ENV, timeout=30, check=False
+    )
     assert p.returncode == 1 and "cannot reach the server" in p.stdout
 
 
@@ -176,8 +213,14 @@ def test_connection_lost_is_reported():
         listener.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    p = subprocess.Popen([*TUI, "127.0.0.1", str(port), "--login", "1", "--password", "p"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    p = subprocess.Popen(
+        [*TUI, "127.0.0.1", str(port), "--login", "1", "--password", "p"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
     assert p.stdout is not None and p.stdin is not None
     out = Lines(p.stdout)
     out.until("logged in as x")
@@ -192,8 +235,14 @@ def test_terminal_mode_through_a_pty(server):
     with Client.connect(server.host, server.port) as bob:
         bob.login(idb, "pb")
         bob.chat(ida, "while you were away")
-        t = pexpect.spawn(TUI[0], [*TUI[1:], server.host, str(server.port)], env=ENV, encoding="utf-8",
-                          timeout=15, dimensions=(40, 160))
+        t = pexpect.spawn(
+            TUI[0],
+            [*TUI[1:], server.host, str(server.port)],
+            env=ENV,
+            encoding="utf-8",
+            timeout=15,
+            dimensions=(40, 160),
+        )
         try:
             t.expect("choice:")
             t.sendline("1")
@@ -228,8 +277,14 @@ def test_terminal_mode_offers_to_reconnect(make_server):
     node = make_server()
     with Client.connect(node.host, node.port) as c:
         uid = c.register(unique("dora"), "pd")
-    t = pexpect.spawn(TUI[0], [*TUI[1:], node.host, str(node.port), "--login", str(uid), "--password", "pd"],
-                      env=ENV, encoding="utf-8", timeout=15, dimensions=(40, 160))
+    t = pexpect.spawn(
+        TUI[0],
+        [*TUI[1:], node.host, str(node.port), "--login", str(uid), "--password", "pd"],
+        env=ENV,
+        encoding="utf-8",
+        timeout=15,
+        dimensions=(40, 160),
+    )
     try:
         t.expect("type help")
         node.stop()
