@@ -169,7 +169,7 @@ def live_nodes(client: redis.Redis) -> dict[str, bool]:
     pipe = client.pipeline(transaction=False)
     for n in nodes:
         pipe.exists(node_key(n))
-    return {n: bool(alive) for n, alive in zip(nodes, pipe.execute())}
+    return {n: bool(alive) for n, alive in zip(nodes, pipe.execute(), strict=True)}
 
 
 class RedisPresence:
@@ -258,7 +258,7 @@ class RedisPresence:
         rest = sorted(ids - here)
         if rest:
             owners = self._call(OWNERS, 0, PREFIX, *rest)
-            here.update(uid for uid, o in zip(rest, owners) if o)
+            here.update(uid for uid, o in zip(rest, owners, strict=True) if o)
         return here
 
     def _call(self, script: str, nkeys: int, *args: Any) -> Any:
@@ -289,6 +289,10 @@ class RedisPresence:
         """Every interval: re-claim after a loss, then reap dead nodes."""
         while True:
             gevent.sleep(self.interval)
+            if not self._redis_ok:
+                # back from an outage: Redis may have come back empty, and
+                # the heartbeat thread may not have noticed yet
+                self._resync = True
             try:
                 if self._resync:
                     self._sync()

@@ -1,0 +1,214 @@
+"""Cluster fixtures' parts: a Redis server of our own (so a test can restart
+it), nginx from the repository's nginx.conf on free ports, and several
+gchat-server nodes on one MariaDB database and that Redis."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support import ROOT, ServerProcess, Wire, free_port
+
+REDIS_SERVER = "/usr/bin/redis-server"
+NGINX = "/usr/sbin/nginx"
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+# small enough to keep the kill -9 test short, large enough for a loaded
+# 2-core CI machine (the heartbeat runs every second on its own thread)
+FAST = ("--node-ttl", "3", "--heartbeat-interval", "1")
+
+
+def wait_until(check, timeout: float = 20.0, every: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll check() until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:.0f} s")
+        time.sleep(every)
+
+
+class RedisServer:
+    """redis-server on a free port, without persistence: a restart comes back
+    empty, the hardest case for the cluster."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        if not os.path.exists(REDIS_SERVER):
+            pytest.fail(f"{REDIS_SERVER} is required for the cluster tests (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._pings, 10, what=f"redis-server on port {self.port}")
+        return self
+
+    def _pings(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def ensure_nginx() -> None:
+    """nginx with the stream module, installed when missing (as root, as CI
+    runs); a missing nginx fails the test, never skips it."""
+    if os.path.exists(NGINX) and STREAM_MODULE.exists():
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "nginx", "libnginx-mod-stream"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"nginx is required for the cluster tests; {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    if not os.path.exists(NGINX):
+        pytest.fail("nginx is required for the cluster tests and was not installed")
+
+
+def render_nginx_conf(template: str, upstreams: Sequence[tuple[str, int]], listen: str, workdir: Path) -> str:
+    """The repository's nginx.conf with these nodes, this address, and the
+    pid and error log under workdir."""
+    servers = "".join(f"        server {h}:{p} weight=1 max_fails=3 fail_timeout=30s;\n" for h, p in upstreams)
+    conf = re.sub(r"(upstream gchat \{\n)(.*?)(\n\s*\})", lambda m: m.group(1) + _comments(m.group(2)) + servers
+                  + m.group(3).lstrip("\n"), template, flags=re.S)
+    conf = re.sub(r"listen \S+;", f"listen {listen};", conf)
+    conf = re.sub(r"^pid .*;", f"pid {workdir / 'nginx.pid'};", conf, flags=re.M)
+    conf = re.sub(r"^error_log .*;", f"error_log {workdir / 'error.log'} notice;", conf, flags=re.M)
+    # one worker: connections are dealt round-robin, one node after the other
+    conf = re.sub(r"^worker_processes .*;", "worker_processes 1;", conf, flags=re.M)
+    if not STREAM_MODULE.exists():
+        conf = re.sub(r"^load_module .*;\n", "", conf, flags=re.M)
+    return conf
+
+
+def _comments(block: str) -> str:
+    return "".join(line + "\n" for line in block.splitlines() if line.strip().startswith("#"))
+
+
+class Nginx:
+    def __init__(self, upstreams: Sequence[tuple[str, int]], workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "nginx.conf"
+        self.conf.write_text(render_nginx_conf((ROOT / "nginx.conf").read_text(), upstreams,
+                                               f"127.0.0.1:{self.port}", workdir))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def start(self) -> Nginx:
+        ensure_nginx()
+        self.proc = subprocess.Popen(
+            [NGINX, "-c", str(self.conf), "-p", str(self.workdir), "-e", str(self.workdir / "error.log"),
+             "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        wait_until(self._listening, 10, what="nginx listening")
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise RuntimeError(f"nginx exited with {self.proc.returncode}: {err}")
+        try:
+            with Wire(self.address, timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Cluster:
+    """Nodes on one MariaDB database and one Redis; more can be added."""
+
+    def __init__(self, database_url: str, redis_server: RedisServer, extra: Sequence[str] = FAST) -> None:
+        self.database_url = database_url
+        self.redis = redis_server
+        self.extra = list(extra)
+        self.nodes: list[ServerProcess] = []
+        self._names = 0
+
+    def add_node(self, *extra: str) -> ServerProcess:
+        self._names += 1
+        node = ServerProcess(self.database_url, redis_url=self.redis.url, extra=[*self.extra, *extra],
+                             node_id=f"n{self._names}-{free_port()}")
+        self.nodes.append(node)
+        return node.start()
+
+    def add_nodes(self, n: int, *extra: str) -> list[ServerProcess]:
+        """n nodes, started side by side (each spends a second or two
+        importing and connecting)."""
+        started: list[ServerProcess | BaseException] = [RuntimeError("not started")] * n
+
+        def one(i: int) -> None:
+            try:
+                started[i] = self.add_node(*extra)
+            except BaseException as e:  # reported below, in the test's thread
+                started[i] = e
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for s in started:
+            if isinstance(s, BaseException):
+                raise s
+        return [s for s in started if isinstance(s, ServerProcess)]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def owner(self, user_id: int) -> str | None:
+        """The node holding the user, as the presence store says."""
+        raw = self.redis.client().get(f"gchat:online:{user_id}")
+        return raw.decode() if raw else None
+
+
+def admin(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """gchat-admin as an operator runs it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GCHAT_")}
+    return subprocess.run([sys.executable, "-m", "gchat.admin", *args], env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
