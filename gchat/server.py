@@ -24,6 +24,7 @@ from gchat.protocol import (
     Errno,
     FrameDecoder,
     FrameTooLarge,
+    MsgId,
     ProtocolError,
     dumps,
     encode,
@@ -44,6 +45,8 @@ FLUSH_TIMEOUT = 5.0
 # bytes joined for one send: a burst goes out in few system calls, without
 # copying a whole (up to outbox_max_bytes) outbox at once
 WRITE_CHUNK = 256 * 1024
+# frames handled in a row before the reader lets other greenlets run
+YIELD_EVERY = 8
 
 
 class Connection:
@@ -68,8 +71,11 @@ class Connection:
         self._user_id: int | None = None
         self.logged_in_once = False
         self.user_name = ""
-        # (JSON body, user id it was delivered to, or 0 for a reply)
-        self._out: deque[tuple[bytes, int]] = deque()
+        # (JSON body, user id, what to store offline for that user if the body
+        # is never written): a delivery keeps itself, a login reply the
+        # offline messages it hands over (taken from the store already), any
+        # other reply nothing
+        self._out: deque[tuple[bytes, int, tuple[bytes, ...]]] = deque()
         self._out_bytes = 0
         self._wake = Event()
         self._busy = False
@@ -98,7 +104,7 @@ class Connection:
         if self._busy:
             self._held.append((body, self.user_id or 0))
         else:
-            self._enqueue(body, self.user_id or 0)
+            self._enqueue(body, self.user_id or 0, (body,))
 
     def close(self, reason: str) -> None:
         if self._closing:
@@ -113,11 +119,13 @@ class Connection:
 
     # --- outbox -------------------------------------------------------------
 
-    def _enqueue(self, body: bytes, user_id: int) -> None:
-        self._out.append((body, user_id))
+    def _enqueue(self, body: bytes, user_id: int, keep: tuple[bytes, ...] = ()) -> None:
+        self._out.append((body, user_id, keep))
         self._out_bytes += len(body)
         s = self.settings
-        if len(self._out) > s.outbox_max_messages or self._out_bytes > s.outbox_max_bytes:
+        # one message alone may exceed the byte bound (a login reply with a
+        # large offline backlog): it is in memory already, and must get out
+        if len(self._out) > s.outbox_max_messages or (self._out_bytes > s.outbox_max_bytes and len(self._out) > 1):
             if not self._cut:
                 self._cut_off()
             return
@@ -163,7 +171,7 @@ class Connection:
         parts: list[bytes] = []
         ends: list[int] = []
         size = 0
-        for body, _ in self._out:
+        for body, _, _ in self._out:
             parts.append(body)
             size += len(body) + len(term)
             ends.append(size)
@@ -174,12 +182,18 @@ class Connection:
         while sent < size:
             sent += self.sock.send(data[sent:])
             while done < len(ends) and ends[done] <= sent:
-                body, _ = self._out.popleft()
+                body, _, _ = self._out.popleft()
                 self._out_bytes -= len(body)
                 done += 1
 
-    def _reply(self, reply: dict[str, object]) -> None:
-        self._enqueue(dumps(reply), 0)
+    def _reply(self, reply: dict[str, Any]) -> None:
+        offline = reply.get("offlinemsg") if reply.get("msgid") == MsgId.LOGIN_ACK else None
+        if offline and self.user_id:
+            # the messages were removed from the store for this reply: if it
+            # is never written, they go back
+            self._enqueue(dumps(reply), self.user_id, tuple(m.encode() for m in offline))
+        else:
+            self._enqueue(dumps(reply), 0)
 
     # --- reader -------------------------------------------------------------
 
@@ -214,6 +228,11 @@ class Connection:
                 self._log_dropped(frames[i:])
                 return
             self._handle_frame(frame)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                # a pipelined burst is handled without I/O in between: let the
+                # writers run (this one's, and those of its recipients), so a
+                # burst does not pile up in outboxes whose clients do read
+                gevent.sleep(0)
 
     def _handle_frame(self, frame: bytes) -> None:
         if self._guard is not None:
@@ -246,7 +265,7 @@ class Connection:
             self._reply(reply)
         held, self._held = self._held, []
         for body, uid in held:
-            self._enqueue(body, uid)
+            self._enqueue(body, uid, (body,))
 
     def _refuse(self, frame: bytes) -> None:
         """errno 10, addressed to the request (msgid, seq) when it can be read."""
@@ -308,7 +327,7 @@ class Connection:
         arrive while a batch is being stored. Replies (user 0) are dropped."""
         stored = 0
         while self._out:
-            items = [(uid, body) for body, uid in self._out if uid]
+            items = [(uid, text) for _, uid, keep in self._out if uid for text in keep]
             self._out.clear()
             self._out_bytes = 0
             if not items:
