@@ -16,7 +16,6 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
-from greenlet import greenlet
 
 from gchat import service
 from gchat.config import Settings
@@ -83,6 +82,7 @@ class Connection:
         self._closing = False
         self._cut = False  # cut off as a slow reader: nothing more is written
         self.close_reason = ""
+        self._deadline: gevent.Greenlet | None = None
         self._guard = FloodGuard(self.settings.rate, self.settings.rate_burst) if self.settings.rate > 0 else None
 
     # --- Peer, as the service layer sees it --------------------------------
@@ -94,8 +94,10 @@ class Connection:
     @user_id.setter
     def user_id(self, value: int | None) -> None:
         self._user_id = value
-        if value is not None:
+        if value is not None and not self.logged_in_once:
             self.logged_in_once = True
+            if self._deadline is not None:  # its job is done: do not keep it for login_timeout
+                self._deadline.kill(block=False)
 
     def push(self, body: bytes) -> None:
         """Queue a delivered message. While this connection's own request is
@@ -199,7 +201,7 @@ class Connection:
 
     def serve(self) -> None:
         writer = gevent.spawn(self._writer)
-        deadline = gevent.spawn_later(self.settings.login_timeout, self._login_deadline)
+        self._deadline = deadline = gevent.spawn_later(self.settings.login_timeout, self._login_deadline)
         try:
             while not self._closing:
                 data = self.sock.recv(RECV_SIZE)
@@ -427,7 +429,9 @@ class Node:
         """Counts that must come back down when clients leave: for operators
         (SIGUSR1 logs them) and for the churn test."""
         gc.collect()
-        greenlets = sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead)
+        # spawned greenlets (handlers, writers, deadlines, the node's own);
+        # raw greenlets also include the hubs of gevent's worker threads
+        greenlets = sum(1 for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead)
         try:
             fds = len(os.listdir("/proc/self/fd"))
             with open("/proc/self/statm") as f:
@@ -440,6 +444,7 @@ class Node:
             "per_ip": len(self._per_ip),
             "pool": len(self.pool),
             "greenlets": greenlets,
+            "threads": len(gevent.get_hub().threadpool),
             "fds": fds,
             "rss": rss,
         }
