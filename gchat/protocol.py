@@ -190,11 +190,13 @@ def encode(obj: Any, terminator: bytes = b"\n") -> bytes:
 
 _INT = "int"
 _STR = "str"
+_BOOL = "bool"
 
 # field -> (type, required). "id" is optional on every request after login (the
 # session is the identity); the service checks that it matches when present.
 _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
-    MsgId.LOGIN: {"id": (_INT, True), "password": (_STR, True)},
+    # password or, in its place, a resume token (section C): one of them is required
+    MsgId.LOGIN: {"id": (_INT, True), "password": (_STR, False), "token": (_STR, False), "resume": (_BOOL, False)},
     MsgId.REG: {"name": (_STR, True), "password": (_STR, True)},
     MsgId.ONE_CHAT: {
         "id": (_INT, False),
@@ -225,6 +227,7 @@ _LENGTH_LIMITS = {
     "msg": "msg_max",
     "groupdesc": "desc_max",
     "password": "password_max",
+    "token": "password_max",
     "name": "name_max",
     "groupname": "name_max",
     "time": "name_max",
@@ -278,7 +281,10 @@ def parse_request(frame: bytes, limits: Limits = Limits()) -> Request:
             obj.pop(field, None)
             continue
         value = obj[field]
-        if kind == _INT:
+        if kind == _BOOL:
+            if not isinstance(value, bool):
+                raise ProtocolError(Errno.BAD_REQUEST, f"field '{field}' must be true or false", msgid, seq)
+        elif kind == _INT:
             if not _is_int(value):
                 raise ProtocolError(Errno.BAD_REQUEST, f"field '{field}' must be an integer", msgid, seq)
             if not 0 <= value <= MAX_ID:
@@ -292,6 +298,9 @@ def parse_request(frame: bytes, limits: Limits = Limits()) -> Request:
                 raise ProtocolError(
                     Errno.BAD_REQUEST, f"field '{field}' is longer than {cap} characters", msgid, seq
                 )
+    if msgid == MsgId.LOGIN and "password" not in obj and "token" not in obj:
+        # part A's login has a password; a resume token (section C) may stand in for it
+        raise ProtocolError(Errno.BAD_REQUEST, "field 'password' is missing", msgid, seq)
     return Request(msgid, obj, seq)
 
 

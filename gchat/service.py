@@ -8,7 +8,10 @@ the presence store, data through the store.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ from typing import Any
 
 from gchat import store
 from gchat.cache import Cache
-from gchat.models import AllGroup
+from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
 from gchat.presence import Presence
 from gchat.protocol import Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, valid_name
@@ -38,6 +41,8 @@ class Services:
     passwords: Passwords
     limits: Limits = field(default_factory=Limits)
     cache: Cache = field(default_factory=Cache)
+    # how long a resume token is accepted after the login that issued it
+    resume_ttl: int = 24 * 3600
     # hashed once so that a login for an unknown id costs as much as a wrong
     # password: response time does not tell which ids exist
     _dummy_hash: str = ""
@@ -125,15 +130,20 @@ def _with_seq(reply: Reply, req: Request) -> Reply:
 
 
 def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    user_id, password = req["id"], req["password"]
+    # parse_request made sure one of password and token is there
+    user_id, password, token = req["id"], req.get("password"), req.get("token")
     if peer.user_id is not None:
         if peer.user_id == user_id:
             raise _err(Errno.ONLINE, "id is online")
         raise _err(Errno.FORBIDDEN, "log out before logging in as another user")
     with svc.db.transaction() as s:
         user = store.get_user(s, user_id)
-    stored = user.password if user is not None else svc.dummy_hash()
-    if not svc.passwords.verify(stored, password) or user is None:
+    if password is not None:
+        stored = user.password if user is not None else svc.dummy_hash()
+        ok = svc.passwords.verify(stored, password) and user is not None
+    else:
+        ok = _token_valid(user, token)
+    if not ok or user is None:
         raise _err(Errno.AUTH, "id or password error")
 
     # Online is claimed in the presence store first: it is the one atomic
@@ -145,18 +155,37 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         svc.presence.release(user_id)
         raise _err(Errno.ONLINE, "id is online")
     peer.user_id, peer.user_name = user_id, user.name
+    new_token = secrets.token_urlsafe(32) if req.get("resume") else None
     try:
         with svc.db.transaction() as s:
             store.set_state(s, [user_id], "online")
-            if svc.passwords.needs_rehash(user.password):
+            if password is not None and svc.passwords.needs_rehash(user.password):
                 store.set_password(s, user_id, svc.passwords.hash(password))
+            if new_token is not None:  # replaces (so revokes) any earlier token
+                store.set_token(s, user_id, _token_hash(new_token), int(time.time()) + svc.resume_ttl)
             friends = store.friends_of(s, user_id)
             groups = store.groups_of(s, user_id)
             offline = store.take_offline(s, user_id)
     except ProtocolError:
         _leave(svc, peer)
         raise
-    return [_with_seq(_login_reply(svc, user_id, user.name, friends, groups, offline), req)]
+    reply = _login_reply(svc, user_id, user.name, friends, groups, offline)
+    if new_token is not None:
+        reply["token"], reply["token_ttl"] = new_token, svc.resume_ttl
+    return [_with_seq(reply, req)]
+
+
+def _token_hash(token: str) -> str:
+    # A resume token is 256 random bits: nothing to guess, so a fast hash is
+    # enough (a slow one protects guessable passwords, not random keys); the
+    # database holds only this digest, so a leaked table logs nobody in.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _token_valid(user: User | None, token: str) -> bool:
+    if user is None or not user.token_hash or not user.token_expires or user.token_expires <= time.time():
+        return False
+    return hmac.compare_digest(user.token_hash, _token_hash(token))
 
 
 def _login_reply(
@@ -226,7 +255,11 @@ def disconnect(svc: Services, peer: Peer) -> None:
 
 
 def logout(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    _session_user(peer, req)
+    user_id = _session_user(peer, req)
+    # a log-out revokes the resume token: the next login needs the password.
+    # First, so that when the store is down nothing changes (errno 11).
+    with svc.db.transaction() as s:
+        store.set_token(s, user_id, None, None)
     _leave(svc, peer)
     return _acked(req)
 

@@ -108,6 +108,11 @@ def set_password(s: Session, user_id: int, password_hash: str) -> None:
     s.execute(update(User).where(User.id == user_id).values(password=password_hash))
 
 
+def set_token(s: Session, user_id: int, token_hash: str | None, expires: int | None) -> None:
+    """The user's resume token (its hash), replacing any other; None revokes it."""
+    s.execute(update(User).where(User.id == user_id).values(token_hash=token_hash, token_expires=expires))
+
+
 def set_state(s: Session, user_ids: Iterable[int], state: str) -> None:
     ids = list(user_ids)
     if ids:

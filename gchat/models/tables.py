@@ -27,6 +27,10 @@ class User(Base):
     state: Mapped[str] = mapped_column(
         Enum("online", "offline", name="user_state"), default="offline", server_default="offline"
     )
+    # The resume token (docs/protocol.md section C): its SHA-256 in hex, never
+    # the token; and when it stops being accepted (Unix seconds). NULL: none.
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    token_expires: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Friend(Base):
