@@ -382,19 +382,24 @@ class _HeartbeatThread:
     def __init__(self, presence: RedisPresence) -> None:
         self.p = presence
         self.params = parse_url(presence.url)
-        self._lock = monkey.get_original("_thread", "allocate_lock")()
+        allocate_lock = monkey.get_original("_thread", "allocate_lock")
+        self._lock = allocate_lock()  # held until stop(): the thread's sleep
         self._lock.acquire()
-        self._stopped = False
+        self._done = allocate_lock()  # held while the thread runs
         self._sock: Any = None
         self._buf = b""
         self.stalled = False
 
     def start(self) -> None:
+        self._done.acquire()
         monkey.get_original("_thread", "start_new_thread")(self._run, ())
 
     def stop(self) -> None:
-        self._stopped = True
+        """Stop, and wait for a heartbeat in flight: one landing after the
+        node left would make it look alive for another TTL."""
         self._lock.release()
+        if self._done.acquire(True, max(1.0, self.p.interval) + 1):
+            self._done.release()
 
     def _run(self) -> None:
         p = self.p
@@ -410,9 +415,10 @@ class _HeartbeatThread:
                 kept = self._eval(HEARTBEAT, node_key(p.node), NODES, p._token, str(p.ttl_ms), p.node)
                 if kept != 1:
                     p._resync = True
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure; it retries
                 self._close()
         self._close()
+        self._done.release()
 
     def _eval(self, script: str, *args: str) -> Any:
         if self._sock is None:

@@ -174,7 +174,7 @@ class Cluster:
         node = ServerProcess(self.database_url, redis_url=self.redis.url, extra=[*self.extra, *extra],
                              node_id=f"n{self._names}-{free_port()}")
         self.nodes.append(node)
-        return node.start()
+        return node.start(timeout=60)
 
     def add_nodes(self, n: int, *extra: str) -> list[ServerProcess]:
         """n nodes, started side by side (each spends a second or two
