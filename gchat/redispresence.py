@@ -326,7 +326,8 @@ class RedisPresence:
             freed = []
             if stale:
                 freed = [int(u) for u in self.redis.eval(RELEASE, 0, PREFIX, self.node, *sorted(stale))]
-            reclaimed, lost = [], []
+            reclaimed: list[int] = []
+            lost: list[int] = []
             for uid in sorted(self._local - held):
                 won = self.redis.eval(CLAIM, 1, online_key(uid), PREFIX, self.node, uid)
                 (reclaimed if won else lost).append(uid)
