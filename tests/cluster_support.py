@@ -5,7 +5,6 @@ gchat-server nodes on one MariaDB database and that Redis."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,11 +16,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from gchat.nginxconf import STREAM_MODULE
+from gchat.nginxconf import render as render_nginx_conf
 from tests.support import ROOT, ServerProcess, Wire, free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
 NGINX = "/usr/sbin/nginx"
-STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 # small enough to keep the kill -9 test short, large enough for a loaded
 # 2-core CI machine (the heartbeat runs every second on its own thread)
 FAST = ("--node-ttl", "3", "--heartbeat-interval", "1")
@@ -94,26 +94,6 @@ def ensure_nginx() -> None:
             pytest.fail(f"nginx is required for the cluster tests; {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     if not os.path.exists(NGINX):
         pytest.fail("nginx is required for the cluster tests and was not installed")
-
-
-def render_nginx_conf(template: str, upstreams: Sequence[tuple[str, int]], listen: str, workdir: Path) -> str:
-    """The repository's nginx.conf with these nodes, this address, and the
-    pid and error log under workdir."""
-    servers = "".join(f"        server {h}:{p} weight=1 max_fails=3 fail_timeout=30s;\n" for h, p in upstreams)
-    conf = re.sub(r"(upstream gchat \{\n)(.*?)(\n\s*\})", lambda m: m.group(1) + _comments(m.group(2)) + servers
-                  + m.group(3).lstrip("\n"), template, flags=re.S)
-    conf = re.sub(r"listen \S+;", f"listen {listen};", conf)
-    conf = re.sub(r"^pid .*;", f"pid {workdir / 'nginx.pid'};", conf, flags=re.M)
-    conf = re.sub(r"^error_log .*;", f"error_log {workdir / 'error.log'} notice;", conf, flags=re.M)
-    # one worker: connections are dealt round-robin, one node after the other
-    conf = re.sub(r"^worker_processes .*;", "worker_processes 1;", conf, flags=re.M)
-    if not STREAM_MODULE.exists():
-        conf = re.sub(r"^load_module .*;\n", "", conf, flags=re.M)
-    return conf
-
-
-def _comments(block: str) -> str:
-    return "".join(line + "\n" for line in block.splitlines() if line.strip().startswith("#"))
 
 
 class Nginx:

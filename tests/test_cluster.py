@@ -9,6 +9,7 @@ wait with generous deadlines, never on timings.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,15 @@ def test_one_to_one_across_nodes_through_nginx(cluster: Cluster, nginx: Nginx) -
     assert chat(b, ua, "hello from B", 2)["delivered"] == "online"
     assert a.recv()["msg"] == "hello from B"
     a.nothing(), b.nothing()  # nothing twice
+
+
+def test_a_client_that_half_closes_through_nginx_gets_its_replies(nginx: Nginx) -> None:
+    """printf '...' | nc HOST 8000: requests, then FIN from the client."""
+    w = Wire(nginx.address)
+    w.send({"msgid": 3, "name": unique(), "password": "pw"})
+    w.sock.shutdown(socket.SHUT_WR)
+    assert w.recv()["errno"] == 0
+    w.close()
 
 
 def test_order_kept_between_one_sender_and_one_recipient(cluster: Cluster) -> None:
