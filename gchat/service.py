@@ -240,6 +240,10 @@ def _leave(svc: Services, peer: Peer) -> None:
     svc.registry.unbind(user_id, peer)
     try:
         svc.presence.release(user_id)
+        # another node took the user while this one was cut off from the
+        # presence store: the state column is that node's to mirror now
+        if svc.presence.owner(user_id) is not None:
+            return
     except ProtocolError:
         log.warning("presence store unavailable: user %d is released when this node's claim expires", user_id)
     try:
