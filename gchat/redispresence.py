@@ -181,6 +181,7 @@ class RedisPresence:
         self.ttl_ms = max(1, int(settings.node_ttl * 1000))
         self.wedged = max(WEDGED_MIN, 3 * settings.node_ttl)
         self.redis = connect(redis_url)
+        self._scripts: dict[str, Any] = {}
         # called with a user this node held but another node claimed while
         # this one was cut off: its connection here must go
         self.on_lost: Callable[[int], None] | None = None
@@ -247,24 +248,27 @@ class RedisPresence:
             raise
 
     def owner(self, user_id: int) -> str | None:
-        if user_id in self._local:
-            return self.node
-        (owner,) = self._call(OWNERS, 0, PREFIX, user_id)
-        return owner.decode() or None
+        return self.owners([user_id]).get(user_id)
+
+    def owners(self, user_ids: Iterable[int]) -> dict[int, str]:
+        ids = set(user_ids)
+        found = dict.fromkeys(ids & self._local, self.node)
+        rest = sorted(ids - self._local)
+        if rest:  # one round trip for all of them (a group's members)
+            owners = self._call(OWNERS, 0, PREFIX, *rest)
+            found.update((uid, o.decode()) for uid, o in zip(rest, owners, strict=True) if o)
+        return found
 
     def online(self, user_ids: Iterable[int]) -> set[int]:
-        ids = set(user_ids)
-        here = ids & self._local
-        rest = sorted(ids - here)
-        if rest:
-            owners = self._call(OWNERS, 0, PREFIX, *rest)
-            here.update(uid for uid, o in zip(rest, owners, strict=True) if o)
-        return here
+        return set(self.owners(user_ids))
 
     def _call(self, script: str, nkeys: int, *args: Any) -> Any:
         """Redis errors end here, as errno 11."""
         try:
-            return self.redis.eval(script, nkeys, *args)
+            # EVALSHA: the script text crosses the wire once, not on every call
+            if script not in self._scripts:
+                self._scripts[script] = self.redis.register_script(script)
+            return self._scripts[script](keys=list(args[:nkeys]), args=list(args[nkeys:]))
         except redis.RedisError as e:
             self._unavailable(e)
             raise ProtocolError(Errno.UNAVAILABLE, "presence store unavailable") from e

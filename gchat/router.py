@@ -39,6 +39,7 @@ class Router:
         neither delivered nor stored."""
         remote: dict[str, list[int]] = defaultdict(list)
         offline: list[int] = []
+        elsewhere: list[int] = []
         reached = 0
         for uid in user_ids:
             peer = self.registry.get(uid)
@@ -46,11 +47,15 @@ class Router:
                 peer.push(body)
                 reached += 1
             else:
-                remote_or_offline = self._owner(uid)
-                if remote_or_offline is None:
+                elsewhere.append(uid)
+        if elsewhere:
+            owners = self._owners(elsewhere)
+            for uid in elsewhere:
+                node = owners.get(uid)
+                if node is None or node == self.node:
                     offline.append(uid)
                 else:
-                    remote[remote_or_offline].append(uid)
+                    remote[node].append(uid)
         for node, uids in remote.items():
             try:
                 self.bus.send(node, uids, body)
@@ -62,15 +67,14 @@ class Router:
             self.store_offline(offline, body)
         return reached
 
-    def _owner(self, user_id: int) -> str | None:
-        """The other live node holding the user, None if offline or unknown.
-        With the presence store down we cannot know, and store the message:
-        stored is never lost, only late."""
+    def _owners(self, user_ids: list[int]) -> dict[int, str]:
+        """The live nodes holding these users. With the presence store down
+        we cannot know, and store the messages: stored is never lost, only
+        late."""
         try:
-            owner = self.presence.owner(user_id)
+            return self.presence.owners(user_ids)
         except ProtocolError:
-            return None
-        return owner if owner != self.node else None
+            return {}
 
     def store_offline(self, user_ids: list[int], body: bytes) -> None:
         text = body.decode()
