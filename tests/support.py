@@ -42,10 +42,13 @@ class ServerProcess:
     def __init__(self, database_url: str, *, redis_url: str = "", extra: Sequence[str] = (),
                  env: dict[str, str] | None = None, port: int | None = None, node_id: str = "") -> None:
         self.host = "127.0.0.1"
-        self.port = port or free_port()
+        # 0: the node binds a port the kernel picks and logs it; a port chosen
+        # here and bound later could be taken meanwhile by any client socket
+        # (the suite opens thousands). A restart keeps the port it got.
+        self.port = port or 0
         self.database_url = database_url
         self.redis_url = redis_url
-        self.node_id = node_id or f"test-{self.port}"
+        self.node_id = node_id or f"test-{uuid.uuid4().hex[:8]}"
         self.extra = list(extra)
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,6 +85,7 @@ class ServerProcess:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
             if " ready on " in line:
+                self.port = int(line.rsplit(":", 1)[1])
                 self._ready.set()
 
     def log(self) -> str:

@@ -116,7 +116,8 @@ def test_login_pushes_friends_groups_with_roles_and_offline_messages(server: Ser
 def test_one_to_one_live_delivery_is_the_same_object(server: ServerProcess, term: bytes) -> None:
     a, a_id = user(server.address, term)
     b, b_id = user(server.address, b"\0")
-    request = {"msgid": 5, "id": a_id, "name": "ignored", "to": b_id, "msg": "你好 🙂 \"quoted\"", "time": "2026-01-01 10:00:00"}
+    request = {"msgid": 5, "id": a_id, "name": "ignored", "to": b_id, "msg": "你好 🙂 \"quoted\"",
+               "time": "2026-01-01 10:00:00"}
     a.send(request)
     got = b.recv()
     assert got["msg"] == request["msg"] and got["to"] == b_id and got["time"] == request["time"]
@@ -273,7 +274,8 @@ def test_bad_frames_get_errors_and_the_connection_keeps_working(server: ServerPr
 
 def test_bad_requests_echo_seq(server: ServerProcess) -> None:
     a, _ = user(server.address)
-    assert a.request({"msgid": 77, "seq": 3}) == {"msgid": 11, "ack": 77, "errno": 4, "errmsg": "unknown msgid 77", "seq": 3}
+    reply = a.request({"msgid": 77, "seq": 3})
+    assert reply == {"msgid": 11, "ack": 77, "errno": 4, "errmsg": "unknown msgid 77", "seq": 3}
     a.close()
 
 
