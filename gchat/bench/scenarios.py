@@ -208,7 +208,9 @@ class PingPong(Worker):
 
 
 def merge_pingpong(results: list[Result], opts: Options) -> Result:
-    return _merge_common(results, opts, deliveries=sum(r["received"] for r in results))
+    out = _merge_common(results, opts, deliveries=sum(r["received"] for r in results))
+    out["pairs"] = opts.pairs
+    return out
 
 
 # --- group: M members all online, all sending, open loop at an offered rate -
@@ -356,6 +358,7 @@ def merge_group(results: list[Result], opts: Options) -> Result:
     out["expected"] = expected
     out["lost"] = expected - unique
     out["duplicates"] = sum(r["dups"] for r in results)
+    out["members"] = opts.members
     out["offered_msgs_per_s"] = opts.rate
     return out
 
