@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gchat import store
+from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
@@ -30,6 +31,10 @@ from gchat.store import Database
 log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
+# a login's session to open: user id, and (token hash, expiry) when it asked for one
+SessionOpen = tuple[int, tuple[str, int] | None]
+# what its reply carries: friends, groups with their members, stored messages
+SessionData = tuple[list[tuple[int, str]], list[store.GroupEntry], list[str]]
 
 
 @dataclass
@@ -43,6 +48,38 @@ class Services:
     cache: Cache = field(default_factory=Cache)
     # how long a resume token is accepted after the login that issued it
     resume_ttl: int = 24 * 3600
+    # concurrent logins and log-outs share their units of work (gchat/batch.py):
+    # a reconnect storm costs a few statements per batch, not per user
+    users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
+    sessions: Batcher[SessionOpen, SessionData] = field(init=False, repr=False)
+    offline_states: Batcher[int, None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.users_by_id = Batcher(self._load_users)
+        self.sessions = Batcher(self._open_sessions)
+        self.offline_states = Batcher(self._mark_offline)
+
+    def _load_users(self, user_ids: list[int]) -> list[User | None]:
+        with self.db.transaction() as s:
+            users = store.get_users(s, user_ids)
+        return [users.get(uid) for uid in user_ids]
+
+    def _open_sessions(self, items: list[SessionOpen]) -> list[SessionData]:
+        """Online, a new token where asked, and what each login reply
+        carries: friends, groups, stored messages (taken)."""
+        ids = [uid for uid, _ in items]
+        with self.db.transaction() as s:
+            store.set_state(s, ids, "online")
+            store.set_tokens(s, [(uid, *tok) for uid, tok in items if tok is not None])
+            friends = store.friends_of_many(s, ids)
+            groups = store.groups_of_many(s, ids)
+            offline = store.take_offline_many(s, ids)
+        return [(friends[uid], groups[uid], offline[uid]) for uid in ids]
+
+    def _mark_offline(self, user_ids: list[int]) -> list[None]:
+        with self.db.transaction() as s:
+            store.set_state(s, user_ids, "offline")
+        return [None] * len(user_ids)
     # hashed once so that a login for an unknown id costs as much as a wrong
     # password: response time does not tell which ids exist
     _dummy_hash: str = ""
@@ -71,6 +108,15 @@ class Services:
 
 
 Handler = Callable[[Services, Peer, Request], list[Reply]]
+
+
+def _batched(batcher: Batcher[Any, Any], key: Any) -> Any:
+    """batcher(key), with an error of the batch raised as this caller's own
+    (handle() fills in the msgid and seq of the request it answers)."""
+    try:
+        return batcher(key)
+    except ProtocolError as e:
+        raise ProtocolError(e.errno, e.errmsg) from e
 
 
 def _err(errno: Errno, msg: str) -> ProtocolError:
@@ -136,8 +182,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if peer.user_id == user_id:
             raise _err(Errno.ONLINE, "id is online")
         raise _err(Errno.FORBIDDEN, "log out before logging in as another user")
-    with svc.db.transaction() as s:
-        user = store.get_user(s, user_id)
+    user = _batched(svc.users_by_id, user_id)
     if password is not None:
         stored = user.password if user is not None else svc.dummy_hash()
         ok = svc.passwords.verify(stored, password) and user is not None
@@ -156,16 +201,14 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         raise _err(Errno.ONLINE, "id is online")
     peer.user_id, peer.user_name = user_id, user.name
     new_token = secrets.token_urlsafe(32) if req.get("resume") else None
+    # a new token replaces (so revokes) any earlier one
+    token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None
     try:
-        with svc.db.transaction() as s:
-            store.set_state(s, [user_id], "online")
-            if password is not None and svc.passwords.needs_rehash(user.password):
-                store.set_password(s, user_id, svc.passwords.hash(password))
-            if new_token is not None:  # replaces (so revokes) any earlier token
-                store.set_token(s, user_id, _token_hash(new_token), int(time.time()) + svc.resume_ttl)
-            friends = store.friends_of(s, user_id)
-            groups = store.groups_of(s, user_id)
-            offline = store.take_offline(s, user_id)
+        friends, groups, offline = _batched(svc.sessions, (user_id, token))
+        if password is not None and svc.passwords.needs_rehash(user.password):
+            new_hash = svc.passwords.hash(password)
+            with svc.db.transaction() as s:
+                store.set_password(s, user_id, new_hash)
     except ProtocolError:
         _leave(svc, peer)
         raise
@@ -247,8 +290,7 @@ def _leave(svc: Services, peer: Peer) -> None:
     except ProtocolError:
         log.warning("presence store unavailable: user %d is released when this node's claim expires", user_id)
     try:
-        with svc.db.transaction() as s:
-            store.set_state(s, [user_id], "offline")
+        _batched(svc.offline_states, user_id)
     except ProtocolError:
         log.warning("could not mirror user %d offline in the database", user_id)
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -96,6 +96,11 @@ def get_user(s: Session, user_id: int) -> User | None:
     return s.get(User, user_id)
 
 
+def get_users(s: Session, user_ids: Sequence[int]) -> dict[int, User]:
+    """The users that exist among user_ids, by id: one query for a batch."""
+    return {u.id: u for u in s.scalars(select(User).where(User.id.in_(list(user_ids))))}
+
+
 def user_exists(s: Session, user_id: int) -> bool:
     return s.scalar(select(User.id).where(User.id == user_id)) is not None
 
@@ -111,6 +116,12 @@ def set_password(s: Session, user_id: int, password_hash: str) -> None:
 def set_token(s: Session, user_id: int, token_hash: str | None, expires: int | None) -> None:
     """The user's resume token (its hash), replacing any other; None revokes it."""
     s.execute(update(User).where(User.id == user_id).values(token_hash=token_hash, token_expires=expires))
+
+
+def set_tokens(s: Session, tokens: Sequence[tuple[int, str, int]]) -> None:
+    """(user id, token hash, expiry) for several users, in one executemany."""
+    if tokens:  # the ORM's bulk UPDATE by primary key
+        s.execute(update(User), [{"id": u, "token_hash": h, "token_expires": e} for u, h, e in tokens])
 
 
 def set_state(s: Session, user_ids: Iterable[int], state: str) -> None:
@@ -242,3 +253,64 @@ def take_offline(s: Session, user_id: int) -> list[str]:
 
 def count_offline(s: Session, user_id: int) -> int:
     return int(s.scalar(select(func.count()).select_from(OfflineMessage).where(OfflineMessage.userid == user_id)) or 0)
+
+
+# --- a batch of logins -----------------------------------------------------
+
+GroupEntry = tuple[AllGroup, list[tuple[int, str, str]]]
+
+
+def friends_of_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[tuple[int, str]]]:
+    out: dict[int, list[tuple[int, str]]] = {u: [] for u in user_ids}
+    q = (
+        select(Friend.userid, User.id, User.name)
+        .join(User, Friend.friendid == User.id)
+        .where(Friend.userid.in_(list(user_ids)))
+        .order_by(Friend.userid, User.id)
+    )
+    for owner, uid, name in s.execute(q):
+        out[owner].append((uid, name))
+    return out
+
+
+def groups_of_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[GroupEntry]]:
+    """Each user's groups with their members, in three queries for the batch."""
+    out: dict[int, list[GroupEntry]] = {u: [] for u in user_ids}
+    mine = s.execute(select(GroupUser.userid, GroupUser.groupid).where(GroupUser.userid.in_(list(user_ids)))).all()
+    if not mine:
+        return out
+    group_ids = sorted({gid for _, gid in mine})
+    groups = {g.id: g for g in s.scalars(select(AllGroup).where(AllGroup.id.in_(group_ids)))}
+    members: dict[int, list[tuple[int, str, str]]] = {gid: [] for gid in group_ids}
+    q = (
+        select(GroupUser.groupid, User.id, User.name, GroupUser.grouprole)
+        .join(User, User.id == GroupUser.userid)
+        .where(GroupUser.groupid.in_(group_ids))
+        .order_by(GroupUser.groupid, User.id)
+    )
+    for gid, uid, name, role in s.execute(q):
+        members[gid].append((uid, name, role))
+    for uid, gid in sorted(mine, key=lambda r: (r[0], r[1])):
+        out[uid].append((groups[gid], members[gid]))
+    return out
+
+
+def take_offline_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[str]]:
+    """take_offline for a batch: each user's messages oldest first, removed
+    in the same unit of work (only those read: the locked rows, up to each
+    user's last id)."""
+    out: dict[int, list[str]] = {u: [] for u in user_ids}
+    q = (
+        select(OfflineMessage.userid, OfflineMessage.id, OfflineMessage.message)
+        .where(OfflineMessage.userid.in_(list(user_ids)))
+        .order_by(OfflineMessage.userid, OfflineMessage.id)
+        .with_for_update()
+    )
+    last: dict[int, int] = {}
+    for uid, mid, text in s.execute(q):
+        out[uid].append(text)
+        last[uid] = mid
+    if last:
+        taken = or_(*(and_(OfflineMessage.userid == u, OfflineMessage.id <= m) for u, m in last.items()))
+        s.execute(delete(OfflineMessage).where(taken))
+    return out

@@ -1,0 +1,63 @@
+"""Coalescing concurrent calls into one unit of work.
+
+A login storm (thousands of users reconnecting after a node died) is many
+small, identical transactions: load a user, mark it online, read its friends,
+groups and stored messages. Each costs a pool checkout, a ping, a commit and
+the ORM's per-statement overhead, whatever the number of rows. A `Batcher`
+makes the callers that arrive while one batch is in the database wait for the
+next, which serves them all with the same few statements: one caller alone
+still gets its answer after one round of queries, a storm gets bigger batches
+instead of a longer queue.
+
+The caller's view stays synchronous: `batcher(key)` returns that key's result
+(or raises) once the batch holding it is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+import gevent  # type: ignore[import-untyped]
+from gevent.event import AsyncResult  # type: ignore[import-untyped]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+# rows named in one IN (...) list: large enough for any storm to pay off,
+# small enough for a statement of bounded size
+MAX_BATCH = 500
+
+
+class Batcher(Generic[K, V]):
+    def __init__(self, run: Callable[[list[K]], Sequence[V]], max_batch: int = MAX_BATCH) -> None:
+        """`run(keys)` returns one result per key, in order. An exception it
+        raises is raised to every caller of that batch."""
+        self._run = run
+        self._max = max_batch
+        self._pending: list[tuple[K, AsyncResult]] = []
+        self._worker: gevent.Greenlet | None = None
+
+    def __call__(self, key: K) -> V:
+        result: AsyncResult = AsyncResult()
+        self._pending.append((key, result))
+        if self._worker is None:
+            self._worker = gevent.spawn(self._drain)
+        return result.get()  # type: ignore[no-any-return]
+
+    def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+                try:
+                    values = self._run([key for key, _ in batch])
+                except BaseException as e:  # the callers decide; this greenlet goes on
+                    for _, result in batch:
+                        result.set_exception(e)
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for (_, result), value in zip(batch, values, strict=True):
+                    result.set(value)
+        finally:
+            self._worker = None

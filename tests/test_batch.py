@@ -1,0 +1,77 @@
+"""gchat.batch.Batcher, and the batched store reads a login storm relies on
+(they must answer exactly what the one-user queries answer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gevent
+import pytest
+
+from gchat import schema, store
+from gchat.batch import Batcher
+from gchat.protocol import Errno, ProtocolError
+
+
+def test_callers_arriving_during_a_batch_share_the_next_one() -> None:
+    seen: list[list[int]] = []
+
+    def run(keys: list[int]) -> list[int]:
+        seen.append(keys)
+        gevent.sleep(0.01)  # the database
+        return [k * 10 for k in keys]
+
+    b: Batcher[int, int] = Batcher(run)
+    jobs = [gevent.spawn(b, k) for k in range(1, 8)]
+    gevent.joinall(jobs, raise_error=True)
+    assert [j.value for j in jobs] == [10, 20, 30, 40, 50, 60, 70]
+    assert seen == [[1, 2, 3, 4, 5, 6, 7]]  # all arrived before the first batch ran
+    assert b(9) == 90  # one caller alone: one batch of one
+
+
+def test_an_error_reaches_every_caller_of_its_batch_only() -> None:
+    def run(keys: list[int]) -> list[int]:
+        gevent.sleep(0)
+        if 2 in keys:
+            raise ProtocolError(Errno.UNAVAILABLE, "down")
+        return keys
+
+    b: Batcher[int, int] = Batcher(run, max_batch=2)
+    jobs = [gevent.spawn(b, k) for k in (1, 2, 3, 4)]
+    gevent.joinall(jobs)
+    assert [type(j.exception) for j in jobs] == [ProtocolError, ProtocolError, type(None), type(None)]
+    assert [j.value for j in jobs[2:]] == [3, 4]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> store.Database:
+    d = store.Database(f"sqlite:///{tmp_path / 'b.db'}")
+    schema.prepare(d)
+    return d
+
+
+def test_batched_login_reads_equal_the_one_user_reads(db: store.Database) -> None:
+    with db.transaction() as s:
+        a, b, c, d = (store.create_user(s, n, "h") for n in ("a", "b", "c", "d"))
+        store.add_friend(s, a, b)
+        store.add_friend(s, a, c)
+        store.add_friend(s, c, a)
+        g1 = store.create_group(s, "g1", "", a)
+        g2 = store.create_group(s, "g2", "x", c)
+        store.add_member(s, g1, c)
+        store.add_member(s, g2, a)
+        store.store_offline(s, [(a, "m1"), (c, "n1"), (a, "m2"), (a, "m3")])
+    ids = [a, b, c, d]
+    with db.transaction() as s:
+        single = {u: (store.friends_of(s, u), [(g.id, m) for g, m in store.groups_of(s, u)]) for u in ids}
+    with db.transaction() as s:
+        friends = store.friends_of_many(s, ids)
+        groups = store.groups_of_many(s, ids)
+        offline = store.take_offline_many(s, ids)
+    for u in ids:
+        assert friends[u] == single[u][0]
+        assert [(g.id, m) for g, m in groups[u]] == single[u][1]
+    assert offline == {a: ["m1", "m2", "m3"], b: [], c: ["n1"], d: []}
+    with db.transaction() as s:  # taken once
+        assert store.take_offline_many(s, ids) == {a: [], b: [], c: [], d: []}
+        assert set(store.get_users(s, [a, 999])) == {a}
