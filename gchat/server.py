@@ -47,6 +47,10 @@ WRITE_CHUNK = 256 * 1024
 # a connection that wrote nothing for between one and two of these periods
 # gives up its writer greenlet until its next write
 WRITER_IDLE = 10.0
+# Connections the kernel queues before accept(). gevent's default of 128
+# overflowed in a reconnect storm (TcpExtListenOverflows): each dropped SYN
+# is retried after a second. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 # frames handled in a row before the reader lets other greenlets run
 YIELD_EVERY = 8
 
@@ -420,7 +424,8 @@ class Node:
         # the pool bounds the connections served at once: when it is full the
         # server stops accepting, and new connections wait in the backlog
         self.pool = Pool(settings.max_connections)
-        self.server = StreamServer((settings.host, settings.port), self._handle, spawn=self.pool)
+        self.server = StreamServer((settings.host, settings.port), self._handle, spawn=self.pool,
+                                   backlog=LISTEN_BACKLOG)
         self._stopped = Event()
         self._sweeper: gevent.Greenlet | None = None
 
