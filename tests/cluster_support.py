@@ -4,13 +4,14 @@ gchat-server nodes on one MariaDB database and that Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,14 @@ def admin(*args: str, env: dict[str, str] | None = None, timeout: float = 60) ->
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GCHAT_")}
     return subprocess.run([sys.executable, "-m", "gchat.admin", *args], env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@contextlib.contextmanager
+def running_cluster(database_url: str, redis_server: RedisServer, nodes: int) -> Iterator[Cluster]:
+    """`nodes` nodes on one database and one Redis, stopped on the way out."""
+    c = Cluster(database_url, redis_server)
+    try:
+        c.add_nodes(nodes)
+        yield c
+    finally:
+        c.stop()

@@ -12,6 +12,7 @@ import pymysql
 import pytest
 import redis
 
+from tests.cluster_support import RedisServer
 from tests.support import ServerProcess
 
 MYSQL_HOST = os.environ.get("GCHAT_TEST_MYSQL_HOST", "127.0.0.1")
@@ -87,6 +88,15 @@ def database_url(backend: str, mariadb: MariaDB | None, tmp: Path) -> str:
         return f"sqlite:///{tmp / 'gchat.db'}"
     assert mariadb is not None
     return mariadb.create()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the module's own, on a free port: a test may stop
+    and restart it without disturbing anyone else."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "mariadb"])

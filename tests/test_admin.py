@@ -7,25 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_support import Cluster, RedisServer, admin
+from tests.cluster_support import Cluster, RedisServer, admin, running_cluster
 from tests.support import Wire, free_port, unique, user
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster(mariadb: Any, redis_server: RedisServer) -> Iterator[Cluster]:
-    c = Cluster(mariadb.create(), redis_server)
-    try:
-        c.add_nodes(2)
+    with running_cluster(mariadb.create(), redis_server, 2) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def env(cluster: Cluster) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_support import Cluster, Nginx, RedisServer, wait_until
+from tests.cluster_support import Cluster, Nginx, RedisServer, running_cluster, wait_until
 from tests.support import Wire, unique, user
 
 # how long a killed node's users may stay locked: its node_ttl (3 s) plus a
@@ -26,20 +26,9 @@ DEAD_NODE_DEADLINE = 20.0
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster(mariadb: Any, redis_server: RedisServer) -> Iterator[Cluster]:
-    c = Cluster(mariadb.create(), redis_server)
-    try:
-        c.add_nodes(3)
+    with running_cluster(mariadb.create(), redis_server, 3) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,12 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "PYT
 TUI = [sys.executable, "-m", "gchat.tui"]
 
 
+def run_tui(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """gchat-client in script mode, its input from stdin."""
+    return subprocess.run([*TUI, *args], input=stdin, capture_output=True, text=True, env=ENV, timeout=30,
+                          check=False)
+
+
 def test_format_message_and_login():
     one = ChatMessage(5, 15, "li si", "hi", "2024-01-02 03:04:05", to=13)
     group = ChatMessage(9, 15, "li si", "all", "2024-01-02 03:04:06", groupid=2)
@@ -119,43 +125,19 @@ def test_script_mode_login_chat_receive_logout(server):
 def test_script_mode_flags_errors_and_groups(server):
     ida, idb, bob_name = users(server)
     # wrong password: a clear message and status 1
-    p = subprocess.run(
-        [*TUI, server.host, str(server.port), "--login", str(ida), "--password", "nope"],
-        input="",
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=30,
-        check=False,
-    )
+    p = run_tui(server.host, str(server.port), "--login", str(ida), "--password", "nope")
     assert p.returncode == 1 and "wrong id or password" in p.stdout
     with Client.connect(server.host, server.port) as bob:
         bob.login(idb, "pb")
         # already online
-        p = subprocess.run(
-            [*TUI, server.host, str(server.port), "--login", str(idb), "--password", "pb"],
-            input="",
-            capture_output=True,
-            text=True,
-            env=ENV,
-            timeout=30,
-            check=False,
-        )
+        p = run_tui(server.host, str(server.port), "--login", str(idb), "--password", "pb")
         assert p.returncode == 1 and "already logged in" in p.stdout
         gid = bob.create_group("g" + bob_name, "bob's")
         script = (
             f"addgroup:{gid}\ngroupchat:{gid}:hi group\nchat:{2**31 - 2}:x\naddgroup:{2**31 - 2}\n"
             "chat:notanumber:x\nbogus\ncreategroup:\nquit\n"
         )
-        p = subprocess.run(
-            [*TUI, server.host, str(server.port), "--login", str(ida), "--password", "pa"],
-            input=script,
-            capture_output=True,
-            text=True,
-            env=ENV,
-            timeout=30,
-            check=False,
-        )
+        p = run_tui(server.host, str(server.port), "--login", str(ida), "--password", "pa", stdin=script)
         assert p.returncode == 0, p.stdout
         m = bob.next_message(timeout=10)
         assert m is not None and m.is_group and (m.groupid, m.text) == (gid, "hi group")
@@ -169,15 +151,8 @@ def test_register_flag_and_classic_mode(server):
     name = unique("carol")
     with Client.connect(server.host, server.port) as bob:
         bob.login(idb, "pb")
-        p = subprocess.run(
-            [*TUI, server.host, str(server.port), "--classic", "--linger", "1", "--register", name, "--password", "pc"],
-            input=f"chat:{idb}:classic hi\nchat:{2**31 - 2}:x\n",
-            capture_output=True,
-            text=True,
-            env=ENV,
-            timeout=30,
-            check=False,
-        )
+        p = run_tui(server.host, str(server.port), "--classic", "--linger", "1", "--register", name,
+                    "--password", "pc", stdin=f"chat:{idb}:classic hi\nchat:{2**31 - 2}:x\n")
         assert p.returncode == 0, p.stdout
         assert f"registered {name}: your id is" in p.stdout and f"logged in as {name}" in p.stdout
         m = bob.next_message(timeout=10)
@@ -191,9 +166,7 @@ def test_cannot_connect():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = subprocess.run(
-        [*TUI, "127.0.0.1", str(port)], input="", capture_output=True, text=True, env=ENV, timeout=30, check=False
-    )
+    p = run_tui("127.0.0.1", str(port))
     assert p.returncode == 1 and "cannot reach the server" in p.stdout
 
 
