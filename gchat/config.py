@@ -136,10 +136,8 @@ def from_sources(
         except ValueError:
             raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from None
     settings = Settings(**values)
-    try:
-        settings.port
-    except ValueError:
-        raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT") from None
+    if not settings.bind.rpartition(":")[2].isdigit():
+        raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT")
     return settings
 
 
