@@ -27,7 +27,7 @@ setup(
         "prompt_toolkit>=3.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "psutil>=5.9", "ruff>=0.5"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "psutil>=5.9", "pexpect>=4.8", "ruff>=0.5"],
     },
     entry_points={
         "console_scripts": [

@@ -25,6 +25,11 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "PYT
 TUI = [sys.executable, "-m", "gchat.tui"]
 
 
+def spawn_tui(*args: str) -> pexpect.spawn:
+    """gchat-client on a pseudo-terminal, as a person runs it."""
+    return pexpect.spawn(TUI[0], [*TUI[1:], *args], env=ENV, encoding="utf-8", timeout=15, dimensions=(40, 160))
+
+
 def run_tui(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """gchat-client in script mode, its input from stdin."""
     return subprocess.run([*TUI, *args], input=stdin, capture_output=True, text=True, env=ENV, timeout=30,
@@ -208,14 +213,7 @@ def test_terminal_mode_through_a_pty(server):
     with Client.connect(server.host, server.port) as bob:
         bob.login(idb, "pb")
         bob.chat(ida, "while you were away")
-        t = pexpect.spawn(
-            TUI[0],
-            [*TUI[1:], server.host, str(server.port)],
-            env=ENV,
-            encoding="utf-8",
-            timeout=15,
-            dimensions=(40, 160),
-        )
+        t = spawn_tui(server.host, str(server.port))
         try:
             t.expect("choice:")
             t.sendline("1")
@@ -250,14 +248,7 @@ def test_terminal_mode_offers_to_reconnect(make_server):
     node = make_server()
     with Client.connect(node.host, node.port) as c:
         uid = c.register(unique("dora"), "pd")
-    t = pexpect.spawn(
-        TUI[0],
-        [*TUI[1:], node.host, str(node.port), "--login", str(uid), "--password", "pd"],
-        env=ENV,
-        encoding="utf-8",
-        timeout=15,
-        dimensions=(40, 160),
-    )
+    t = spawn_tui(node.host, str(node.port), "--login", str(uid), "--password", "pd")
     try:
         t.expect("type help")
         node.stop()
