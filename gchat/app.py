@@ -82,7 +82,7 @@ def build(settings: Settings) -> App:
         db=db,
         registry=registry,
         presence=presence,
-        router=Router(node_id, registry, presence, bus, db),
+        router=Router(registry, bus, db),
         passwords=Passwords(settings.hash_time_cost, settings.hash_memory_kib, offload=_offload),
         limits=settings.limits,
     )

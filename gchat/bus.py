@@ -44,32 +44,31 @@ class Bus(Protocol):
 
     def stop(self) -> None: ...
 
-    def send(self, node: str, user_ids: list[int], body: bytes) -> None:
-        """Deliver body to users held by `node`. Raises ProtocolError
-        (errno 11) when the bus cannot take it; the caller then stores it."""
+    def route(self, user_ids: list[int], body: bytes) -> list[int]:
+        """Hand body to the live nodes holding these users (none of them is
+        connected here); return those it could not reach, for the caller to
+        store. Raises ProtocolError (errno 11) when the bus is down: then
+        the caller stores them all."""
 
     def invalidate_group(self, group_id: int) -> None:
         """Tell the other nodes that a group's membership changed."""
 
 
 class LocalBus:
-    """The bus of a single node: every user is local, so a send to this node
-    is a local delivery and there is nobody to invalidate."""
+    """The bus of a single node: there is no other node to route to, and
+    nobody to invalidate."""
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self._on_deliver: DeliverHandler | None = None
 
     def start(self, on_deliver: DeliverHandler, on_invalidate: InvalidateHandler) -> None:
-        self._on_deliver = on_deliver
+        pass
 
     def stop(self) -> None:
-        self._on_deliver = None
+        pass
 
-    def send(self, node: str, user_ids: list[int], body: bytes) -> None:
-        if node != self.node or self._on_deliver is None:
-            raise LookupError(f"no node {node!r} on a local bus")
-        self._on_deliver(user_ids, body)
+    def route(self, user_ids: list[int], body: bytes) -> list[int]:
+        return list(user_ids)  # no other node: whoever is not connected here is offline
 
     def invalidate_group(self, group_id: int) -> None:
         pass

@@ -31,10 +31,6 @@ class Presence(Protocol):
     def owner(self, user_id: int) -> str | None:
         """The live node holding the user, or None when it is offline."""
 
-    def owners(self, user_ids: Iterable[int]) -> dict[int, str]:
-        """The live node holding each of user_ids that is online, in one
-        round trip to the presence store."""
-
     def online(self, user_ids: Iterable[int]) -> set[int]:
         """Those of user_ids that are online on a live node."""
 
@@ -63,9 +59,6 @@ class LocalPresence:
 
     def owner(self, user_id: int) -> str | None:
         return self.node if user_id in self._online else None
-
-    def owners(self, user_ids: Iterable[int]) -> dict[int, str]:
-        return {u: self.node for u in user_ids if u in self._online}
 
     def online(self, user_ids: Iterable[int]) -> set[int]:
         return {u for u in user_ids if u in self._online}

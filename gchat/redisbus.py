@@ -1,8 +1,9 @@
 """The bus over Redis pub/sub.
 
 Channels: `gchat:node:{node}` carries the deliveries for the users a node
-holds (one PUBLISH per target node per message); `gchat:all` carries group
-invalidations, each prefixed with its origin so a node skips its own.
+holds (one PUBLISH per target node per message, made by the ROUTE script
+that also looks the owners up); `gchat:all` carries group invalidations,
+each prefixed with its origin so a node skips its own.
 
 Order: a sender's requests are handled one after another and each PUBLISH
 waits for Redis's answer, so Redis sees a sender's messages in order; one
@@ -20,6 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 import redis
@@ -28,7 +30,6 @@ from gchat.bus import (
     DeliverHandler,
     InvalidateHandler,
     dispatch,
-    encode_delivery,
     encode_invalidation,
 )
 from gchat.protocol import Errno, ProtocolError
@@ -42,6 +43,38 @@ BACKOFF_MAX = 2.0
 
 def node_channel(node: str) -> str:
     return f"{PREFIX}node:{node}"
+
+
+# ARGV prefix, this node, body, uid...: publishes body to the node holding
+# each user (one PUBLISH per node, envelope of gchat/bus.py) and returns the
+# users it could not hand to a listening node: offline, held by a node whose
+# heartbeat expired or that has no subscriber, or claimed by this node itself
+# (claimed here but not connected: the caller stores them).
+ROUTE = """
+local p, me, body = ARGV[1], ARGV[2], ARGV[3]
+local by_node, nodes, missed, alive = {}, {}, {}, {}
+for i = 4, #ARGV do
+  local uid = ARGV[i]
+  local o = redis.call('GET', p .. 'online:' .. uid)
+  if o and o ~= me then
+    if alive[o] == nil then alive[o] = redis.call('EXISTS', p .. 'node:' .. o) == 1 end
+  end
+  if o and o ~= me and alive[o] then
+    if by_node[o] == nil then by_node[o] = {}; nodes[#nodes + 1] = o end
+    local ids = by_node[o]
+    ids[#ids + 1] = uid
+  else
+    missed[#missed + 1] = uid
+  end
+end
+for _, o in ipairs(nodes) do
+  local ids = by_node[o]
+  if redis.call('PUBLISH', p .. 'node:' .. o, 'D' .. table.concat(ids, ',') .. ' ' .. body) == 0 then
+    for _, uid in ipairs(ids) do missed[#missed + 1] = uid end
+  end
+end
+return missed
+"""
 
 
 class RedisBus:
@@ -58,6 +91,7 @@ class RedisBus:
         self._on_invalidate: InvalidateHandler | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._listener: gevent.Greenlet | None = None
+        self._route: Any = None
 
     def start(self, on_deliver: DeliverHandler, on_invalidate: InvalidateHandler) -> None:
         self._on_deliver, self._on_invalidate = on_deliver, on_invalidate
@@ -75,13 +109,17 @@ class RedisBus:
         self._close_pubsub()
         self.redis.close()
 
-    def send(self, node: str, user_ids: list[int], body: bytes) -> None:
+    def route(self, user_ids: list[int], body: bytes) -> list[int]:
+        # one round trip: the owners are looked up and the deliveries
+        # published by the same script (a lookup, then a PUBLISH, cost twice
+        # the redis-py overhead that dominated a cross-node message)
         try:
-            receivers = self.redis.publish(node_channel(node), encode_delivery(user_ids, body))
+            if self._route is None:
+                self._route = self.redis.register_script(ROUTE)
+            missed = self._route(keys=[], args=[PREFIX, self.node, body, *user_ids])
         except redis.RedisError as e:
             raise ProtocolError(Errno.UNAVAILABLE, "bus unavailable") from e
-        if not receivers:
-            raise LookupError(f"node {node} is not listening")
+        return [int(u) for u in missed]
 
     def invalidate_group(self, group_id: int) -> None:
         try:

@@ -7,12 +7,10 @@ the bus brought it to.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterable
 
 from gchat import store
 from gchat.bus import Bus
-from gchat.presence import Presence
 from gchat.protocol import ProtocolError
 from gchat.registry import Registry
 from gchat.store import Database
@@ -21,10 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, node: str, registry: Registry, presence: Presence, bus: Bus, db: Database) -> None:
-        self.node = node
+    def __init__(self, registry: Registry, bus: Bus, db: Database) -> None:
         self.registry = registry
-        self.presence = presence
         self.bus = bus
         self.db = db
 
@@ -37,8 +33,6 @@ class Router:
         """Deliver the same body to each user; returns how many were reached
         live. Raises ProtocolError(errno 11) only if some of it could be
         neither delivered nor stored."""
-        remote: dict[str, list[int]] = defaultdict(list)
-        offline: list[int] = []
         elsewhere: list[int] = []
         reached = 0
         for uid in user_ids:
@@ -49,32 +43,17 @@ class Router:
             else:
                 elsewhere.append(uid)
         if elsewhere:
-            owners = self._owners(elsewhere)
-            for uid in elsewhere:
-                node = owners.get(uid)
-                if node is None or node == self.node:
-                    offline.append(uid)
-                else:
-                    remote[node].append(uid)
-        for node, uids in remote.items():
             try:
-                self.bus.send(node, uids, body)
-                reached += len(uids)
-            except (ProtocolError, LookupError) as e:
-                log.warning("bus send to %s failed (%s); storing %d message(s)", node, e, len(uids))
-                offline.extend(uids)
-        if offline:
-            self.store_offline(offline, body)
+                offline = self.bus.route(elsewhere, body)
+            except ProtocolError as e:
+                # the bus cannot say who is online where: stored is never
+                # lost, only late
+                log.warning("bus unavailable (%s); storing %d message(s)", e, len(elsewhere))
+                offline = elsewhere
+            reached += len(elsewhere) - len(offline)
+            if offline:
+                self.store_offline(offline, body)
         return reached
-
-    def _owners(self, user_ids: list[int]) -> dict[int, str]:
-        """The live nodes holding these users. With the presence store down
-        we cannot know, and store the messages: stored is never lost, only
-        late."""
-        try:
-            return self.presence.owners(user_ids)
-        except ProtocolError:
-            return {}
 
     def store_offline(self, user_ids: list[int], body: bytes) -> None:
         text = body.decode()

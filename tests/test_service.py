@@ -40,7 +40,7 @@ def svc(tmp_path: Path) -> Services:
     db = Database(f"sqlite:///{tmp_path / 'h.db'}")
     schema.upgrade(db)
     registry, presence, bus = Registry(), LocalPresence("n1"), LocalBus("n1")
-    router = Router("n1", registry, presence, bus, db)
+    router = Router(registry, bus, db)
     s = Services(db=db, registry=registry, presence=presence, router=router,
                  passwords=Passwords(time_cost=1, memory_kib=8))
     bus.start(router.on_bus_delivery, s.invalidate_group)
