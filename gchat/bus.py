@@ -13,13 +13,10 @@ from typing import Protocol
 
 # Envelopes, as bytes on the wire between nodes:
 #   b"D" + b"1,2,3" + b" " + body   deliver body (JSON text) to those users
+#                                   (built by RedisBus's ROUTE script, in Redis)
 #   b"G" + b"42"                    group 42's membership changed
 DeliverHandler = Callable[[list[int], bytes], None]
 InvalidateHandler = Callable[[int], None]
-
-
-def encode_delivery(user_ids: list[int], body: bytes) -> bytes:
-    return b"D" + b",".join(str(u).encode() for u in user_ids) + b" " + body
 
 
 def encode_invalidation(group_id: int) -> bytes:
