@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 
 from gchat import config, store
 from gchat.config import Settings
-from gchat.protocol import ProtocolError
+from gchat.errors import Unavailable
 from gchat.redispresence import NODES, connect, live_nodes, node_key, online_key, reap, users_key
 from gchat.store import Database
 
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     except sa_exc.ArgumentError as e:
         print(f"gchat-admin: bad --database-url {_safe(settings.database_url)!r}: {e}", file=sys.stderr)
         return 2
-    except ProtocolError as e:
-        print(f"gchat-admin: cannot reach the database at {_safe(settings.database_url)}: {e.errmsg}",
+    except Unavailable as e:
+        print(f"gchat-admin: cannot reach the database at {_safe(settings.database_url)}: {e}",
               file=sys.stderr)
         return 1
     return 0

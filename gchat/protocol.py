@@ -318,16 +318,21 @@ def valid_name(name: str, limits: Limits = Limits()) -> bool:
 
 
 def error_reply(err: ProtocolError) -> dict[str, Any]:
+    """The reply to a request the protocol refuses, addressed from the error."""
+    return refusal(err.errno, err.errmsg, err.msgid, err.seq)
+
+
+def refusal(errno: Errno, errmsg: str, msgid: int, seq: int | None) -> dict[str, Any]:
     """The reply to a refused request: LOGIN_ACK / REG_ACK for login and
     register (the original client reads only those), ACK_MSG otherwise."""
-    reply_id = REPLY_ID.get(MsgId(err.msgid)) if err.msgid in (1, 3) else None
+    reply_id = REPLY_ID.get(MsgId(msgid)) if msgid in (1, 3) else None
     out: dict[str, Any]
     if reply_id is not None:
-        out = {"msgid": int(reply_id), "errno": int(err.errno), "errmsg": err.errmsg}
+        out = {"msgid": int(reply_id), "errno": int(errno), "errmsg": errmsg}
     else:
-        out = {"msgid": int(MsgId.ACK), "ack": err.msgid, "errno": int(err.errno), "errmsg": err.errmsg}
-    if err.seq is not None:
-        out["seq"] = err.seq
+        out = {"msgid": int(MsgId.ACK), "ack": msgid, "errno": int(errno), "errmsg": errmsg}
+    if seq is not None:
+        out["seq"] = seq
     return out
 
 

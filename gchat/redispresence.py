@@ -43,6 +43,7 @@ from redis.retry import Retry
 
 from gchat import store
 from gchat.config import Settings
+from gchat.errors import Unavailable
 from gchat.protocol import Errno, ProtocolError
 from gchat.store import Database
 
@@ -304,7 +305,7 @@ class RedisPresence:
             except redis.RedisError as e:
                 self._unavailable(e)
                 continue
-            except ProtocolError:
+            except (ProtocolError, Unavailable):
                 continue
             except Exception:
                 log.exception("presence maintenance failed")
@@ -374,7 +375,7 @@ class RedisPresence:
         try:
             with self.db.transaction() as s:
                 store.set_state(s, user_ids, state)
-        except ProtocolError:
+        except Unavailable:
             log.warning("could not mirror %d user(s) %s in the database", len(user_ids), state)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from gchat import store
 from gchat.bus import Bus
-from gchat.protocol import ProtocolError
+from gchat.errors import Unavailable
 from gchat.registry import Registry
 from gchat.store import Database
 
@@ -31,7 +31,7 @@ class Router:
 
     def deliver_many(self, user_ids: Iterable[int], body: bytes) -> int:
         """Deliver the same body to each user; returns how many were reached
-        live. Raises ProtocolError(errno 11) only if some of it could be
+        live. Raises Unavailable only if some of it could be
         neither delivered nor stored."""
         elsewhere: list[int] = []
         reached = 0
@@ -45,7 +45,7 @@ class Router:
         if elsewhere:
             try:
                 offline = self.bus.route(elsewhere, body)
-            except ProtocolError as e:
+            except Unavailable as e:
                 # the bus cannot say who is online where: stored is never
                 # lost, only late
                 log.warning("bus unavailable (%s); storing %d message(s)", e, len(elsewhere))
@@ -79,6 +79,6 @@ class Router:
         if gone:
             try:
                 self.store_offline(gone, body)
-            except ProtocolError:
+            except Unavailable:
                 log.error("could not store %d message(s) for %s: database unavailable", len(gone), gone)
 

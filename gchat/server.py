@@ -19,6 +19,7 @@ from gevent.server import StreamServer
 
 from gchat import service
 from gchat.config import Settings
+from gchat.errors import Unavailable
 from gchat.protocol import (
     Errno,
     FrameDecoder,
@@ -30,6 +31,7 @@ from gchat.protocol import (
     error_reply,
     loads,
     parse_request,
+    refusal,
 )
 from gchat.ratelimit import FloodGuard, Verdict
 
@@ -315,8 +317,7 @@ class Connection:
             replies = [error_reply(e)]
         except Exception:
             log.exception("%s: request failed", self._who())
-            err = ProtocolError(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)
-            replies = [error_reply(err)]
+            replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
         finally:
             self._busy = False
         for reply in replies:
@@ -400,7 +401,7 @@ class Connection:
             try:
                 self.svc.router.store_offline_batch(items)
                 stored += len(items)
-            except ProtocolError:
+            except Unavailable:
                 log.error("%s: lost %d undelivered message(s): database unavailable", self._who(), len(items))
         if stored:
             log.info("%s: stored %d unsent message(s) offline", self._who(), stored)

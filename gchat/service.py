@@ -20,10 +20,11 @@ from typing import Any
 from gchat import store
 from gchat.batch import Batcher
 from gchat.cache import Cache
+from gchat.errors import Conflict, GchatError, Unavailable
 from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
 from gchat.presence import Presence
-from gchat.protocol import Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, valid_name
+from gchat.protocol import Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, refusal, valid_name
 from gchat.registry import Peer, Registry
 from gchat.router import Router
 from gchat.store import Database
@@ -110,15 +111,6 @@ class Services:
 Handler = Callable[[Services, Peer, Request], list[Reply]]
 
 
-def _batched(batcher: Batcher[Any, Any], key: Any) -> Any:
-    """batcher(key), with an error of the batch raised as this caller's own
-    (handle() fills in the msgid and seq of the request it answers)."""
-    try:
-        return batcher(key)
-    except ProtocolError as e:
-        raise ProtocolError(e.errno, e.errmsg) from e
-
-
 def _err(errno: Errno, msg: str) -> ProtocolError:
     return ProtocolError(errno, msg)
 
@@ -160,10 +152,8 @@ def register(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     try:
         with svc.db.transaction() as s:
             user_id = store.create_user(s, name, password_hash)
-    except ProtocolError as e:
-        if e.errno == Errno.CONFLICT:  # lost a race for the name
-            raise _err(Errno.AUTH, "name is taken") from e
-        raise
+    except Conflict as e:  # lost a race for the name
+        raise _err(Errno.AUTH, "name is taken") from e
     svc.cache.known_user(user_id)
     reply: Reply = {"msgid": int(MsgId.REG_ACK), "errno": 0, "id": user_id}
     return [_with_seq(reply, req)]
@@ -182,7 +172,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if peer.user_id == user_id:
             raise _err(Errno.ONLINE, "id is online")
         raise _err(Errno.FORBIDDEN, "log out before logging in as another user")
-    user = _batched(svc.users_by_id, user_id)
+    user = svc.users_by_id(user_id)
     if password is not None:
         stored = user.password if user is not None else svc.dummy_hash()
         ok = svc.passwords.verify(stored, password) and user is not None
@@ -204,12 +194,12 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # a new token replaces (so revokes) any earlier one
     token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None
     try:
-        friends, groups, offline = _batched(svc.sessions, (user_id, token))
+        friends, groups, offline = svc.sessions((user_id, token))
         if password is not None and svc.passwords.needs_rehash(user.password):
             new_hash = svc.passwords.hash(password)
             with svc.db.transaction() as s:
                 store.set_password(s, user_id, new_hash)
-    except ProtocolError:
+    except GchatError:
         _leave(svc, peer)
         raise
     reply = _login_reply(svc, user_id, user.name, friends, groups, offline)
@@ -242,7 +232,7 @@ def _login_reply(
     everyone = {uid for uid, _ in friends} | {uid for _, ms in groups for uid, _, _ in ms}
     try:
         online = svc.presence.online(everyone)
-    except ProtocolError:
+    except Unavailable:
         online = set()  # presence unknown: say offline rather than refuse the login
     online.add(user_id)
 
@@ -287,11 +277,11 @@ def _leave(svc: Services, peer: Peer) -> None:
         # presence store: the state column is that node's to mirror now
         if svc.presence.owner(user_id) is not None:
             return
-    except ProtocolError:
+    except Unavailable:
         log.warning("presence store unavailable: user %d is released when this node's claim expires", user_id)
     try:
-        _batched(svc.offline_states, user_id)
-    except ProtocolError:
+        svc.offline_states(user_id)
+    except Unavailable:
         log.warning("could not mirror user %d offline in the database", user_id)
 
 
@@ -363,7 +353,7 @@ def add_friend(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         name = friend.name
     try:
         online = bool(svc.presence.online([friend_id]))
-    except ProtocolError:
+    except Unavailable:
         online = False
     state = "online" if online else "offline"
     return _acked(req, friend={"id": friend_id, "name": name, "state": state})
@@ -394,7 +384,7 @@ def add_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     svc.invalidate_group(group_id)
     try:
         svc.router.bus.invalidate_group(group_id)
-    except ProtocolError:
+    except Unavailable:
         log.warning("could not tell other nodes that group %d changed", group_id)
     return _acked(req, groupid=group_id)
 
@@ -411,11 +401,20 @@ HANDLERS: dict[MsgId, Handler] = {
 }
 
 
+# The one place where gchat's own failures become errnos of docs/protocol.md
+# (part B); the text the peer sees is the exception's.
+ERRNO_OF: dict[type[GchatError], Errno] = {
+    Unavailable: Errno.UNAVAILABLE,
+    Conflict: Errno.CONFLICT,
+}
+
+
 def handle(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    """Run the request's handler. ProtocolErrors propagate with the request's
-    msgid and seq filled in, for the caller to answer."""
+    """Run the request's handler; a refusal or a failure becomes the error
+    reply addressed to this request (its msgid and seq)."""
     try:
         return HANDLERS[req.msgid](svc, peer, req)
     except ProtocolError as e:
-        e.msgid, e.seq = int(req.msgid), req.seq
-        raise
+        return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
+    except GchatError as e:
+        return [refusal(ERRNO_OF[type(e)], str(e), req.msgid, req.seq)]

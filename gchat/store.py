@@ -3,7 +3,8 @@ UserModel, FriendModel, GroupModel and OfflineMessageModel.
 
 Every query function takes a session and never commits: the caller wraps one
 unit of work in `Database.transaction()`, which is also the one boundary where
-driver errors become the protocol's errno 11 (or 8 for a violated key).
+driver errors become gchat's own (gchat/errors.py): `Unavailable`, or
+`Conflict` for a violated key. The store knows nothing of errnos.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert,
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from gchat.errors import Conflict, Unavailable
 from gchat.models import AllGroup, Friend, GroupUser, OfflineMessage, User
-from gchat.protocol import Errno, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,10 @@ class Database:
                 yield session
         except sa_exc.IntegrityError as e:
             # a key the request would break: duplicate friend, member, name
-            raise ProtocolError(Errno.CONFLICT, "already exists") from e
+            raise Conflict("already exists") from e
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as e:
             log.warning("database unavailable: %s", e.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
-            raise ProtocolError(Errno.UNAVAILABLE, "database unavailable, nothing was changed") from e
+            raise Unavailable("database unavailable, nothing was changed") from e
 
     def dispose(self) -> None:
         self.engine.dispose()

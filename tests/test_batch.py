@@ -10,7 +10,7 @@ import pytest
 
 from gchat import schema, store
 from gchat.batch import Batcher
-from gchat.protocol import Errno, ProtocolError
+from gchat.errors import Unavailable
 
 
 def test_callers_arriving_during_a_batch_share_the_next_one() -> None:
@@ -33,13 +33,13 @@ def test_an_error_reaches_every_caller_of_its_batch_only() -> None:
     def run(keys: list[int]) -> list[int]:
         gevent.sleep(0)
         if 2 in keys:
-            raise ProtocolError(Errno.UNAVAILABLE, "down")
+            raise Unavailable("down")
         return keys
 
     b: Batcher[int, int] = Batcher(run, max_batch=2)
     jobs = [gevent.spawn(b, k) for k in (1, 2, 3, 4)]
     gevent.joinall(jobs)
-    assert [type(j.exception) for j in jobs] == [ProtocolError, ProtocolError, type(None), type(None)]
+    assert [type(j.exception) for j in jobs] == [Unavailable, Unavailable, type(None), type(None)]
     assert [j.value for j in jobs[2:]] == [3, 4]
 
 
