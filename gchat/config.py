@@ -39,7 +39,7 @@ class Settings:
     hash_time_cost: int = _opt(2, "argon2id iterations")
     hash_memory_kib: int = _opt(19456, "argon2id memory in KiB")
 
-    # protocol limits (PROTOCOL.md part B)
+    # protocol limits (docs/protocol.md part B)
     frame_max: int = _opt(Limits.frame_max, "largest frame in bytes")
     msg_max: int = _opt(Limits.msg_max, "longest chat message in characters")
     name_max: int = _opt(Limits.name_max, "longest user or group name")

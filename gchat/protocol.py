@@ -1,8 +1,8 @@
 """The gchat wire protocol: frames in, requests out; replies in, bytes out.
 
 Pure: no sockets, no gevent, no database. This module is the one place that
-knows the wire format of docs/protocol.md (the contract of shared/PROTOCOL.md,
-carried forward). The server and the client library both build on it.
+knows the wire format of docs/protocol.md. The server and the client library
+both build on it.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ MAX_ID = 2**31 - 1
 class ProtocolError(Exception):
     """The peer sent something the protocol does not allow.
 
-    Carries the errno of PROTOCOL.md, and as much of the request as could be
+    Carries the errno of docs/protocol.md, and as much of the request as could be
     read (msgid, seq) so that the error can still be addressed to it.
     """
 
@@ -100,7 +100,7 @@ class FrameTooLarge(ProtocolError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Size limits of part B; defaults are those of PROTOCOL.md."""
+    """Size limits of part B; defaults are those of docs/protocol.md."""
 
     # 64 KiB holds a maximal chat message (8,000 characters, up to 4 bytes each
     # in UTF-8, and escaped) with room to spare, and bounds what one connection
@@ -222,7 +222,7 @@ _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
     MsgId.LOGINOUT: {"id": (_INT, False)},
 }
 
-# Strings whose length PROTOCOL.md limits, and the limit that applies.
+# Strings whose length docs/protocol.md limits, and the limit that applies.
 _LENGTH_LIMITS = {
     "msg": "msg_max",
     "groupdesc": "desc_max",
@@ -254,7 +254,7 @@ def _is_int(v: Any) -> bool:
 
 def parse_request(frame: bytes, limits: Limits = Limits()) -> Request:
     """Decode and validate one frame. Raises ProtocolError with the errno of
-    PROTOCOL.md, carrying msgid and seq whenever they could be read."""
+    docs/protocol.md, carrying msgid and seq whenever they could be read."""
     try:
         obj = orjson.loads(frame)
     except orjson.JSONDecodeError:

@@ -1,4 +1,4 @@
-"""The rules of PROTOCOL.md: one plain handler per msgid, in a table.
+"""The rules of docs/protocol.md: one plain handler per msgid, in a table.
 
 Handlers get the services, the peer (what they may know of a connection) and
 a validated request; they return the replies for the requester. They never

@@ -1,7 +1,7 @@
 """Fuzzed input (issue 5, point 1). Property tests of the frame decoder and
 request validation, then a socket-level fuzz of a running node: several
 connections send thousands of random and mutated frames while two users
-chat; every bad frame is answered as PROTOCOL.md says, the chat loses
+chat; every bad frame is answered as docs/protocol.md says, the chat loses
 nothing and the node stays up."""
 
 from __future__ import annotations

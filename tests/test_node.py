@@ -1,4 +1,4 @@
-"""Every behaviour of PROTOCOL.md parts A and B against a running node, on
+"""Every behaviour of docs/protocol.md parts A and B against a running node, on
 real sockets, on SQLite and on MariaDB (the `server` fixture), with both
 terminators."""
 

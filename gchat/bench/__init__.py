@@ -1,4 +1,4 @@
-"""gchat-bench: a load generator for any server of PROTOCOL.md part A.
+"""gchat-bench: a load generator for any server of docs/protocol.md part A.
 
     gchat-bench pingpong --server 127.0.0.1:6000 --pairs 50 --server-pid PID
     gchat-bench group --members 50 --rate 2000 --procs 2

@@ -1,7 +1,7 @@
 """A lean connection for load generation: gevent sockets and the codec of
 gchat.protocol, nothing else.
 
-It speaks PROTOCOL.md part A (NUL-terminated frames, as the original client
+It speaks docs/protocol.md part A (NUL-terminated frames, as the original client
 sends them) so that it can drive any server of the protocol; part B's `seq`
 is used only where the caller asks for it. Chat messages carry a tag in their
 text, `b<sender>.<n>.<t_ns>`: the sender's user id, the sender's message

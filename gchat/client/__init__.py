@@ -16,7 +16,7 @@ to silent requests) to `on_reply`. Requests hold a lock from send to reply, so
 one reply always matches one request, and deliveries arriving meanwhile are
 queued, never lost.
 
-Acknowledgements (PROTOCOL.md part B `seq`): requests 5 to 10 are silent in
+Acknowledgements (docs/protocol.md part B `seq`): requests 5 to 10 are silent in
 part A. `acks=None` (the default) decides per connection: login and register
 carry a `seq`; a gchat node echoes it in its reply, the original server does
 not (it ignores unknown fields), so the reply itself tells whether later
@@ -26,7 +26,7 @@ fire-and-forget exactly like the original client, and return None.
 `acks=False` forces classic frames: part-A fields only, NUL-terminated.
 
 Every foreign error (OSError, bad JSON from the peer) is translated here into
-`ConnectionLost`; every errno of PROTOCOL.md into a `GchatError` subclass.
+`ConnectionLost`; every errno of docs/protocol.md into a `GchatError` subclass.
 Depends only on the standard library and `gchat.protocol`.
 """
 

@@ -1,5 +1,5 @@
 """Client: one connection, its background reader, and the calls of
-PROTOCOL.md. See the package docstring for the shape."""
+docs/protocol.md. See the package docstring for the shape."""
 
 from __future__ import annotations
 
@@ -272,7 +272,7 @@ class Client:
         while (message := self.next_message(timeout)) is not None:
             yield message
 
-    # --- the calls of PROTOCOL.md ------------------------------------------
+    # --- the calls of docs/protocol.md ------------------------------------------
 
     def _seq_field(self) -> dict[str, int]:
         return {} if self._acks_wanted is False else {"seq": self.next_seq()}

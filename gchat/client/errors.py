@@ -1,4 +1,4 @@
-"""The client's exceptions: one root, one class per errno of PROTOCOL.md,
+"""The client's exceptions: one root, one class per errno of docs/protocol.md,
 and the failures of this side (lost connection, no reply in time)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from gchat.protocol import Errno
 
 
 class GchatError(Exception):
-    """Root of the library's errors. `errno` is PROTOCOL.md's, or None for
+    """Root of the library's errors. `errno` is docs/protocol.md's, or None for
     failures on this side (lost connection, timeout)."""
 
     def __init__(self, errno: int | None, errmsg: str, msgid: int = 0) -> None:
