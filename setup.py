@@ -32,7 +32,7 @@ setup(
     entry_points={
         "console_scripts": [
             "gchat-server = gchat.cli:server_main",
-            "gchat-admin = gchat.admin:main",
+            "gchat-admin = gchat.tools.admin:main",
             "gchat-client = gchat.tui:main",
             "gchat-bench = gchat.bench:main",
         ]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gchat.nginxconf import STREAM_MODULE
-from gchat.nginxconf import render as render_nginx_conf
+from gchat.tools.nginxconf import STREAM_MODULE
+from gchat.tools.nginxconf import render as render_nginx_conf
 from tests.support import ROOT, ServerProcess, Wire, free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -191,7 +191,7 @@ class Cluster:
 def admin(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """gchat-admin as an operator runs it."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GCHAT_")}
-    return subprocess.run([sys.executable, "-m", "gchat.admin", *args], env={**clean, **(env or {})},
+    return subprocess.run([sys.executable, "-m", "gchat.tools.admin", *args], env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 

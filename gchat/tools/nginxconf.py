@@ -35,7 +35,7 @@ def _comments(block: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """python -m gchat.nginxconf TEMPLATE WORKDIR LISTEN HOST:PORT... > nginx.conf"""
+    """python -m gchat.tools.nginxconf TEMPLATE WORKDIR LISTEN HOST:PORT... > nginx.conf"""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
