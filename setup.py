@@ -31,7 +31,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "gchat-server = gchat.cli:server_main",
+            "gchat-server = gchat.__main__:main",
             "gchat-admin = gchat.tools.admin:main",
             "gchat-client = gchat.tui:main",
             "gchat-bench = gchat.bench:main",

@@ -1,6 +1,6 @@
 """Test support: free ports, gchat-server processes, a raw wire client.
 
-Servers run as real processes on real sockets (python -m gchat.cli), started
+Servers run as real processes on real sockets (python -m gchat), started
 on a free port and stopped after; nothing here is mocked.
 """
 
@@ -60,7 +60,7 @@ class ServerProcess:
         return self.host, self.port
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "gchat.cli", "--bind", f"{self.host}:{self.port}",
+        cmd = [sys.executable, "-m", "gchat", "--bind", f"{self.host}:{self.port}",
                "--database-url", self.database_url, "--node-id", self.node_id,
                # tests hash many passwords: the cheapest argon2id the library allows
                "--hash-time-cost", "1", "--hash-memory-kib", "8"]

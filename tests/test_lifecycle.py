@@ -32,7 +32,7 @@ def test_clean_stop_sets_connected_users_offline(tmp_path: Path, sig: int) -> No
 
 
 def test_help_documents_every_flag_with_its_environment_variable() -> None:
-    out = subprocess.run([sys.executable, "-m", "gchat.cli", "--help"], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "gchat", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0
     for flag, env in [("--bind", "GCHAT_BIND"), ("--database-url", "GCHAT_DATABASE_URL"),
@@ -58,6 +58,6 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_a_bad_flag_value_is_one_clear_error() -> None:
-    out = subprocess.run([sys.executable, "-m", "gchat.cli", "--pool-size", "many"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "gchat", "--pool-size", "many"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "pool_size" in out.stderr and "Traceback" not in out.stderr

@@ -1,5 +1,6 @@
-"""Entry points. gevent's monkey patching comes first, before anything
-imports socket, threading or the database drivers."""
+"""gchat-server, also `python -m gchat`: one chat node. gevent's monkey
+patching comes first, before anything imports socket, threading or the
+database drivers."""
 
 from gevent import monkey
 
@@ -28,7 +29,7 @@ def setup_logging(level: str) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def server_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="gchat-server",
         description="A gchat chat node. With no flags: one node on SQLite (gchat.db here) "
@@ -72,4 +73,4 @@ def server_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(server_main())
+    sys.exit(main())
