@@ -33,7 +33,7 @@ setup(
         "console_scripts": [
             "gchat-server = gchat.__main__:main",
             "gchat-admin = gchat.tools.admin:main",
-            "gchat-client = gchat.tui:main",
+            "gchat-client = gchat.client.tui:main",
             "gchat-bench = gchat.bench:main",
         ]
     },

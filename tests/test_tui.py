@@ -17,12 +17,12 @@ from typing import IO, Any
 import pexpect
 
 from gchat.client import ChatMessage, Client, Friend, Group, GroupMember, LoginResult
-from gchat.tui import format_login, format_message
+from gchat.client.screen import format_login, format_message
 from tests.support import unique
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1"}
-TUI = [sys.executable, "-m", "gchat.tui"]
+TUI = [sys.executable, "-m", "gchat.client.tui"]
 
 
 def spawn_tui(*args: str) -> pexpect.spawn:

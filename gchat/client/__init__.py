@@ -27,7 +27,9 @@ fire-and-forget exactly like the original client, and return None.
 
 Every foreign error (OSError, bad JSON from the peer) is translated here into
 `ConnectionLost`; every errno of docs/protocol.md into a `GchatError` subclass.
-Depends only on the standard library and `gchat.protocol`.
+Depends only on the standard library and `gchat.protocol`. gchat-client, the
+terminal program on this library, is `tui.py` (commands) and `screen.py`
+(what it shows); nothing here imports them.
 """
 
 from gchat.client.connection import TIME_FORMAT, Client, now

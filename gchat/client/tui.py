@@ -5,16 +5,8 @@
 
 A menu (1 login, 2 register, 3 quit); once logged in, the user's info, friends
 with their state, groups with members and roles, and the offline messages;
-then commands:
-
-    help                        this list
-    chat:friendid:message       one-to-one message
-    addfriend:friendid          add a friend
-    creategroup:name:desc       create a group (you are its creator)
-    addgroup:groupid            join a group
-    groupchat:groupid:message   message to every member of a group
-    loginout                    log out, back to the menu
-    quit                        log out and leave
+then the commands of the `COMMANDS` table below (`help` lists them), such as
+`chat:friendid:message`.
 
 Interactive (standard input is a terminal): prompt_toolkit with
 `patch_stdout`, so a message arriving while a line is half typed is printed
@@ -40,139 +32,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from gchat.client import (
-    AlreadyOnline,
-    AuthError,
-    ChatMessage,
-    Client,
-    ConnectionLost,
-    GchatError,
-    LoginResult,
-    NotFound,
-    RequestTimeout,
-)
-
-HELP = """commands:
-  help                        show this list
-  chat:friendid:message       send a message to a user
-  addfriend:friendid          add a friend
-  creategroup:name:desc       create a group
-  addgroup:groupid            join a group
-  groupchat:groupid:message   send a message to a group
-  loginout                    log out (back to the menu)
-  quit                        log out and leave"""
-
-MENU = """========================
-1. login
-2. register
-3. quit
-========================"""
-
-RULE = "=" * 60
-
-
-# --- input and output: a terminal, or lines of a script ---------------------
-
-
-class LineIO:
-    """Standard input read line by line; output printed as is, prompts not."""
-
-    interactive = False
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def ask(self, prompt: str, password: bool = False) -> str | None:
-        line = sys.stdin.readline()
-        return None if line == "" else line.rstrip("\r\n")
-
-    def show(self, text: str) -> None:
-        with self._lock:  # the reader thread prints too
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
-
-
-class TerminalIO:
-    """prompt_toolkit; used inside `patch_stdout()` so that show() from the
-    reader thread lands above the line being edited."""
-
-    interactive = True
-
-    def __init__(self) -> None:
-        from prompt_toolkit import PromptSession
-
-        self._session: PromptSession[str] = PromptSession()
-
-    def ask(self, prompt: str, password: bool = False) -> str | None:
-        try:
-            return self._session.prompt(prompt, is_password=password)
-        except EOFError:  # Ctrl-D
-            return None
-        except KeyboardInterrupt:  # Ctrl-C: drop the line, as a shell does
-            return ""
-
-    def show(self, text: str) -> None:
-        if threading.current_thread() is threading.main_thread():
-            # No prompt is running: write at once. The patch_stdout proxy
-            # delays its writes, which would put this after the next prompt.
-            sys.__stdout__.write(text + "\n")  # type: ignore[union-attr]
-            sys.__stdout__.flush()  # type: ignore[union-attr]
-        else:
-            print(text, flush=True)  # sys.stdout is the patch_stdout proxy here
-
-
-IO = LineIO | TerminalIO
-
-
-# --- how things look -------------------------------------------------------
-
-
-def format_message(m: ChatMessage) -> str:
-    when = f"[{m.time}] " if m.time else ""
-    where = f"group {m.groupid} | " if m.is_group else ""
-    return f"{when}{where}{m.sender_name} ({m.sender_id}): {m.text}"
-
-
-def format_login(me: LoginResult) -> str:
-    lines = [RULE, f"logged in as {me.name} (id {me.id})"]
-    lines.append("friends:" if me.friends else "friends: none")
-    for f in me.friends:
-        lines.append(f"  {f.id:>6}  {f.name:<20} {f.state}")
-    lines.append("groups:" if me.groups else "groups: none")
-    for g in me.groups:
-        lines.append(f"  [{g.id}] {g.name}" + (f" - {g.desc}" if g.desc else ""))
-        for u in g.members:
-            lines.append(f"    {u.id:>6}  {u.name:<20} {u.role:<8} {u.state}")
-    if me.offline:
-        lines.append(f"offline messages ({len(me.offline)}):")
-        lines.extend("  " + format_message(m) for m in me.offline)
-    lines.append(RULE)
-    lines.append("type help for the commands")
-    return "\n".join(lines)
-
-
-def describe(e: GchatError, during: str = "") -> str:
-    """A sentence for the user about an error."""
-    if isinstance(e, ConnectionLost):
-        return f"connection lost: {e.errmsg}"
-    if isinstance(e, RequestTimeout):
-        return "the server did not answer in time"
-    if isinstance(e, AuthError):
-        if during == "login":
-            return "login failed: wrong id or password"
-        if during == "register":
-            return f"register failed: the name is taken or not allowed ({e.errmsg})"
-    if isinstance(e, AlreadyOnline):
-        return "login failed: this user is already logged in elsewhere"
-    if isinstance(e, NotFound):
-        return f"no such user or group ({e.errmsg})"
-    return f"error: {e.errmsg} (errno {e.errno})"
-
+from gchat.client import Client, ConnectionLost, GchatError
+from gchat.client.screen import IO, MENU, LineIO, TerminalIO, describe, format_login, format_message
 
 # --- the program -----------------------------------------------------------
 
@@ -185,7 +50,10 @@ class Quit(Exception):
         self.status = status
 
 
-class App:
+class TerminalClient:
+    """One user at gchat-client: the menu, then the commands, over one
+    connection at a time (a lost one is offered again)."""
+
     def __init__(self, args: argparse.Namespace, io: IO) -> None:
         self.args = args
         self.io = io
@@ -362,50 +230,15 @@ class App:
 
     def command(self, line: str) -> None:
         assert self.client is not None
-        c = self.client
         name, _, rest = line.partition(":")
         name = name.strip().lower()
         if not name:
             return
-        if name == "help":
-            self.io.show(HELP)
-        elif name == "quit":
-            self.leave()
-            raise Quit(0)
-        elif name == "loginout":
-            self.leave()
-            self.credentials = None
-            self.io.show("logged out")
-        elif name == "chat":
-            to, msg = self.number_and_text(rest, "chat:friendid:message")
-            if to is not None:
-                state = self.call(lambda: c.chat(to, msg))
-                if state == "offline":
-                    self.io.show(f"user {to} is offline; the message waits for their next login")
-        elif name == "addfriend":
-            fid = self.number(rest, "addfriend:friendid")
-            if fid is not None:
-                friend = self.call(lambda: c.add_friend(fid))
-                if friend is not None:
-                    self.io.show(f"friend added: {friend.name} ({friend.id}), {friend.state}")
-        elif name == "creategroup":
-            gname, _, desc = rest.partition(":")
-            if not gname.strip():
-                self.io.show("usage: creategroup:name:desc")
-                return
-            gid = self.call(lambda: c.create_group(gname.strip(), desc.strip()))
-            if gid is not None:
-                self.io.show(f"group created: {gname.strip()} (id {gid})")
-        elif name == "addgroup":
-            gid = self.number(rest, "addgroup:groupid")
-            if gid is not None:
-                self.call(lambda: c.join_group(gid))
-        elif name == "groupchat":
-            gid, msg = self.number_and_text(rest, "groupchat:groupid:message")
-            if gid is not None:
-                self.call(lambda: c.group_chat(gid, msg))
-        else:
+        command = COMMANDS.get(name)
+        if command is None:
             self.io.show(f"unknown command {name!r}; type help for the list")
+            return
+        command.run(self, self.client, rest)
 
     def number(self, text: str, usage: str) -> int | None:
         if text.strip().isdigit():
@@ -419,6 +252,83 @@ class App:
             self.io.show(f"usage: {usage}")
             return None, ""
         return self.number(head, usage), msg
+
+
+# --- the commands, once logged in ------------------------------------------
+# Each gets the terminal client, its connection and the text after "name:".
+
+
+def _help(t: TerminalClient, c: Client, rest: str) -> None:
+    t.io.show(HELP)
+
+
+def _quit(t: TerminalClient, c: Client, rest: str) -> None:
+    t.leave()
+    raise Quit(0)
+
+
+def _loginout(t: TerminalClient, c: Client, rest: str) -> None:
+    t.leave()
+    t.credentials = None
+    t.io.show("logged out")
+
+
+def _chat(t: TerminalClient, c: Client, rest: str) -> None:
+    to, msg = t.number_and_text(rest, COMMANDS["chat"].usage)
+    if to is not None:
+        state = t.call(lambda: c.chat(to, msg))
+        if state == "offline":
+            t.io.show(f"user {to} is offline; the message waits for their next login")
+
+
+def _addfriend(t: TerminalClient, c: Client, rest: str) -> None:
+    fid = t.number(rest, COMMANDS["addfriend"].usage)
+    if fid is not None:
+        friend = t.call(lambda: c.add_friend(fid))
+        if friend is not None:
+            t.io.show(f"friend added: {friend.name} ({friend.id}), {friend.state}")
+
+
+def _creategroup(t: TerminalClient, c: Client, rest: str) -> None:
+    gname, _, desc = rest.partition(":")
+    if not gname.strip():
+        t.io.show(f"usage: {COMMANDS['creategroup'].usage}")
+        return
+    gid = t.call(lambda: c.create_group(gname.strip(), desc.strip()))
+    if gid is not None:
+        t.io.show(f"group created: {gname.strip()} (id {gid})")
+
+
+def _addgroup(t: TerminalClient, c: Client, rest: str) -> None:
+    gid = t.number(rest, COMMANDS["addgroup"].usage)
+    if gid is not None:
+        t.call(lambda: c.join_group(gid))
+
+
+def _groupchat(t: TerminalClient, c: Client, rest: str) -> None:
+    gid, msg = t.number_and_text(rest, COMMANDS["groupchat"].usage)
+    if gid is not None:
+        t.call(lambda: c.group_chat(gid, msg))
+
+
+class Command(NamedTuple):
+    usage: str
+    help: str
+    run: Callable[[TerminalClient, Client, str], None]
+
+
+COMMANDS: dict[str, Command] = {
+    "help": Command("help", "show this list", _help),
+    "chat": Command("chat:friendid:message", "send a message to a user", _chat),
+    "addfriend": Command("addfriend:friendid", "add a friend", _addfriend),
+    "creategroup": Command("creategroup:name:desc", "create a group", _creategroup),
+    "addgroup": Command("addgroup:groupid", "join a group", _addgroup),
+    "groupchat": Command("groupchat:groupid:message", "send a message to a group", _groupchat),
+    "loginout": Command("loginout", "log out (back to the menu)", _loginout),
+    "quit": Command("quit", "log out and leave", _quit),
+}
+
+HELP = "commands:\n" + "\n".join(f"  {c.usage:<27} {c.help}" for c in COMMANDS.values())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -453,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         from prompt_toolkit.patch_stdout import patch_stdout
 
         with patch_stdout():
-            return App(args, TerminalIO()).run()
-    return App(args, LineIO()).run()
+            return TerminalClient(args, TerminalIO()).run()
+    return TerminalClient(args, LineIO()).run()
 
 
 if __name__ == "__main__":
