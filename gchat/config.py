@@ -5,12 +5,13 @@ in gchat reads the environment."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from gchat.protocol import Limits
 
@@ -88,14 +89,14 @@ class Settings:
     def sqlalchemy_url(self) -> str:
         """The URL with a driver SQLAlchemy can use under gevent: plain
         mysql:// would pick mysqlclient (C, blocks the whole node); PyMySQL is
-        pure Python and yields on the patched socket."""
-        url = self.database_url
-        for prefix in ("mysql://", "mariadb://", "mariadb+pymysql://"):
-            if url.startswith(prefix):
-                url = "mysql+pymysql://" + url[len(prefix) :]
-        if url.startswith("mysql+pymysql://") and "charset=" not in url:
-            url += ("&" if "?" in url else "?") + "charset=utf8mb4"
-        return url
+        pure Python and yields on the patched socket. Raises
+        sqlalchemy.exc.ArgumentError when database_url is not a URL."""
+        url = make_url(self.database_url)
+        if url.drivername in ("mysql", "mariadb", "mariadb+pymysql"):
+            url = url.set(drivername="mysql+pymysql")
+        if url.drivername == "mysql+pymysql" and "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})  # MySQL's utf8 is 3 bytes: no emoji
+        return url.render_as_string(hide_password=False)
 
 
 def _env_name(name: str) -> str:
@@ -139,7 +140,3 @@ def from_sources(
     if not settings.bind.rpartition(":")[2].isdigit():
         raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT")
     return settings
-
-
-def replace(settings: Settings, **changes: Any) -> Settings:
-    return dataclasses.replace(settings, **changes)
