@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import redis
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 from gchat import config, store
 from gchat.config import Settings
@@ -37,6 +38,12 @@ def _redis(settings: Settings, need: str) -> redis.Redis:
     client = connect(settings.redis_url, timeout=5.0)
     client.ping()
     return client
+
+
+def _text(raw: bytes | str) -> str:
+    """A reply of the Redis client, which returns bytes (no decode_responses)
+    although its types allow str."""
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def reset_online(settings: Settings, args: argparse.Namespace) -> None:
@@ -78,8 +85,8 @@ def _reset_all(settings: Settings, db: Database) -> None:
         if alive:
             raise Refused(f"{len(alive)} node(s) alive ({', '.join(sorted(alive))}): stop them first, "
                           "or reset one dead node with --node")
-        for n in [m.decode() for m in r.smembers(NODES)]:
-            reap(r, n, force=True)
+        for node in [_text(m) for m in r.smembers(NODES)]:
+            reap(r, node, force=True)
         stray = list(r.scan_iter(online_key("*"))) + list(r.scan_iter(users_key("*")))  # type: ignore[arg-type]
         if stray:
             r.delete(*stray)
@@ -114,7 +121,7 @@ def users(settings: Settings, args: argparse.Namespace) -> None:
     if settings.redis_url and rows:
         r = _redis(settings, "users")
         held = r.mget([online_key(uid) for uid, _, _ in rows])
-        where = {uid: h.decode() for (uid, _, _), h in zip(rows, held, strict=True) if h}
+        where = {uid: _text(h) for (uid, _, _), h in zip(rows, held, strict=True) if h}
     print(f"{'ID':>8}  {'NAME':<32} {'STATE':<8} NODE")
     for uid, name, state in rows:
         print(f"{uid:>8}  {name:<32} {state:<8} {where.get(uid, '-')}")
@@ -188,19 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gchat-admin: bad --database-url {_safe(settings.database_url)!r}: {e}", file=sys.stderr)
         return 2
     except Unavailable as e:
-        print(f"gchat-admin: cannot reach the database at {_safe(settings.database_url)}: {e}",
-              file=sys.stderr)
+        print(f"gchat-admin: cannot reach the database at {_safe(settings.database_url)}: {e}", file=sys.stderr)
         return 1
     return 0
 
 
 def _safe(url: str) -> str:
     """The URL without its password, for messages."""
-    head, at, tail = url.rpartition("@")
-    if not at:
-        return url
-    scheme, _, auth = head.partition("://")
-    return f"{scheme}://{auth.partition(':')[0]}:***@{tail}" if ":" in auth else url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:  # not parsed: where a password would be is unknown, so none of it is shown
+        return "(not a URL)"
 
 
 if __name__ == "__main__":
