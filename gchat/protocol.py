@@ -63,7 +63,6 @@ class Errno(enum.IntEnum):
 # Requests answered by a reply of their own id + 1 (part A); the others by ACK_MSG.
 REPLY_ID = {MsgId.LOGIN: MsgId.LOGIN_ACK, MsgId.REG: MsgId.REG_ACK}
 
-TERMINATORS = (b"\0", b"\n")
 # Between frames the original client may leave NULs; people typing into nc leave
 # CR and spaces. None of these can start a JSON value, so all are skipped.
 _SKIPPED = b"\0\n\r\t "

@@ -41,8 +41,5 @@ class Registry:
     def get(self, user_id: int) -> Peer | None:
         return self._peers.get(user_id)
 
-    def users(self) -> list[int]:
-        return list(self._peers)
-
     def __len__(self) -> int:
         return len(self._peers)

@@ -242,20 +242,6 @@ def store_offline(s: Session, items: Iterable[tuple[int, str]]) -> int:
     return len(rows)
 
 
-def take_offline(s: Session, user_id: int) -> list[str]:
-    """The user's stored messages, oldest first, removed in the same unit of
-    work: they are handed over exactly once."""
-    q = select(OfflineMessage.id, OfflineMessage.message).where(OfflineMessage.userid == user_id)
-    rows = s.execute(q.order_by(OfflineMessage.id).with_for_update()).all()
-    if rows:
-        s.execute(delete(OfflineMessage).where(OfflineMessage.userid == user_id, OfflineMessage.id <= rows[-1].id))
-    return [r.message for r in rows]
-
-
-def count_offline(s: Session, user_id: int) -> int:
-    return int(s.scalar(select(func.count()).select_from(OfflineMessage).where(OfflineMessage.userid == user_id)) or 0)
-
-
 # --- a batch of logins -----------------------------------------------------
 
 GroupEntry = tuple[AllGroup, list[tuple[int, str, str]]]
@@ -297,9 +283,9 @@ def groups_of_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[GroupE
 
 
 def take_offline_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[str]]:
-    """take_offline for a batch: each user's messages oldest first, removed
-    in the same unit of work (only those read: the locked rows, up to each
-    user's last id)."""
+    """Each user's stored messages, oldest first, removed in the same unit of
+    work so that they are handed over exactly once (only those read: the
+    locked rows, up to each user's last id)."""
     out: dict[int, list[str]] = {u: [] for u in user_ids}
     q = (
         select(OfflineMessage.userid, OfflineMessage.id, OfflineMessage.message)
