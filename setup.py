@@ -27,7 +27,18 @@ setup(
         "prompt_toolkit>=3.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "psutil>=5.9", "pexpect>=4.8", "ruff>=0.5"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "psutil>=5.9",
+            "pexpect>=4.8",
+            "ruff>=0.5",
+            # scripts/test runs `mypy --strict gchat` (mypy.ini)
+            "mypy>=1.10",
+            # gevent ships no types; these stubs let mypy check the greenlets, events and servers
+            "types-gevent>=24.2",
+        ],
     },
     entry_points={
         "console_scripts": [
