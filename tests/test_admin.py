@@ -102,6 +102,12 @@ def test_unreachable_stores_exit_1(cluster: Cluster) -> None:
     assert done.returncode == 1 and "--redis-url" in done.stderr
 
 
+def test_the_database_password_is_not_printed() -> None:
+    done = admin("users", env={"GCHAT_DATABASE_URL": f"mysql://root:s3cret@127.0.0.1:{free_port()}/nothing"})
+    assert done.returncode == 1 and "cannot reach the database" in done.stderr
+    assert "s3cret" not in done.stderr and "root:***@127.0.0.1" in done.stderr
+
+
 def test_reset_online_all_once_the_cluster_is_stopped(cluster: Cluster) -> None:
     w, uid = user(cluster.nodes[0].address)
     for node in cluster.nodes:
