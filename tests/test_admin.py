@@ -102,10 +102,13 @@ def test_unreachable_stores_exit_1(cluster: Cluster) -> None:
     assert done.returncode == 1 and "--redis-url" in done.stderr
 
 
-def test_the_database_password_is_not_printed() -> None:
+def test_passwords_in_store_urls_are_not_printed() -> None:
     done = admin("users", env={"GCHAT_DATABASE_URL": f"mysql://root:s3cret@127.0.0.1:{free_port()}/nothing"})
     assert done.returncode == 1 and "cannot reach the database" in done.stderr
     assert "s3cret" not in done.stderr and "root:***@127.0.0.1" in done.stderr
+    done = admin("nodes", env={"GCHAT_REDIS_URL": f"redis://:s3cret@127.0.0.1:{free_port()}/0"})
+    assert done.returncode == 1 and "cannot reach Redis" in done.stderr
+    assert "s3cret" not in done.stderr and ":***@127.0.0.1" in done.stderr
 
 
 def test_reset_online_all_once_the_cluster_is_stopped(cluster: Cluster) -> None:

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gchat-admin: {e}", file=sys.stderr)
         return 1
     except redis.RedisError as e:
-        print(f"gchat-admin: cannot reach Redis at {settings.redis_url}: {e}", file=sys.stderr)
+        print(f"gchat-admin: cannot reach Redis at {_safe(settings.redis_url)}: {e}", file=sys.stderr)
         return 1
     except sa_exc.ArgumentError as e:
         print(f"gchat-admin: bad --database-url {_safe(settings.database_url)!r}: {e}", file=sys.stderr)
@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages. Redis URLs have the same
+    shape (scheme://user:password@host:port/db), so SQLAlchemy's parser
+    serves both."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except sa_exc.ArgumentError:  # not parsed: where a password would be is unknown, so none of it is shown
