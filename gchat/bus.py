@@ -44,7 +44,7 @@ class Bus(Protocol):
     def route(self, user_ids: list[int], body: bytes) -> list[int]:
         """Hand body to the live nodes holding these users (none of them is
         connected here); return those it could not reach, for the caller to
-        store. Raises ProtocolError (errno 11) when the bus is down: then
+        store. Raises gchat.errors.Unavailable when the bus is down: then
         the caller stores them all."""
 
     def invalidate_group(self, group_id: int) -> None:

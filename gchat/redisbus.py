@@ -32,7 +32,7 @@ from gchat.bus import (
     dispatch,
     encode_invalidation,
 )
-from gchat.protocol import Errno, ProtocolError
+from gchat.errors import Unavailable
 from gchat.redispresence import PREFIX, connect
 
 log = logging.getLogger(__name__)
@@ -118,14 +118,14 @@ class RedisBus:
                 self._route = self.redis.register_script(ROUTE)
             missed = self._route(keys=[], args=[PREFIX, self.node, body, *user_ids])
         except redis.RedisError as e:
-            raise ProtocolError(Errno.UNAVAILABLE, "bus unavailable") from e
+            raise Unavailable("bus unavailable") from e
         return [int(u) for u in missed]
 
     def invalidate_group(self, group_id: int) -> None:
         try:
             self.redis.publish(ALL, self._origin + encode_invalidation(group_id))
         except redis.RedisError as e:
-            raise ProtocolError(Errno.UNAVAILABLE, "bus unavailable") from e
+            raise Unavailable("bus unavailable") from e
 
     # --- the subscriber --------------------------------------------------------
 

@@ -44,7 +44,6 @@ from redis.retry import Retry
 from gchat import store
 from gchat.config import Settings
 from gchat.errors import Unavailable
-from gchat.protocol import Errno, ProtocolError
 from gchat.store import Database
 
 log = logging.getLogger(__name__)
@@ -244,7 +243,7 @@ class RedisPresence:
         self._local.discard(user_id)
         try:
             self._call(RELEASE, 0, PREFIX, self.node, user_id)
-        except ProtocolError:
+        except Unavailable:
             self._resync = True  # the claim is dropped at the next sync
             raise
 
@@ -272,7 +271,7 @@ class RedisPresence:
             return self._scripts[script](keys=list(args[:nkeys]), args=list(args[nkeys:]))
         except redis.RedisError as e:
             self._unavailable(e)
-            raise ProtocolError(Errno.UNAVAILABLE, "presence store unavailable") from e
+            raise Unavailable("presence store unavailable") from e
 
     # --- liveness ------------------------------------------------------------
 
@@ -305,7 +304,7 @@ class RedisPresence:
             except redis.RedisError as e:
                 self._unavailable(e)
                 continue
-            except (ProtocolError, Unavailable):
+            except Unavailable:
                 continue
             except Exception:
                 log.exception("presence maintenance failed")
