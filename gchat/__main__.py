@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stop.set)
     # SIGUSR1 logs "stats connections=.. users=.. greenlets=.. fds=.. rss=.."
-    gevent.signal_handler(signal.SIGUSR1, app.node.log_stats)
+    gevent.signal_handler(signal.SIGUSR1, app.listener.log_stats)
     stop.wait()
     log.info("signal received, shutting down")
     app.stop()

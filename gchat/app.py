@@ -16,7 +16,7 @@ from gchat.passwords import Passwords
 from gchat.presence import LocalPresence, Presence
 from gchat.registry import Registry
 from gchat.router import Router
-from gchat.server import Node
+from gchat.server import Listener
 from gchat.service import Services
 from gchat.store import Database
 
@@ -36,16 +36,16 @@ class App:
     presence: Presence
     bus: Bus
     services: Services
-    node: Node
+    listener: Listener
 
     def start(self) -> None:
         self.presence.start()
         self.bus.start(self.services.router.on_bus_delivery, self.services.invalidate_group)
-        self.node.start()
+        self.listener.start()
 
     def stop(self) -> None:
-        log.info("stopping: %d connection(s)", len(self.node.connections))
-        self.node.stop()
+        log.info("stopping: %d connection(s)", len(self.listener.connections))
+        self.listener.stop()
         self.bus.stop()
         self.presence.stop()
         self.db.dispose()
@@ -88,7 +88,7 @@ def build(settings: Settings) -> App:
     )
     if settings.redis_url:
         _wire_cluster(presence, bus, registry, services)
-    return App(settings, db, presence, bus, services, Node(settings, services))
+    return App(settings, db, presence, bus, services, Listener(settings, services))
 
 
 def _wire_cluster(presence: Any, bus: Any, registry: Registry, services: Services) -> None:

@@ -1,5 +1,5 @@
-"""The network edge: a gevent StreamServer, a Connection per client (reader
-loop, outbox, one writer greenlet), and nothing of the business rules.
+"""The network edge: the TCP listener and a Connection per client (the
+reader loop and the glue to its transport and outbox); no business rule.
 """
 
 from __future__ import annotations
@@ -9,22 +9,20 @@ import logging
 import os
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from gchat import service
 from gchat.config import Settings
-from gchat.errors import Unavailable
+from gchat.outbox import Outbox
 from gchat.protocol import (
     Errno,
     FrameDecoder,
     FrameTooLarge,
-    MsgId,
     ProtocolError,
     dumps,
     encode,
@@ -34,6 +32,8 @@ from gchat.protocol import (
     refusal,
 )
 from gchat.ratelimit import FloodGuard, Verdict
+from gchat.service import Handover, Reply
+from gchat.transport import TcpTransport, Transport, tune
 
 if TYPE_CHECKING:
     from gchat.service import Services
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 RECV_SIZE = 64 * 1024
 # how long a closing connection may take to hand its last replies to the kernel
 FLUSH_TIMEOUT = 5.0
-# bytes joined for one send: a burst goes out in few system calls, without
-# copying a whole (up to outbox_max_bytes) outbox at once
-WRITE_CHUNK = 256 * 1024
 # a connection that wrote nothing for between one and two of these periods
 # gives up its writer greenlet until its next write
 WRITER_IDLE = 10.0
@@ -58,52 +55,29 @@ YIELD_EVERY = 8
 
 
 class Connection:
-    """One client. The reader greenlet (the StreamServer's handler) decodes
-    and handles frames in order; a writer greenlet drains the outbox, so a
-    slow client never blocks whoever is delivering to it.
+    """One client: the reader loop (the StreamServer's handler decodes and
+    handles frames in order) and the glue between its transport, its outbox
+    and the service layer. It is the `Peer` the handlers see."""
 
-    The outbox holds every message not yet completely handed to the kernel,
-    the one being written included: the writer removes a message only once
-    its last byte is sent. Whatever is left when the connection ends (the
-    peer stopped reading, vanished, or the write failed) is still there, in
-    order, and is stored offline for its user: nothing accepted is dropped.
-    """
-
-    def __init__(self, sock: socket.socket, address: tuple[str, int], node: Node) -> None:
-        self.sock = sock
+    def __init__(self, transport: Transport, decoder: FrameDecoder, address: tuple[str, int],
+                 listener: Listener) -> None:
+        self.transport = transport
+        self.decoder = decoder
         self.address = address
-        self.node = node
-        self.svc: Services = node.services
-        self.settings = node.settings
-        self.decoder = FrameDecoder(self.settings.frame_max)
+        self.svc: Services = listener.services
+        self.settings = settings = listener.settings
         self._user_id: int | None = None
         self.logged_in_once = False
         self.user_name = ""
-        # (JSON body, user id, what to store offline for that user if the body
-        # is never written): a delivery keeps itself, a login reply the
-        # offline messages it hands over (taken from the store already), any
-        # other reply nothing
-        self._out: deque[tuple[bytes, int, tuple[bytes, ...]]] = deque()
-        self._out_bytes = 0
-        self._head_sent = 0  # bytes of the head message _send_now handed to the kernel
-        # The writer is spawned on the first write and parked between bursts;
-        # a connection idle for a whole sweep (Node._retire_idle_writers)
-        # loses it, and the next write spawns one again. A parked greenlet is
-        # about 5.6 KiB, a quarter of an idle connection's memory; spawning
-        # one per message instead cost CPU and, through the garbage
-        # collector, tens of ms of p99 in group chat.
-        self._wake = Event()
-        self._writer_g: gevent.Greenlet | None = None
-        self._wrote = False  # since the last sweep
-        self._retire = False
-        self._flushed = False  # the last flush is over: what is queued now is stored
-        self._busy = False
-        self._held: list[tuple[bytes, int]] = []
+        self.outbox = Outbox(
+            transport, self.svc.router.store_offline_batch,
+            max_messages=settings.outbox_max_messages, max_bytes=settings.outbox_max_bytes,
+            on_cut=self._cut, on_write_error=self._write_failed, who=self._who,
+        )
         self._closing = False
-        self._cut = False  # cut off as a slow reader: nothing more is written
         self.close_reason = ""
-        self._deadline: gevent.Greenlet | None = None
-        self._guard = FloodGuard(self.settings.rate, self.settings.rate_burst) if self.settings.rate > 0 else None
+        self._deadline: gevent.Greenlet[[], None] | None = None
+        self._guard = FloodGuard(settings.rate, settings.rate_burst) if settings.rate > 0 else None
 
     # --- Peer, as the service layer sees it --------------------------------
 
@@ -120,141 +94,30 @@ class Connection:
                 self._deadline.kill(block=False)
 
     def push(self, body: bytes) -> None:
-        """Queue a delivered message. While this connection's own request is
-        being handled, pushes wait behind its reply: a login ack comes before
-        the messages that arrived during the login."""
-        if self._busy:
-            self._held.append((body, self.user_id or 0))
-        else:
-            self._enqueue(body, self.user_id or 0, (body,))
+        self.outbox.push(body, self._user_id or 0)
 
     def close(self, reason: str) -> None:
         if self._closing:
             return
         self._closing = True
         self.close_reason = reason
-        self._wake.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RD)  # wakes the reader; the writer may still flush
-        except OSError:
-            pass
+        self.outbox.wake_to_close()
+        self.transport.shutdown_read()  # wakes the reader; the writer may still flush
 
-    # --- outbox -------------------------------------------------------------
+    # --- outbox callbacks ----------------------------------------------------
 
-    def _enqueue(self, body: bytes, user_id: int, keep: tuple[bytes, ...] = (), direct: bool = False) -> None:
-        self._out.append((body, user_id, keep))
-        self._out_bytes += len(body)
-        s = self.settings
-        # one message alone may exceed the byte bound (a login reply with a
-        # large offline backlog): it is in memory already, and must get out
-        if len(self._out) > s.outbox_max_messages or (self._out_bytes > s.outbox_max_bytes and len(self._out) > 1):
-            if not self._cut:
-                self._cut_off()
-            return
-        if self._writer_g is not None:
-            self._wake.set()
-        elif not self._flushed:
-            if direct and len(self._out) == 1 and self._send_now():
-                return
-            self._retire = False
-            self._writer_g = gevent.spawn(self._writer)
-
-    def _send_now(self) -> bool:
-        """A reply, to a connection with no writer and nothing queued: its
-        reader writes it when the kernel takes it whole at once, so a
-        connection that only logged in never needs a writer. Anything else
-        (would block, partly sent, an error) is left to a writer."""
-        body = self._out[0][0]
-        data = body + self.decoder.reply_terminator
-        try:
-            sent = self.sock.send(data, 0, 0.0)  # timeout 0: never wait here
-        except OSError:  # EAGAIN, or an error the writer meets and reports
-            return False
-        if sent < len(data):
-            self._head_sent = sent
-            return False
-        self._out.popleft()
-        self._out_bytes -= len(body)
-        return True
-
-    def retire_writer_if_idle(self) -> None:
-        """Called once a sweep: a parked writer that wrote nothing since the
-        last sweep ends (memory of idle connections)."""
-        if self._writer_g is not None and not self._wrote and not self._out:
-            self._retire = True
-            self._wake.set()
-        self._wrote = False
-
-    def _cut_off(self) -> None:
-        """A slow reader: stop writing to it at once. The outbox stays as it
-        is and is stored offline when the connection ends."""
-        log.warning(
-            "%s: slow reader: %d messages (%d bytes) queued, over the bound of %d messages or %d bytes; "
-            "disconnecting, what is queued for it is stored offline",
-            self._who(), len(self._out), self._out_bytes,
-            self.settings.outbox_max_messages, self.settings.outbox_max_bytes,
-        )
-        self._cut = True
+    def _cut(self) -> None:
         self.close("slow reader")
-        try:
-            # SHUT_WR too: a writer blocked on the full socket fails at once.
-            # Bytes already in the kernel stay readable, followed by FIN.
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
-    def _writer(self) -> None:
-        """Drain the outbox, park until woken; end when closing or retired
-        with nothing to write. No switch comes between the last look at the
-        outbox and the end, so a message is never left without a writer."""
-        try:
-            while not self._cut:
-                if not self._out:
-                    if self._closing or self._retire:
-                        return
-                    self._wake.clear()
-                    self._wake.wait()
-                    continue
-                self._wrote = True
-                self._write_some()
-        except OSError as e:
-            if not self._cut:
-                log.info("%s: write failed (%s), closing", self._who(), e)
-            self.close("write failed")
-        finally:
-            self._writer_g = None
+    def _write_failed(self, e: OSError) -> None:
+        log.info("%s: write failed (%s), closing", self._who(), e)
+        self.close("write failed")
 
-    def _write_some(self) -> None:
-        """Send the head of the outbox; a message leaves the outbox only when
-        its last byte (and terminator) went to the kernel."""
-        term = self.decoder.reply_terminator
-        parts: list[bytes] = []
-        ends: list[int] = []
-        size = 0
-        for body, _, _ in self._out:
-            parts.append(body)
-            size += len(body) + len(term)
-            ends.append(size)
-            if size >= WRITE_CHUNK:
-                break
-        data = memoryview(term.join(parts) + term)
-        sent, done = self._head_sent, 0  # the head may have been begun by _send_now
-        self._head_sent = 0
-        while sent < size:
-            sent += self.sock.send(data[sent:])
-            while done < len(ends) and ends[done] <= sent:
-                body, _, _ = self._out.popleft()
-                self._out_bytes -= len(body)
-                done += 1
-
-    def _reply(self, reply: dict[str, Any]) -> None:
-        offline = reply.get("offlinemsg") if reply.get("msgid") == MsgId.LOGIN_ACK else None
-        if offline and self.user_id:
-            # the messages were removed from the store for this reply: if it
-            # is never written, they go back
-            self._enqueue(dumps(reply), self.user_id, tuple(m.encode() for m in offline), direct=True)
+    def _reply(self, reply: Reply) -> None:
+        if type(reply) is Handover:
+            self.outbox.reply(dumps(reply), reply.user_id, [m.encode() for m in reply.restore])
         else:
-            self._enqueue(dumps(reply), 0, direct=True)
+            self.outbox.reply(dumps(reply))
 
     # --- reader -------------------------------------------------------------
 
@@ -262,7 +125,7 @@ class Connection:
         self._deadline = deadline = gevent.spawn_later(self.settings.login_timeout, self._login_deadline)
         try:
             while not self._closing:
-                data = self.sock.recv(RECV_SIZE)
+                data = self.transport.recv(RECV_SIZE)
                 if not data:
                     break
                 try:
@@ -308,7 +171,8 @@ class Connection:
                 )
                 self.close("flood")
                 return  # the caller logs this frame and the rest as dropped
-        self._busy = True
+        outbox = self.outbox
+        outbox.hold()
         req = None
         try:
             req = parse_request(frame, self.svc.limits)
@@ -318,13 +182,11 @@ class Connection:
         except Exception:
             log.exception("%s: request failed", self._who())
             replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
+        try:
+            for reply in replies:
+                self._reply(reply)
         finally:
-            self._busy = False
-        for reply in replies:
-            self._reply(reply)
-        held, self._held = self._held, []
-        for body, uid in held:
-            self._enqueue(body, uid, (body,))
+            outbox.release()
 
     def _refuse(self, frame: bytes) -> None:
         """errno 10, addressed to the request (msgid, seq) when it can be read."""
@@ -361,58 +223,26 @@ class Connection:
             self.close("login timeout")
 
     def _finish(self) -> None:
-        """The connection is over. Queued replies get a last chance to reach
-        the kernel; then every message that could not be written is stored
-        for its user, and only then does the user go offline, so a message
-        delivered meanwhile is either queued here (and stored with the rest)
-        or stored after them: the order at next login is the order sent."""
+        """The connection is over. The outbox gets a last chance to reach the
+        kernel and stores what it could not write; only then does the user go
+        offline, so a message delivered meanwhile is either queued (and
+        stored with the rest) or stored after them: the order at next login
+        is the order sent."""
         self._closing = True
-        self._wake.set()
-        deadline = time.monotonic() + FLUSH_TIMEOUT
-        # a push during the join may spawn a new writer once the old one is
-        # done: flush with it too, until no writer is left
-        while (writer := self._writer_g) is not None:
-            if not self._cut:
-                writer.join(timeout=max(0.0, deadline - time.monotonic()))
-            writer.kill(block=True)  # a writer still blocked leaves its message in the outbox
-            if self._writer_g is writer:  # killed before it could start: its finally never ran
-                self._writer_g = None
-        self._flushed = True
-        self._store_unsent()
+        self.outbox.finish(FLUSH_TIMEOUT)
         try:
             service.disconnect(self.svc, self)
         except Exception:
             log.exception("%s: disconnect failed", self._who())
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def _store_unsent(self) -> None:
-        """Store what is left in the outbox, until it stays empty: pushes may
-        arrive while a batch is being stored. Replies (user 0) are dropped."""
-        stored = 0
-        while self._out:
-            items = [(uid, text) for _, uid, keep in self._out if uid for text in keep]
-            self._out.clear()
-            self._out_bytes = 0
-            if not items:
-                continue
-            try:
-                self.svc.router.store_offline_batch(items)
-                stored += len(items)
-            except Unavailable:
-                log.error("%s: lost %d undelivered message(s): database unavailable", self._who(), len(items))
-        if stored:
-            log.info("%s: stored %d unsent message(s) offline", self._who(), stored)
+        self.transport.close()
 
     def _who(self) -> str:
         host, port = self.address[:2]
         return f"{host}:{port}" + (f" user {self.user_id}" if self.user_id else "")
 
 
-class Node:
-    """The listening server and its live connections."""
+class Listener:
+    """The TCP listener and its live connections."""
 
     def __init__(self, settings: Settings, services: Services) -> None:
         self.settings = settings
@@ -422,18 +252,18 @@ class Node:
         # addresses at their limit -> connections refused since it was reached
         self._refused: dict[str, int] = {}
         self._at_limit = False
+        self._stopping = False
         # the pool bounds the connections served at once: when it is full the
         # server stops accepting, and new connections wait in the backlog
         self.pool = Pool(settings.max_connections)
         self.server = StreamServer((settings.host, settings.port), self._handle, spawn=self.pool,
                                    backlog=LISTEN_BACKLOG)
-        self._stopped = Event()
-        self._sweeper: gevent.Greenlet | None = None
+        self._sweeper: gevent.Greenlet[[], None] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.address[:2]
-        return host, port
+        address = self.server.address
+        return str(address[0]), int(address[1])
 
     def start(self) -> None:
         self.server.start()
@@ -445,10 +275,13 @@ class Node:
         while True:
             gevent.sleep(WRITER_IDLE)
             for conn in list(self.connections):
-                conn.retire_writer_if_idle()
+                conn.outbox.retire_if_idle()
 
     def _handle(self, sock: socket.socket, address: tuple[str, int]) -> None:
         ip = address[0]
+        if self._stopping:  # accepted just before the listener closed
+            sock.close()
+            return
         if self.settings.max_per_ip and self._per_ip.get(ip, 0) >= self.settings.max_per_ip:
             self._refuse(sock, ip)
             return
@@ -460,8 +293,9 @@ class Node:
                 "listen backlog until one closes", self.settings.max_connections,
             )
         try:
-            _tune(sock, self.settings)
-            conn = Connection(sock, address, self)
+            tune(sock, self.settings)
+            decoder = FrameDecoder(self.settings.frame_max)
+            conn = Connection(TcpTransport(sock, decoder), decoder, address, self)
             self.connections.add(conn)
             try:
                 conn.serve()
@@ -527,23 +361,11 @@ class Node:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, close every connection (their users go offline
-        here, and only theirs), and wait for the handlers to finish."""
-        self.server.close()
+        here, and only theirs), and wait for the handlers to finish; those
+        still running after `timeout` are killed."""
+        self._stopping = True
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
         for conn in list(self.connections):
             conn.close("server shutting down")
-        self.pool.join(timeout=timeout)
-        self.pool.kill(block=True, timeout=1)
-        self._stopped.set()
-
-
-def _tune(sock: socket.socket, settings: Settings) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # half-open connections (the peer vanished without a FIN) are found by
-    # keepalive probes, and their users go offline
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if hasattr(socket, "TCP_KEEPIDLE"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, settings.keepalive_idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, settings.keepalive_interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, settings.keepalive_count)
+        self.server.stop(timeout)

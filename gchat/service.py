@@ -32,6 +32,21 @@ from gchat.store import Database
 log = logging.getLogger(__name__)
 
 Reply = dict[str, Any]
+
+
+class Handover(Reply):
+    """A reply that hands over stored messages, taken from the store for it
+    (a login's `offlinemsg`): if it never reaches the peer, the connection
+    stores `restore` again for `user_id`, so nothing accepted is lost."""
+
+    __slots__ = ("user_id", "restore")
+
+    def __init__(self, body: Reply, user_id: int, restore: list[str]) -> None:
+        super().__init__(body)
+        self.user_id = user_id
+        self.restore = restore
+
+
 # a login's session to open: user id, and (token hash, expiry) when it asked for one
 SessionOpen = tuple[int, tuple[str, int] | None]
 # what its reply carries: friends, groups with their members, stored messages
@@ -205,7 +220,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     reply = _login_reply(svc, user_id, user.name, friends, groups, offline)
     if new_token is not None:
         reply["token"], reply["token_ttl"] = new_token, svc.resume_ttl
-    return [_with_seq(reply, req)]
+    return [Handover(_with_seq(reply, req), user_id, offline) if offline else _with_seq(reply, req)]
 
 
 def _token_hash(token: str) -> str:

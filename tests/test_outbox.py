@@ -1,0 +1,221 @@
+"""gchat.outbox.Outbox without a socket: a fake transport stands for the
+kernel's send buffer (it takes bytes until it is full, and more once the
+test "reads"), as h11 tests its receive buffer with bytes fed by hand."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from gchat.errors import Unavailable
+from gchat.outbox import Outbox
+
+
+class Sink:
+    """The kernel's send buffer for one client: takes up to `room` bytes;
+    `drain` stands for the client reading, `shutdown` for a cut."""
+
+    reply_terminator = b"\n"
+
+    def __init__(self, room: int = 1 << 30) -> None:
+        self.room = room
+        self.written = bytearray()
+        self.sends = 0
+        self.shut = False
+        self._space = Event()
+
+    def send(self, data: bytes | memoryview) -> int:
+        while self.room == 0 and not self.shut:
+            self._space.clear()
+            self._space.wait()
+        return self.send_nowait(bytes(data))
+
+    def send_nowait(self, data: bytes) -> int:
+        if self.shut:
+            raise BrokenPipeError("shut down")
+        n = min(len(data), self.room)
+        self.room -= n
+        self.written += data[:n]
+        self.sends += 1
+        return n
+
+    def drain(self, n: int) -> None:
+        self.room += n
+        self._space.set()
+
+    def shutdown(self) -> None:
+        self.shut = True
+        self._space.set()
+
+    def shutdown_read(self) -> None:
+        pass
+
+    def recv(self, size: int) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+    def messages(self) -> list[bytes]:
+        return bytes(self.written).split(b"\n")[:-1]
+
+
+class Harness:
+    def __init__(self, room: int = 1 << 30, max_messages: int = 100, max_bytes: int = 1000,
+                 store: Callable[[list[tuple[int, bytes]]], None] | None = None) -> None:
+        self.sink = Sink(room)
+        self.stored: list[tuple[int, bytes]] = []
+        self.cuts = 0
+        self.errors: list[OSError] = []
+        self.outbox = Outbox(
+            self.sink, store or self.stored.extend, max_messages=max_messages, max_bytes=max_bytes,
+            on_cut=self._cut, on_write_error=self.errors.append, who=lambda: "test",
+        )
+
+    def _cut(self) -> None:
+        self.cuts += 1
+
+
+def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Let the writer greenlet run until the condition holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        gevent.sleep(0.001)
+
+
+def test_a_reply_the_kernel_takes_whole_is_written_at_once_without_a_writer() -> None:
+    h = Harness()
+    h.outbox.reply(b'{"msgid":2}')
+    assert h.sink.messages() == [b'{"msgid":2}']  # no switch happened: written by the caller
+    assert not h.outbox.writing and len(h.outbox) == 0
+
+
+def test_pushes_are_written_in_order_by_one_writer_in_few_sends() -> None:
+    h = Harness()
+    for i in range(50):
+        h.outbox.push(b"m%d" % i, 7)
+    assert h.outbox.writing and h.sink.messages() == []  # queued, the caller went on
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"m%d" % i for i in range(50)]
+    assert h.sink.sends == 1  # one burst, one send
+
+
+def test_pushes_during_a_request_follow_its_reply() -> None:
+    h = Harness()
+    h.outbox.hold()
+    h.outbox.push(b"pushed", 7)
+    h.outbox.reply(b"reply")
+    h.outbox.release()
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"reply", b"pushed"]
+
+
+def test_a_reply_the_kernel_takes_in_part_is_finished_by_a_writer() -> None:
+    h = Harness(room=3)
+    h.outbox.reply(b"abcdef")
+    assert h.outbox.writing and len(h.outbox) == 1  # still queued: not all of it is out
+    h.sink.drain(100)
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"abcdef"]
+
+
+def test_over_the_message_bound_the_reader_is_cut_and_everything_unwritten_is_stored_in_order() -> None:
+    h = Harness(room=0, max_messages=5, max_bytes=1 << 20)
+    for i in range(8):
+        h.outbox.push(b"m%d" % i, 7)
+    assert h.cuts == 1 and h.sink.shut
+    h.outbox.finish(timeout=1)
+    assert h.sink.messages() == []
+    assert h.stored == [(7, b"m%d" % i) for i in range(8)]
+
+
+def test_over_the_byte_bound_the_reader_is_cut() -> None:
+    h = Harness(room=0, max_messages=1000, max_bytes=100)
+    for _ in range(3):
+        h.outbox.push(b"x" * 40, 7)
+    assert h.cuts == 1 and h.outbox.queued_bytes == 120
+
+
+def test_a_lone_message_over_the_byte_bound_still_goes_out() -> None:
+    h = Harness(room=0, max_bytes=100)
+    h.outbox.push(b"x" * 500, 7)
+    assert h.cuts == 0
+    h.sink.drain(1000)
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"x" * 500]
+
+
+def test_an_unwritten_reply_stores_what_it_hands_over_and_nothing_else() -> None:
+    h = Harness(room=0)
+    h.outbox.reply(b'{"msgid":4}')  # a reply: nothing to keep
+    h.outbox.reply(b'{"offlinemsg":[...]}', 7, [b"s1", b"s2"])
+    h.outbox.push(b"live", 7)
+    h.outbox.finish(timeout=0.05)  # the client never reads
+    assert h.stored == [(7, b"s1"), (7, b"s2"), (7, b"live")]
+
+
+def test_a_message_half_written_when_the_write_fails_is_stored_whole() -> None:
+    h = Harness(room=4)
+    h.outbox.push(b"first", 7)
+    h.outbox.push(b"second", 7)
+    until(lambda: h.sink.written == b"firs")
+    h.sink.shutdown()  # the peer is gone
+    until(lambda: not h.outbox.writing)
+    assert len(h.errors) == 1
+    h.outbox.finish(timeout=1)
+    assert h.stored == [(7, b"first"), (7, b"second")]
+
+
+def test_pushes_while_finishing_are_stored_after_the_rest() -> None:
+    batches: list[list[tuple[int, bytes]]] = []
+    h: Harness
+
+    def store(items: list[tuple[int, bytes]]) -> None:
+        batches.append(items)
+        if len(batches) == 1:
+            h.outbox.push(b"late", 7)  # delivered while the first batch is being stored
+
+    h = Harness(room=0, store=store)
+    h.outbox.push(b"early", 7)
+    h.outbox.finish(timeout=0.01)
+    assert batches == [[(7, b"early")], [(7, b"late")]]
+
+
+def test_a_store_outage_loses_the_batch_with_an_error_logged_and_raises_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def store(items: list[tuple[int, bytes]]) -> None:
+        raise Unavailable("database down")
+
+    h = Harness(room=0, store=store)
+    h.outbox.push(b"m", 7)
+    h.outbox.finish(timeout=0.01)
+    assert "lost 1 undelivered message(s)" in caplog.text
+
+
+def test_an_idle_writer_retires_after_a_whole_sweep_and_comes_back_on_demand() -> None:
+    h = Harness()
+    h.outbox.push(b"a", 7)
+    until(lambda: len(h.outbox) == 0)
+    assert h.outbox.writing  # parked
+    h.outbox.retire_if_idle()  # it wrote since the last sweep: kept
+    gevent.sleep(0)
+    assert h.outbox.writing
+    h.outbox.retire_if_idle()  # idle for a whole sweep
+    until(lambda: not h.outbox.writing)
+    h.outbox.push(b"b", 7)
+    assert h.outbox.writing
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"a", b"b"]
+
+
+def test_closing_writes_what_is_queued_then_the_writer_ends() -> None:
+    h = Harness(room=2)
+    h.outbox.push(b"bye", 7)
+    gevent.spawn_later(0.01, h.sink.drain, 100)
+    h.outbox.finish(timeout=5)
+    assert h.sink.messages() == [b"bye"] and h.stored == [] and not h.outbox.writing
