@@ -52,7 +52,9 @@ class Settings:
     max_connections: int = _opt(100_000, "connections served at once (gevent pool size)")
     max_per_ip: int = _opt(0, "connections per client address; 0 = no limit")
     outbox_max_messages: int = _opt(10_000, "messages queued for one slow reader before it is cut off")
-    outbox_max_bytes: int = _opt(8 * 1024 * 1024, "bytes queued for one slow reader before it is cut off")
+    outbox_max_bytes: int = _opt(
+        8 * 1024 * 1024, "bytes of delivered messages queued for one slow reader before it is cut off "
+        "(replies, such as a login's backlog, are not counted)")
     rate: float = _opt(0.0, "requests per second per connection; 0 = no limit")
     rate_burst: int = _opt(200, "requests a connection may send at once above the rate")
     keepalive_idle: int = _opt(60, "TCP keepalive: idle seconds before the first probe")

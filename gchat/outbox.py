@@ -38,8 +38,13 @@ class Outbox:
     """The queue, its bounds, and its writer greenlet.
 
     Bounds (a reader that does not keep up is cut off, so one client cannot
-    make the node hold unbounded memory): `max_messages` and `max_bytes`
-    count everything queued.
+    make the node hold unbounded memory): `max_messages` counts everything
+    queued; `max_bytes` counts the deliveries pushed to it, the memory other
+    users make the node hold for this client. Replies to its own requests are
+    not counted in bytes: they are one per request (so bounded by the message
+    count) and small, except a login reply, which carries the stored backlog
+    already in memory, once; were it counted, a backlog over the bound would
+    cut the user off at the first live message, at every login, for ever.
 
     The writer greenlet is spawned on the first write and parked between
     bursts; one idle for a whole sweep (`retire_if_idle`) ends, and the next
@@ -91,7 +96,7 @@ class Outbox:
 
     @property
     def queued_bytes(self) -> int:
-        """Bytes counted against max_bytes."""
+        """Bytes counted against max_bytes (deliveries, not replies)."""
         return self._bytes
 
     # --- what goes in --------------------------------------------------------
@@ -108,7 +113,7 @@ class Outbox:
         over, already taken from the store, stored again for `user_id` if it
         is never written. Written at once, without a writer, when the kernel
         takes it whole (a client that only logs in never needs a writer)."""
-        self._enqueue(body, len(body), user_id, restore, direct=True)
+        self._enqueue(body, 0, user_id, restore, direct=True)
 
     def hold(self) -> None:
         """From now, pushes wait behind the replies of the request being
@@ -160,7 +165,7 @@ class Outbox:
         """A slow reader: stop writing to it at once. The queue stays as it
         is and is stored offline when the connection ends."""
         log.warning(
-            "%s: slow reader: %d messages (%d bytes) queued, over the bound of %d messages or "
+            "%s: slow reader: %d messages (%d bytes of deliveries) queued, over the bound of %d messages or "
             "%d bytes; disconnecting, what is queued for it is stored offline",
             self._who(), len(self._q), self._bytes, self.max_messages, self.max_bytes,
         )

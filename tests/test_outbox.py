@@ -134,7 +134,7 @@ def test_over_the_message_bound_the_reader_is_cut_and_everything_unwritten_is_st
     assert h.stored == [(7, b"m%d" % i) for i in range(8)]
 
 
-def test_over_the_byte_bound_the_reader_is_cut() -> None:
+def test_over_the_byte_bound_of_deliveries_the_reader_is_cut() -> None:
     h = Harness(room=0, max_messages=1000, max_bytes=100)
     for _ in range(3):
         h.outbox.push(b"x" * 40, 7)
@@ -148,6 +148,22 @@ def test_a_lone_message_over_the_byte_bound_still_goes_out() -> None:
     h.sink.drain(1000)
     until(lambda: len(h.outbox) == 0)
     assert h.sink.messages() == [b"x" * 500]
+
+
+def test_a_reply_over_the_byte_bound_does_not_cut_off_the_deliveries_behind_it() -> None:
+    """Issue 11, defect 1: a login reply carrying a backlog larger than the
+    byte bound, written slowly, while live messages arrive behind it."""
+    h = Harness(room=1000, max_bytes=1000)
+    backlog = b"B" * 5000
+    h.outbox.reply(backlog, 7, [b"stored1", b"stored2"])
+    for i in range(10):
+        h.outbox.push(b"live%d" % i, 7)
+        h.sink.drain(600)  # the client reads on, slowly
+        gevent.sleep(0)
+    assert h.cuts == 0
+    h.sink.drain(1 << 20)
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [backlog] + [b"live%d" % i for i in range(10)]
 
 
 def test_an_unwritten_reply_stores_what_it_hands_over_and_nothing_else() -> None:

@@ -6,7 +6,9 @@ each message once."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
 import pytest
 
@@ -82,3 +84,92 @@ def test_slow_reader_is_cut_off_and_loses_nothing(make_server, bound):
     print("log:", node.wait_for_log("unsent message(s) offline").split(": ", 1)[1])
     assert offline, "the cut must leave messages to store"
     assert live + offline == sent
+
+
+READ_RATE = 20_000_000  # bytes/s: a client on a fast link, reading all the time
+LIVE_RATE = 50  # messages/s from a friend
+
+
+def test_a_backlog_over_the_byte_bound_is_collected_while_a_friend_writes(make_server):
+    """Issue 11, defect 1: the login reply that carries a backlog larger than
+    outbox_max_bytes (8 MiB) is being written while live messages arrive;
+    none of it may cut the user off, and everything arrives, in order, once."""
+    node = make_server()
+    friend, _ = user(node.address)
+    with Wire(node.address) as w:
+        user_id = w.register()
+    backlog: list[str] = []
+    while len(backlog) * BIG < 9_000_000:
+        batch = [f"old{len(backlog) + i}:" + "x" * BIG for i in range(100)]
+        friend.send_raw(b"".join(dumps({"msgid": 5, "to": user_id, "msg": m, "seq": 1}) + b"\n" for m in batch))
+        for _ in batch:
+            assert friend.recv(30)["delivered"] == "offline"
+        backlog += batch
+
+    # a small receive buffer: the reply waits in the node's outbox, not in the kernel
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(30)
+    sock.connect(node.address)
+    sock.sendall(dumps({"msgid": 1, "id": user_id, "password": "pw"}) + b"\n")
+    frames: list[bytes] = []
+    first_bytes, reply_read = threading.Event(), threading.Event()
+    done = threading.Event()
+    errors: list[str] = []
+
+    def read() -> None:
+        """Read steadily at READ_RATE until the connection ends or `done`."""
+        decoder = FrameDecoder(1 << 25)
+        start, total = time.monotonic(), 0
+        try:
+            while not done.is_set():
+                data = sock.recv(64 * 1024)
+                if not data:
+                    errors.append("the node closed the connection")
+                    return
+                first_bytes.set()
+                total += len(data)
+                frames.extend(decoder.feed(data))
+                if frames:
+                    reply_read.set()
+                ahead = start + total / READ_RATE - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)  # the client's pace, not a wait for a condition
+        except OSError as e:
+            if not done.is_set():
+                errors.append(repr(e))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert first_bytes.wait(30)
+    live: list[str] = []
+    during_reply = 0
+    start = time.monotonic()
+    # on through the reply, then a second more
+    while not errors and (not reply_read.is_set() or len(live) - during_reply < LIVE_RATE):
+        if not reply_read.is_set():
+            during_reply += 1
+        live.append(f"live{len(live)}")
+        ack = friend.request({"msgid": 5, "to": user_id, "msg": live[-1], "seq": len(live)})
+        assert ack["errno"] == 0 and ack["delivered"] == "online", (
+            ack, errors, [line for line in node.lines if "slow reader" in line])
+        time.sleep(max(0.0, start + len(live) / LIVE_RATE - time.monotonic()))  # the friend's pace
+    deadline = time.monotonic() + 30
+    while len(frames) < 1 + len(live) and not errors and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done.set()
+    sock.close()
+    reader.join(10)
+    friend.close()
+    assert not errors, (errors, [line for line in node.lines if "slow reader" in line])
+    reply = loads(frames[0])
+    got_backlog = [loads(m)["msg"] for m in reply.get("offlinemsg", [])]
+    got_live = [loads(f)["msg"] for f in frames[1:]]
+    print(f"\na backlog of {len(backlog)} messages ({len(frames[0]):,} bytes in the login reply, over the "
+          f"8 MiB bound) read at {READ_RATE / 1e6:g} MB/s while a friend sent {len(live)} live messages at "
+          f"{LIVE_RATE}/s, {during_reply} of them while the reply was being read: {len(got_backlog)} + "
+          f"{len(got_live)} arrived, in order, once each")
+    assert reply["errno"] == 0 and got_backlog == backlog
+    assert during_reply > 0, "no live message arrived while the reply was being written"
+    assert got_live == live
+    assert not any("slow reader" in line for line in node.lines)
