@@ -7,8 +7,8 @@ is left when the connection ends (the peer stopped reading, vanished, or a
 write failed) is still here, in order, and is stored offline for its user:
 nothing accepted is dropped (docs/robustness.md).
 
-It knows the client only as a `Transport`, and the store only as a function,
-so its tests run without a socket or a database (tests/test_outbox.py).
+It knows the client only as a `Transport`, and the store only through its
+`Owner`, so its tests run without a socket or a database (tests/test_outbox.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import gevent
 from gevent.event import Event
@@ -30,8 +31,24 @@ log = logging.getLogger(__name__)
 # copying a whole (up to outbox_max_bytes) outbox at once
 WRITE_CHUNK = 256 * 1024
 
-# (user id, JSON text) pairs to store offline, in order, in one unit of work
-StoreOffline = Callable[[list[tuple[int, bytes]]], None]
+
+
+class Owner(Protocol):
+    """The connection an outbox belongs to. One reference, not a callback
+    per hook: an idle connection's memory is counted in bytes
+    (docs/benchmarks.md)."""
+
+    def who(self) -> str:
+        """Who the client is, for log lines."""
+
+    def cut_off(self) -> None:
+        """The client is a slow reader, cut off: close the connection."""
+
+    def write_failed(self, e: OSError) -> None: ...
+
+    def store_offline(self, items: list[tuple[int, bytes]]) -> None:
+        """Store (user id, JSON text) pairs, in order, in one unit of work;
+        Unavailable when the store is down."""
 
 
 class Outbox:
@@ -53,24 +70,14 @@ class Outbox:
     and, through the garbage collector, tens of ms of p99 in group chat.
     """
 
-    def __init__(
-        self,
-        transport: Transport,
-        store: StoreOffline,
-        *,
-        max_messages: int,
-        max_bytes: int,
-        on_cut: Callable[[], None],
-        on_write_error: Callable[[OSError], None],
-        who: Callable[[], str],
-    ) -> None:
+    __slots__ = ("transport", "owner", "max_messages", "max_bytes", "_q", "_bytes", "_head_sent", "_wake",
+                 "_writer_g", "_wrote", "_retire", "_closing", "_flushed", "cut", "_held")
+
+    def __init__(self, transport: Transport, owner: Owner, max_messages: int, max_bytes: int) -> None:
         self.transport = transport
-        self._store = store
+        self.owner = owner
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._on_cut = on_cut
-        self._on_write_error = on_write_error
-        self._who = who
         # (JSON body, bytes counted against max_bytes, user id, what to store
         # for that user if the body is never written: None for the body itself)
         self._q: deque[tuple[bytes, int, int, Sequence[bytes] | None]] = deque()
@@ -167,10 +174,10 @@ class Outbox:
         log.warning(
             "%s: slow reader: %d messages (%d bytes of deliveries) queued, over the bound of %d messages or "
             "%d bytes; disconnecting, what is queued for it is stored offline",
-            self._who(), len(self._q), self._bytes, self.max_messages, self.max_bytes,
+            self.owner.who(), len(self._q), self._bytes, self.max_messages, self.max_bytes,
         )
         self.cut = True
-        self._on_cut()
+        self.owner.cut_off()
         # both ways: a writer blocked on the full socket fails at once; bytes
         # already in the kernel stay readable, followed by FIN
         self.transport.shutdown()
@@ -193,7 +200,7 @@ class Outbox:
                 self._write_some()
         except OSError as e:
             if not self.cut:
-                self._on_write_error(e)
+                self.owner.write_failed(e)
         finally:
             self._writer_g = None
 
@@ -268,9 +275,9 @@ class Outbox:
             if not items:
                 continue
             try:
-                self._store(items)
+                self.owner.store_offline(items)
                 stored += len(items)
             except Unavailable:
-                log.error("%s: lost %d undelivered message(s): database unavailable", self._who(), len(items))
+                log.error("%s: lost %d undelivered message(s): database unavailable", self.owner.who(), len(items))
         if stored:
-            log.info("%s: stored %d unsent message(s) offline", self._who(), stored)
+            log.info("%s: stored %d unsent message(s) offline", self.owner.who(), stored)

@@ -69,11 +69,7 @@ class Connection:
         self._user_id: int | None = None
         self.logged_in_once = False
         self.user_name = ""
-        self.outbox = Outbox(
-            transport, self.svc.router.store_offline_batch,
-            max_messages=settings.outbox_max_messages, max_bytes=settings.outbox_max_bytes,
-            on_cut=self._cut, on_write_error=self._write_failed, who=self._who,
-        )
+        self.outbox = Outbox(transport, self, settings.outbox_max_messages, settings.outbox_max_bytes)
         self._closing = False
         self.close_reason = ""
         self._deadline: gevent.Greenlet[[], None] | None = None
@@ -104,14 +100,17 @@ class Connection:
         self.outbox.wake_to_close()
         self.transport.shutdown_read()  # wakes the reader; the writer may still flush
 
-    # --- outbox callbacks ----------------------------------------------------
+    # --- the outbox's owner ---------------------------------------------------
 
-    def _cut(self) -> None:
+    def cut_off(self) -> None:
         self.close("slow reader")
 
-    def _write_failed(self, e: OSError) -> None:
-        log.info("%s: write failed (%s), closing", self._who(), e)
+    def write_failed(self, e: OSError) -> None:
+        log.info("%s: write failed (%s), closing", self.who(), e)
         self.close("write failed")
+
+    def store_offline(self, items: list[tuple[int, bytes]]) -> None:
+        self.svc.router.store_offline_batch(items)
 
     def _reply(self, reply: Reply) -> None:
         if type(reply) is Handover:
@@ -135,12 +134,12 @@ class Connection:
                     if not self._closing:
                         self._reply(error_reply(e))
                         self.close("frame too large")
-                        log.info("%s: frame over %d bytes, closed", self._who(), self.settings.frame_max)
+                        log.info("%s: frame over %d bytes, closed", self.who(), self.settings.frame_max)
                     break
                 self._handle_frames(frames)
         except OSError as e:
             # ETIMEDOUT here is TCP keepalive finding a peer that vanished
-            log.info("%s: connection lost (%s)", self._who(), e)
+            log.info("%s: connection lost (%s)", self.who(), e)
         finally:
             deadline.kill(block=False)
             self._finish()
@@ -167,7 +166,7 @@ class Connection:
                 log.warning(
                     "%s: flooding: %d requests refused with errno 10 (rate %g/s, burst %d) and still "
                     "coming; disconnecting",
-                    self._who(), self._guard.refused, self.settings.rate, self.settings.rate_burst,
+                    self.who(), self._guard.refused, self.settings.rate, self.settings.rate_burst,
                 )
                 self.close("flood")
                 return  # the caller logs this frame and the rest as dropped
@@ -180,7 +179,7 @@ class Connection:
         except ProtocolError as e:
             replies = [error_reply(e)]
         except Exception:
-            log.exception("%s: request failed", self._who())
+            log.exception("%s: request failed", self.who())
             replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
         try:
             for reply in replies:
@@ -214,12 +213,12 @@ class Connection:
         log.warning(
             "%s: closing (%s): dropped %d unhandled frame(s) (%s, %d bytes) and %d bytes of a partial frame; "
             "none of them was applied",
-            self._who(), self.close_reason, len(frames), summary, sum(map(len, frames)), self.decoder.buffered,
+            self.who(), self.close_reason, len(frames), summary, sum(map(len, frames)), self.decoder.buffered,
         )
 
     def _login_deadline(self) -> None:
         if not self.logged_in_once:
-            log.info("%s: no login within %g s, closing", self._who(), self.settings.login_timeout)
+            log.info("%s: no login within %g s, closing", self.who(), self.settings.login_timeout)
             self.close("login timeout")
 
     def _finish(self) -> None:
@@ -233,10 +232,10 @@ class Connection:
         try:
             service.disconnect(self.svc, self)
         except Exception:
-            log.exception("%s: disconnect failed", self._who())
+            log.exception("%s: disconnect failed", self.who())
         self.transport.close()
 
-    def _who(self) -> str:
+    def who(self) -> str:
         host, port = self.address[:2]
         return f"{host}:{port}" + (f" user {self.user_id}" if self.user_id else "")
 

@@ -69,15 +69,23 @@ class Harness:
                  store: Callable[[list[tuple[int, bytes]]], None] | None = None) -> None:
         self.sink = Sink(room)
         self.stored: list[tuple[int, bytes]] = []
+        self._store = store or self.stored.extend
         self.cuts = 0
         self.errors: list[OSError] = []
-        self.outbox = Outbox(
-            self.sink, store or self.stored.extend, max_messages=max_messages, max_bytes=max_bytes,
-            on_cut=self._cut, on_write_error=self.errors.append, who=lambda: "test",
-        )
+        self.outbox = Outbox(self.sink, self, max_messages, max_bytes)
 
-    def _cut(self) -> None:
+    # the outbox's owner
+    def who(self) -> str:
+        return "test"
+
+    def cut_off(self) -> None:
         self.cuts += 1
+
+    def write_failed(self, e: OSError) -> None:
+        self.errors.append(e)
+
+    def store_offline(self, items: list[tuple[int, bytes]]) -> None:
+        self._store(items)
 
 
 def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
