@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 WRITE_CHUNK = 256 * 1024
 
 
-
 class Owner(Protocol):
     """The connection an outbox belongs to. One reference, not a callback
     per hook: an idle connection's memory is counted in bytes
@@ -71,7 +70,7 @@ class Outbox:
     """
 
     __slots__ = ("transport", "owner", "max_messages", "max_bytes", "_q", "_bytes", "_head_sent", "_wake",
-                 "_writer_g", "_wrote", "_retire", "_closing", "_flushed", "cut", "_held")
+                 "_writer_g", "_wrote", "_retire", "_closing", "_flushed", "cut", "_holding", "_held")
 
     def __init__(self, transport: Transport, owner: Owner, max_messages: int, max_bytes: int) -> None:
         self.transport = transport
@@ -91,7 +90,8 @@ class Outbox:
         self._flushed = False  # the last flush is over: what is queued now is stored
         self.cut = False  # cut off as a slow reader: nothing more is written
         # pushes wait here while the client's own request is handled
-        self._held: list[tuple[bytes, int]] | None = None
+        self._holding = False
+        self._held: list[tuple[bytes, int]] = []
 
     def __len__(self) -> int:
         return len(self._q)
@@ -110,7 +110,7 @@ class Outbox:
 
     def push(self, body: bytes, user_id: int) -> None:
         """A delivery for `user_id`; stored for it if never written."""
-        if self._held is not None:
+        if self._holding:
             self._held.append((body, user_id))
         else:
             self._enqueue(body, len(body), user_id, None)
@@ -125,13 +125,15 @@ class Outbox:
     def hold(self) -> None:
         """From now, pushes wait behind the replies of the request being
         handled (a login ack precedes the messages that arrived during it)."""
-        self._held = []
+        self._holding = True
 
     def release(self) -> None:
         """The request's replies are queued: the pushes held meanwhile follow."""
-        held, self._held = self._held, None
-        for body, user_id in held or ():
-            self._enqueue(body, len(body), user_id, None)
+        self._holding = False
+        if self._held:
+            held, self._held = self._held, []
+            for body, user_id in held:
+                self._enqueue(body, len(body), user_id, None)
 
     def _enqueue(self, body: bytes, counted: int, user_id: int, keep: Sequence[bytes] | None,
                  direct: bool = False) -> None:
