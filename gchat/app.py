@@ -8,12 +8,13 @@ from typing import Any
 
 from gevent import get_hub
 
-from gchat import schema, store
-from gchat.bus import Bus, LocalBus
+from gchat import schema
 from gchat.cache import Cache
+from gchat.cluster.bus import Bus, LocalBus
+from gchat.cluster.mirror import StateMirror
+from gchat.cluster.presence import LocalPresence, Presence
 from gchat.config import Settings
 from gchat.passwords import Passwords
-from gchat.presence import LocalPresence, Presence
 from gchat.registry import Registry
 from gchat.router import Router
 from gchat.server import Listener
@@ -39,8 +40,8 @@ class App:
     listener: Listener
 
     def start(self) -> None:
-        self.presence.start()
-        self.bus.start(self.services.router.on_bus_delivery, self.services.invalidate_group)
+        self.presence.start(self._lost)
+        self.bus.start(self.services.router.on_bus_delivery, self.services.invalidate_group, self._forget_cache)
         self.listener.start()
 
     def stop(self) -> None:
@@ -51,6 +52,20 @@ class App:
         self.db.dispose()
         log.info("stopped")
 
+    # The cluster's repairs that reach into this node.
+
+    def _lost(self, user_id: int) -> None:
+        """Another node claimed the user while this one was cut off from
+        Redis: online on one node only, so its connection here goes."""
+        peer = self.services.registry.get(user_id)
+        if peer is not None:
+            peer.close("logged in on another node")
+
+    def _forget_cache(self) -> None:
+        """The bus was down: invalidations may have been missed, so every
+        cached group membership goes."""
+        self.services.cache = Cache()
+
 
 def build(settings: Settings) -> App:
     db = Database(
@@ -60,23 +75,17 @@ def build(settings: Settings) -> App:
         timeout=settings.db_timeout,
     )
     schema.prepare(db)
-    node_id = settings.node
+    mirror = StateMirror(db)
     presence: Presence
     bus: Bus
     if settings.redis_url:
-        from gchat.redisbus import RedisBus
-        from gchat.redispresence import RedisPresence
+        from gchat.cluster.redis_bus import RedisBus
+        from gchat.cluster.redis_presence import RedisPresence
 
-        presence = RedisPresence(settings.redis_url, node_id, db, settings)
-        bus = RedisBus(settings.redis_url, node_id)
+        presence = RedisPresence(settings.node, mirror, settings)
+        bus = RedisBus(settings.node, settings)
     else:
-        presence, bus = LocalPresence(node_id), LocalBus(node_id)
-        # alone on its store: whoever the database still calls online was
-        # left there by this node's previous life
-        with db.transaction() as s:
-            n = store.reset_states(s)
-        if n:
-            log.info("reset %d user(s) left online by a previous run", n)
+        presence, bus = LocalPresence(settings.node, mirror), LocalBus()
     registry = Registry()
     services = Services(
         db=db,
@@ -86,24 +95,4 @@ def build(settings: Settings) -> App:
         passwords=Passwords(settings.hash_time_cost, settings.hash_memory_kib, offload=_offload),
         limits=settings.limits,
     )
-    if settings.redis_url:
-        _wire_cluster(presence, bus, registry, services)
     return App(settings, db, presence, bus, services, Listener(settings, services))
-
-
-def _wire_cluster(presence: Any, bus: Any, registry: Registry, services: Services) -> None:
-    """The cluster's repairs that reach into this node: a user another node
-    claimed while this one was cut off from Redis loses its connection here
-    (online on one node only), and after the bus was down every cached group
-    membership is dropped (invalidations may have been missed)."""
-
-    def lost(user_id: int) -> None:
-        peer = registry.get(user_id)
-        if peer is not None:
-            peer.close("logged in on another node")
-
-    def forget_cache() -> None:
-        services.cache = Cache()
-
-    presence.on_lost = lost
-    bus.on_reconnect = forget_cache

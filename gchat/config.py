@@ -64,6 +64,9 @@ class Settings:
     # cluster presence
     heartbeat_interval: float = _opt(2.0, "seconds between this node's heartbeats")
     node_ttl: float = _opt(10.0, "seconds after its last heartbeat that a silent node counts as dead")
+    redis_timeout: float = _opt(2.0, "seconds to wait for Redis (connect, command) before a request gets errno 11")
+    bus_idle_check: float = _opt(5.0, "seconds of silence on the bus subscription before its connection is pinged")
+    bus_reconnect_max: float = _opt(2.0, "longest wait, in seconds, between the bus subscriber's reconnect attempts")
 
     @property
     def limits(self) -> Limits:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable
 
 from gchat import store
-from gchat.bus import Bus
+from gchat.cluster.bus import Bus
 from gchat.errors import Unavailable
 from gchat.registry import Registry
 from gchat.store import Database
@@ -54,6 +54,15 @@ class Router:
             if offline:
                 self.store_offline(offline, body)
         return reached
+
+    def invalidate_group(self, group_id: int) -> None:
+        """Tell the other nodes that a group's membership changed (after the
+        commit, so a node that reloads sees it). Best effort: a node that
+        missed it drops its whole cache when its bus comes back."""
+        try:
+            self.bus.invalidate_group(group_id)
+        except Unavailable:
+            log.warning("could not tell other nodes that group %d changed", group_id)
 
     def store_offline(self, user_ids: list[int], body: bytes) -> None:
         text = body.decode()

@@ -20,10 +20,10 @@ from typing import Any
 from gchat import store
 from gchat.batch import Batcher
 from gchat.cache import Cache
+from gchat.cluster.presence import Presence
 from gchat.errors import Conflict, GchatError, Unavailable
 from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
-from gchat.presence import Presence
 from gchat.protocol import Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, refusal, valid_name
 from gchat.registry import Peer, Registry
 from gchat.router import Router
@@ -64,16 +64,14 @@ class Services:
     cache: Cache = field(default_factory=Cache)
     # how long a resume token is accepted after the login that issued it
     resume_ttl: int = 24 * 3600
-    # concurrent logins and log-outs share their units of work (gchat/batch.py):
+    # concurrent logins share their units of work (gchat/batch.py):
     # a reconnect storm costs a few statements per batch, not per user
     users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
     sessions: Batcher[SessionOpen, SessionData] = field(init=False, repr=False)
-    offline_states: Batcher[int, None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.users_by_id = Batcher(self._load_users)
         self.sessions = Batcher(self._open_sessions)
-        self.offline_states = Batcher(self._mark_offline)
 
     def _load_users(self, user_ids: list[int]) -> list[User | None]:
         with self.db.transaction() as s:
@@ -81,21 +79,16 @@ class Services:
         return [users.get(uid) for uid in user_ids]
 
     def _open_sessions(self, items: list[SessionOpen]) -> list[SessionData]:
-        """Online, a new token where asked, and what each login reply
+        """A new token where asked, and what each login reply
         carries: friends, groups, stored messages (taken)."""
         ids = [uid for uid, _ in items]
         with self.db.transaction() as s:
-            store.set_state(s, ids, "online")
             store.set_tokens(s, [(uid, *tok) for uid, tok in items if tok is not None])
             friends = store.friends_of_many(s, ids)
             groups = store.groups_of_many(s, ids)
             offline = store.take_offline_many(s, ids)
         return [(friends[uid], groups[uid], offline[uid]) for uid in ids]
 
-    def _mark_offline(self, user_ids: list[int]) -> list[None]:
-        with self.db.transaction() as s:
-            store.set_state(s, user_ids, "offline")
-        return [None] * len(user_ids)
     # hashed once so that a login for an unknown id costs as much as a wrong
     # password: response time does not tell which ids exist
     _dummy_hash: str = ""
@@ -287,17 +280,9 @@ def _leave(svc: Services, peer: Peer) -> None:
     peer.user_id, peer.user_name = None, ""
     svc.registry.unbind(user_id, peer)
     try:
-        svc.presence.release(user_id)
-        # another node took the user while this one was cut off from the
-        # presence store: the state column is that node's to mirror now
-        if svc.presence.owner(user_id) is not None:
-            return
+        svc.presence.release(user_id)  # and mirrors user.state
     except Unavailable:
         log.warning("presence store unavailable: user %d is released when this node's claim expires", user_id)
-    try:
-        svc.offline_states(user_id)
-    except Unavailable:
-        log.warning("could not mirror user %d offline in the database", user_id)
 
 
 def disconnect(svc: Services, peer: Peer) -> None:
@@ -397,10 +382,7 @@ def add_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         store.add_member(s, group_id, user_id)
     # after the commit, so a node that reloads sees the new member
     svc.invalidate_group(group_id)
-    try:
-        svc.router.bus.invalidate_group(group_id)
-    except Unavailable:
-        log.warning("could not tell other nodes that group %d changed", group_id)
+    svc.router.invalidate_group(group_id)
     return _acked(req, groupid=group_id)
 
 

@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import func, select, text
 
 from gchat import schema, service
-from gchat.bus import LocalBus
+from gchat.cluster.bus import LocalBus
+from gchat.cluster.mirror import StateMirror
+from gchat.cluster.presence import LocalPresence
 from gchat.models import AllGroup, GroupUser, User
 from gchat.passwords import Passwords
-from gchat.presence import LocalPresence
 from gchat.protocol import Errno, parse_request
 from gchat.registry import Registry
 from gchat.router import Router
@@ -39,11 +40,12 @@ class FakePeer:
 def svc(tmp_path: Path) -> Services:
     db = Database(f"sqlite:///{tmp_path / 'h.db'}")
     schema.upgrade(db)
-    registry, presence, bus = Registry(), LocalPresence("n1"), LocalBus("n1")
+    registry, presence, bus = Registry(), LocalPresence("n1", StateMirror(db)), LocalBus()
     router = Router(registry, bus, db)
     s = Services(db=db, registry=registry, presence=presence, router=router,
                  passwords=Passwords(time_cost=1, memory_kib=8))
-    bus.start(router.on_bus_delivery, s.invalidate_group)
+    presence.start(on_lost=lambda uid: None)
+    bus.start(router.on_bus_delivery, s.invalidate_group, lambda: None)
     return s
 
 

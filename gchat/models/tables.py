@@ -23,7 +23,7 @@ class User(Base):
     # an argon2id hash in PHC format, never the password itself
     password: Mapped[str] = mapped_column(String(255))
     # Mirrors presence for operators and the login ack; the truth across nodes
-    # lives in the presence store (see gchat/presence.py).
+    # lives in the presence store (see gchat/cluster/presence.py).
     state: Mapped[str] = mapped_column(
         Enum("online", "offline", name="user_state"), default="offline", server_default="offline"
     )

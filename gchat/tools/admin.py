@@ -18,9 +18,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from gchat import config, store
+from gchat.cluster.mirror import StateMirror
+from gchat.cluster.reaper import Reaper
+from gchat.cluster.redis_client import connect
+from gchat.cluster.redis_keys import NODES, node_key, online_key, users_key
 from gchat.config import Settings
 from gchat.errors import Unavailable
-from gchat.redispresence import NODES, connect, live_nodes, node_key, online_key, reap, users_key
 from gchat.store import Database
 
 
@@ -62,14 +65,13 @@ def _reset_node(settings: Settings, db: Database, node: str, force: bool) -> Non
     heartbeat is fresh (its users may be connected: freeing them would let
     them log in twice) unless the operator knows better (--force)."""
     r = _redis(settings, "reset-online --node")
-    freed = reap(r, node, force=force)
+    freed = Reaper(r).reap(node, force=force)
     if freed is None:
         raise Refused(f"node {node} is alive (its heartbeat is fresh): stop it first (a node that stops "
                       "cleanly sets its own users offline), or add --force if you know it is dead")
     if force:
         r.delete(node_key(node))  # dead for the cluster too, should it still be counted
-    with db.transaction() as s:
-        store.set_state(s, freed, "offline")
+    StateMirror(db).write(freed, "offline")
     print(f"node {node}: {len(freed)} user(s) set offline")
 
 
@@ -79,25 +81,25 @@ def _reset_all(settings: Settings, db: Database) -> None:
     users of every other node offline too)."""
     if settings.redis_url:
         r = _redis(settings, "reset-online --all")
-        alive = [n for n, up in live_nodes(r).items() if up]
+        reaper = Reaper(r)
+        alive = [n for n, up in reaper.live_nodes().items() if up]
         alive += [k.decode().removeprefix(node_key("")) for k in r.scan_iter(node_key("*"))
                   if k.decode().removeprefix(node_key("")) not in alive]
         if alive:
             raise Refused(f"{len(alive)} node(s) alive ({', '.join(sorted(alive))}): stop them first, "
                           "or reset one dead node with --node")
         for node in [_text(m) for m in r.smembers(NODES)]:
-            reap(r, node, force=True)
+            reaper.reap(node, force=True)
         stray = list(r.scan_iter(online_key("*"))) + list(r.scan_iter(users_key("*")))  # type: ignore[arg-type]
         if stray:
             r.delete(*stray)
-    with db.transaction() as s:
-        n = store.reset_states(s)
+    n = StateMirror(db).reset()
     print(f"{n} user(s) set offline")
 
 
 def nodes(settings: Settings, args: argparse.Namespace) -> None:
     r = _redis(settings, "nodes")
-    known = live_nodes(r)
+    known = Reaper(r).live_nodes()
     for k in r.scan_iter(node_key("*")):  # a heartbeat not registered (yet)
         known.setdefault(k.decode().removeprefix(node_key("")), True)
     if not known:

@@ -2,8 +2,8 @@
 invalidations for every node.
 
 The service never sees Redis: it sees this interface. `LocalBus` is the bus of
-a node that is alone (the embedded default); `RedisBus` (gchat/redisbus.py)
-carries the same envelopes over Redis pub/sub.
+a node that is alone (the embedded default); `RedisBus`
+(gchat/cluster/redis_bus.py) carries the same envelopes over Redis pub/sub.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ from typing import Protocol
 
 # Envelopes, as bytes on the wire between nodes:
 #   b"D" + b"1,2,3" + b" " + body   deliver body (JSON text) to those users
-#                                   (built by RedisBus's ROUTE script, in Redis)
+#                                   (built by the ROUTE script, in Redis:
+#                                   gchat/cluster/redis_keys.py)
 #   b"G" + b"42"                    group 42's membership changed
 DeliverHandler = Callable[[list[int], bytes], None]
 InvalidateHandler = Callable[[int], None]
+# the bus was cut off and is back: invalidations published meanwhile were
+# missed, so every cached group membership must go
+ResubscribedHandler = Callable[[], None]
 
 
 def encode_invalidation(group_id: int) -> bytes:
@@ -37,7 +41,14 @@ def dispatch(envelope: bytes, on_deliver: DeliverHandler, on_invalidate: Invalid
 
 
 class Bus(Protocol):
-    def start(self, on_deliver: DeliverHandler, on_invalidate: InvalidateHandler) -> None: ...
+    def start(
+        self,
+        on_deliver: DeliverHandler,
+        on_invalidate: InvalidateHandler,
+        on_resubscribed: ResubscribedHandler,
+    ) -> None:
+        """Listen for what other nodes send here; the handlers run in this
+        node's event loop."""
 
     def stop(self) -> None: ...
 
@@ -48,17 +59,20 @@ class Bus(Protocol):
         the caller stores them all."""
 
     def invalidate_group(self, group_id: int) -> None:
-        """Tell the other nodes that a group's membership changed."""
+        """Tell the other nodes that a group's membership changed. Raises
+        gchat.errors.Unavailable when the bus is down."""
 
 
 class LocalBus:
     """The bus of a single node: there is no other node to route to, and
     nobody to invalidate."""
 
-    def __init__(self, node: str) -> None:
-        self.node = node
-
-    def start(self, on_deliver: DeliverHandler, on_invalidate: InvalidateHandler) -> None:
+    def start(
+        self,
+        on_deliver: DeliverHandler,
+        on_invalidate: InvalidateHandler,
+        on_resubscribed: ResubscribedHandler,
+    ) -> None:
         pass
 
     def stop(self) -> None:
