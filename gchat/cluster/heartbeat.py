@@ -10,7 +10,9 @@ users must let the cluster free them.
 The thread talks to Redis through redis-py, on a connection whose socket is
 the standard library's blocking one (`monkey.get_original`): after
 `monkey.patch_all()` redis-py would otherwise make a gevent socket, whose
-waits belong to the main thread's hub.
+waits belong to the main thread's hub. Not gevent's threadpool: its workers
+also hash passwords (app._offload), so a login storm would queue the
+heartbeat behind argon2id work.
 """
 
 from __future__ import annotations
