@@ -105,7 +105,7 @@ class RedisBus:
         # normal, and a dead connection is found by the health-check PING
         client = redis.Redis.from_url(self.url, socket_connect_timeout=self.timeout,
                                       socket_timeout=self.idle_check, health_check_interval=self.idle_check)
-        pubsub: redis.client.PubSub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub: redis.client.PubSub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self._channel, ALL)
         except BaseException:

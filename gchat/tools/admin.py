@@ -90,7 +90,7 @@ def _reset_all(settings: Settings, db: Database) -> None:
                           "or reset one dead node with --node")
         for node in [_text(m) for m in r.smembers(NODES)]:
             reaper.reap(node, force=True)
-        stray = list(r.scan_iter(online_key("*"))) + list(r.scan_iter(users_key("*")))  # type: ignore[arg-type]
+        stray = list(r.scan_iter(online_key("*"))) + list(r.scan_iter(users_key("*")))
         if stray:
             r.delete(*stray)
     n = StateMirror(db).reset()
