@@ -108,7 +108,7 @@ class Heartbeat:
         self._sleep.release()
         if self._running.acquire(True, max(1.0, self.interval) + 1):
             self._running.release()
-        self._client.close()
+        self._client.connection_pool.disconnect()
 
     def feed(self) -> float:
         """The event loop ran now. Returns how long it had not, when that
