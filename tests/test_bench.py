@@ -14,7 +14,7 @@ from tests.support import ROOT
 
 
 def bench(server: Any, *args: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "gchat.bench", *args, "--server", f"{server.host}:{server.port}",
+    cmd = [sys.executable, "-m", "gchat.tools.bench", *args, "--server", f"{server.host}:{server.port}",
            "--server-pid", str(server.proc.pid), "--json", "--quiet", "--drain", "5"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -12,8 +12,8 @@ from typing import Any
 import gevent
 from gevent.pool import Pool
 
-from gchat.bench.wire import BenchError, Conn
 from gchat.protocol import dumps, loads
+from gchat.tools.bench.wire import BenchError, Conn
 
 PER_CONNECTION = 20  # registrations on one connection
 

@@ -19,10 +19,10 @@ from typing import Any
 import gevent
 from gevent.pool import Pool
 
-from gchat.bench import accounts
-from gchat.bench.stats import Latencies, percentiles
-from gchat.bench.wire import BenchError, Conn, read_tag, tag
 from gchat.protocol import dumps, loads
+from gchat.tools.bench import accounts
+from gchat.tools.bench.stats import Latencies, percentiles
+from gchat.tools.bench.wire import BenchError, Conn, read_tag, tag
 
 Task = dict[str, Any]
 Result = dict[str, Any]

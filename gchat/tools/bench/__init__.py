@@ -32,9 +32,9 @@ from dataclasses import asdict, fields
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from gchat.bench import scenarios
-from gchat.bench.stats import proc_cpu, proc_rss, raise_fd_limit, self_cpu
-from gchat.bench.wire import Conn, parse_address
+from gchat.tools.bench import scenarios
+from gchat.tools.bench.stats import proc_cpu, proc_rss, raise_fd_limit, self_cpu
+from gchat.tools.bench.wire import Conn, parse_address
 
 # a bench process above this share of one core measures itself
 SATURATED = 0.9
