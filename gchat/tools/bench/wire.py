@@ -1,8 +1,10 @@
-"""A lean connection for load generation: gevent sockets and the codec of
-gchat.protocol, nothing else.
+"""The bench's connection: the client library's RawClient on a gevent socket
+(framing and request/reply matching are the library's), plus the flows the
+scenarios need.
 
-It speaks docs/protocol.md part A (NUL-terminated frames, as the original client
-sends them) so that it can drive any server of the protocol; part B's `seq`
+It speaks docs/protocol.md part A (NUL-terminated frames, as the original
+client sends them) so that it can drive any server of the protocol, the C++
+original included, whose frames carry no terminator at all; part B's `seq`
 is used only where the caller asks for it. Chat messages carry a tag in their
 text, `b<sender>.<n>.<t_ns>`: the sender's user id, the sender's message
 number and the (intended) send time on the system-wide monotonic clock, so a
@@ -12,19 +14,17 @@ receiver in any process can take the latency and count losses exactly.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from gevent import socket
 
-from gchat.protocol import FrameDecoder, dumps, loads
+from gchat.client import GchatError, RawClient
+from gchat.protocol import MsgId
 
 # Linux: bind a source address without reserving a port until connect(), so
 # the 4-tuple (not the source port alone) must be unique: each 127.0.0.x
 # source gets the whole ephemeral range.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
-RECV_SIZE = 256 * 1024
 
 _TAG = re.compile(rb'"msg":"b(\d+)\.(\d+)\.(\d+)')
 
@@ -52,7 +52,7 @@ def parse_address(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-class Conn:
+class Conn(RawClient):
     def __init__(
         self,
         address: tuple[str, int],
@@ -72,73 +72,32 @@ class Conn:
         except OSError:
             sock.close()
             raise
-        self.sock = sock
-        self.term = terminator
-        self.decoder = FrameDecoder(1 << 26)
-        self.stash: list[bytes] = []  # frames read while waiting for a reply
-        self.timeout = timeout
+        super().__init__(sock, terminator=terminator, timeout=timeout)
 
-    def close(self) -> None:
+    def request(self, obj: dict[str, Any], what: str) -> dict[str, Any]:
+        """`call`, with its failures and a non-zero errno as BenchError."""
         try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, obj: dict[str, Any]) -> None:
-        self.sock.sendall(dumps(obj) + self.term)
-
-    def frames(self) -> list[bytes]:
-        """Block for the next read; every complete frame in it."""
-        while True:
-            data = self.sock.recv(RECV_SIZE)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            frames = self.decoder.feed(data)
-            if frames:
-                return frames
-
-    def request(self, obj: dict[str, Any], reply_msgid: int, seq: int | None = None,
-                timeout: float | None = None) -> dict[str, Any] | None:
-        """Send and wait for the reply with `reply_msgid` (and `seq`, when
-        given). Other frames are stashed. None when nothing came in time."""
-        self.send(obj)
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.sock.settimeout(left)
-            try:
-                frames = self.frames()
-            except TimeoutError:
-                return None
-            finally:
-                self.sock.settimeout(self.timeout)
-            for i, frame in enumerate(frames):
-                reply = loads(frame)
-                if reply.get("msgid") == reply_msgid and (seq is None or reply.get("seq") == seq):
-                    self.stash += frames[i + 1:]
-                    return reply  # type: ignore[no-any-return]
-                self.stash.append(frame)
+            reply = self.call(obj)
+        except GchatError as e:
+            raise BenchError(f"{what}: {e}") from e
+        if reply.get("errno") != 0:
+            raise BenchError(f"{what}: {reply}")
+        return reply
 
     # --- the flows of part A ----------------------------------------------
 
     def register(self, name: str, password: str) -> tuple[int, bool]:
         """(user id, whether the server echoed seq: it speaks part B)."""
-        reply = self.request({"msgid": 3, "name": name, "password": password, "seq": 1}, 4)
-        if reply is None or reply.get("errno") != 0:
-            raise BenchError(f"register {name}: {reply}")
+        reply = self.request({"msgid": MsgId.REG, "name": name, "password": password, "seq": 1},
+                             f"register {name}")
         return int(reply["id"]), reply.get("seq") == 1
 
     def login(self, user_id: int, password: str = "", token: str = "", resume: bool = False) -> dict[str, Any]:
-        req: dict[str, Any] = {"msgid": 1, "id": user_id}
+        req: dict[str, Any] = {"msgid": MsgId.LOGIN, "id": user_id}
         if token:
             req["token"] = token
         else:
             req["password"] = password
         if resume:
             req["resume"] = True
-        reply = self.request(req, 2)
-        if reply is None or reply.get("errno") != 0:
-            raise BenchError(f"login {user_id}: {reply}")
-        return reply
+        return self.request(req, f"login {user_id}")
