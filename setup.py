@@ -45,7 +45,7 @@ setup(
             "gchat-server = gchat.__main__:main",
             "gchat-admin = gchat.tools.admin:main",
             "gchat-client = gchat.client.tui:main",
-            "gchat-bench = gchat.bench:main",
+            "gchat-bench = gchat.tools.bench:main",
         ]
     },
 )

@@ -16,6 +16,8 @@ import orjson
 __all__ = [
     "MsgId",
     "Errno",
+    "REPLY_ID",
+    "TIME_FORMAT",
     "ProtocolError",
     "FrameTooLarge",
     "FrameDecoder",
@@ -61,7 +63,11 @@ class Errno(enum.IntEnum):
 
 
 # Requests answered by a reply of their own id + 1 (part A); the others by ACK_MSG.
-REPLY_ID = {MsgId.LOGIN: MsgId.LOGIN_ACK, MsgId.REG: MsgId.REG_ACK}
+REPLY_ID: dict[int, MsgId] = {MsgId.LOGIN: MsgId.LOGIN_ACK, MsgId.REG: MsgId.REG_ACK}
+
+# The chat messages' `time` field, as the original client's getCurrentTime()
+# writes it: "2024-05-01 13:04:05" (docs/protocol.md).
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 # Between frames the original client may leave NULs; people typing into nc leave
 # CR and spaces. None of these can start a JSON value, so all are skipped.

@@ -24,7 +24,7 @@ from gchat.cluster.presence import Presence
 from gchat.errors import Conflict, GchatError, Unavailable
 from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
-from gchat.protocol import Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, refusal, valid_name
+from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, refusal, valid_name
 from gchat.registry import Peer, Registry
 from gchat.router import Router
 from gchat.store import Database
@@ -140,7 +140,7 @@ def _session_user(peer: Peer, req: Request) -> int:
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S")
+    return time.strftime(TIME_FORMAT)
 
 
 # --- register and login ----------------------------------------------------

@@ -1,4 +1,5 @@
-"""Test support: free ports, gchat-server processes, a raw wire client.
+"""Test support: free ports, gchat-server processes, a raw wire client (the
+client library's RawClient, held to terminated frames).
 
 Servers run as real processes on real sockets (python -m gchat), started
 on a free port and stopped after; nothing here is mocked.
@@ -19,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gchat.protocol import FrameDecoder, dumps, loads
+from gchat.client import ConnectionLost, RawClient, RequestTimeout
+from gchat.protocol import FrameDecoder, loads
 
 ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count(1)
@@ -117,55 +119,30 @@ class ServerProcess:
         raise AssertionError(f"{text!r} not logged:\n{self.log()}")
 
 
-class Wire:
-    """A raw protocol client: frames exactly as given, replies as decoded
-    objects. For the tests that are about the wire itself."""
+class Wire(RawClient):
+    """A raw protocol client for the tests that are about the wire itself:
+    frames exactly as given, and every frame the node sends, in order
+    (`request` is the next frame, not the matched reply of `call`). Frames
+    must be terminated: the decoder is the node's own FrameDecoder, not the
+    client's splitter that also takes the C++ original's unterminated ones."""
 
     def __init__(self, address: tuple[str, int], terminator: bytes = b"\n", timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
-        self.term = terminator
-        self.decoder = FrameDecoder(1 << 24)
-        self.frames: list[bytes] = []
-        self.timeout = timeout
-
-    def __enter__(self) -> Wire:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, obj: Any) -> None:
-        self.send_raw(dumps(obj) + self.term)
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        sock = socket.create_connection(address, timeout=timeout)
+        super().__init__(sock, terminator=terminator, timeout=timeout, splitter=FrameDecoder(1 << 24))
 
     def recv(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next frame; AssertionError if none arrives in time."""
-        frame = self.recv_frame(timeout)
-        return loads(frame)  # type: ignore[no-any-return]
+        """The next frame, decoded; AssertionError if none arrives in time."""
+        return loads(self.recv_frame(timeout))  # type: ignore[no-any-return]
 
     def recv_frame(self, timeout: float | None = None) -> bytes:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while not self.frames:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("no frame arrived")
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                raise AssertionError("no frame arrived") from None
-            if not data:
-                raise ConnectionError("server closed the connection")
-            self.frames += self.decoder.feed(data)
-        return self.frames.pop(0)
+        """The next frame; AssertionError if none arrives in time,
+        ConnectionError once the node has closed the connection."""
+        try:
+            return self.next_frame(timeout)
+        except RequestTimeout:
+            raise AssertionError("no frame arrived") from None
+        except ConnectionLost as e:
+            raise ConnectionError(str(e)) from e
 
     def nothing(self, wait: float = 0.3) -> None:
         """Assert that no frame arrives within `wait` seconds."""
@@ -178,18 +155,18 @@ class Wire:
     def closed(self, timeout: float = 5.0) -> bool:
         """True once the server has closed the connection (after any frames)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                return False
-            except ConnectionResetError:
-                return True
-            if not data:
-                return True
-            self.frames += self.decoder.feed(data)
-        return False
+        try:
+            while time.monotonic() < deadline:
+                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    self.frames += self.read()
+                except RequestTimeout:
+                    return False
+                except ConnectionLost:
+                    return True
+            return False
+        finally:
+            self.sock.settimeout(self.timeout)
 
     def request(self, obj: Any) -> dict[str, Any]:
         self.send(obj)

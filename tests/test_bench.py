@@ -1,21 +1,28 @@
-"""gchat-bench smoke tests: each scenario runs on a tiny load and reports
-sane numbers (no timing is asserted: the machine is shared)."""
+"""gchat-bench on tiny loads: every scenario counts exactly what it sent and
+what arrived (no timing is asserted: the machine is shared), against a gchat
+node and against a stand-in for the C++ original, whose frames carry no
+terminator."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import socketserver
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, ServerProcess
 
 
-def bench(server: Any, *args: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "gchat.bench", *args, "--server", f"{server.host}:{server.port}",
-           "--server-pid", str(server.proc.pid), "--json", "--quiet", "--drain", "5"]
+def bench(address: tuple[str, int], pid: int, *args: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "gchat.tools.bench", *args, "--server", f"{address[0]}:{address[1]}",
+           "--server-pid", str(pid), "--json", "--quiet", "--drain", "5"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
@@ -25,55 +32,156 @@ def bench(server: Any, *args: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.support import ServerProcess
-
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(f"sqlite:///{tmp_path_factory.mktemp('bench') / 'gchat.db'}").start()
     yield proc
     proc.stop()
 
 
-def test_pingpong(node: Any) -> None:
-    r = bench(node, "pingpong", "--pairs", "2", "--duration", "1")
-    assert r["deliveries"] > 10 and r["sent"] == r["deliveries"]
+def on(node: ServerProcess, *args: str) -> dict[str, Any]:
+    assert node.proc is not None
+    return bench(node.address, node.proc.pid, *args)
+
+
+def test_pingpong_every_message_answered_once(node: ServerProcess) -> None:
+    r = on(node, "pingpong", "--pairs", "2", "--duration", "1")
+    assert r["deliveries"] > 10 and r["sent"] == r["deliveries"] == r["latency_ms"]["samples"]
     assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
     assert r["server_cpu_us_per_delivery"] > 0
 
 
-def test_pingpong_with_acks_over_two_processes(node: Any) -> None:
-    r = bench(node, "pingpong", "--pairs", "2", "--duration", "1", "--procs", "2", "--acks")
-    assert r["deliveries"] > 10 and len(r["bench_cpu_per_proc"]) == 2
+def test_pingpong_with_acks_over_two_processes(node: ServerProcess) -> None:
+    r = on(node, "pingpong", "--pairs", "2", "--duration", "1", "--procs", "2", "--acks")
+    assert r["deliveries"] > 10 and r["sent"] == r["deliveries"] and len(r["bench_cpu_per_proc"]) == 2
 
 
-def test_group_counts_every_member_once(node: Any) -> None:
-    r = bench(node, "group", "--members", "5", "--rate", "50", "--duration", "1", "--procs", "2")
-    assert r["expected"] == r["sent"] * 4 == r["deliveries"]
+def test_group_offers_the_rate_asked_and_counts_every_member_once(node: ServerProcess) -> None:
+    # 5 members at 50 messages/s for 1 s: each member sends every 0.1 s, 10 each
+    r = on(node, "group", "--members", "5", "--rate", "50", "--duration", "1", "--procs", "2")
+    assert r["sent"] == 50
+    assert r["expected"] == r["deliveries"] == 50 * 4 == r["latency_ms"]["samples"]
     assert r["duplicates"] == 0
 
 
-def test_offline_drains_in_order_in_the_login_reply(node: Any) -> None:
-    r = bench(node, "offline", "--pairs", "2", "--messages", "50")
-    assert r["drained"] == 100 and r["in_order"]
+def test_offline_drains_in_order_in_the_login_reply(node: ServerProcess) -> None:
+    r = on(node, "offline", "--pairs", "2", "--messages", "50")
+    assert r["sent"] == r["drained"] == 100 and r["in_order"]
 
 
-def test_login_storm_with_registration(node: Any) -> None:
-    r = bench(node, "login", "--users", "20", "--concurrency", "5", "--register")
+def test_login_storm_with_registration(node: ServerProcess) -> None:
+    r = on(node, "login", "--users", "20", "--concurrency", "5", "--register")
     assert r["logins"] == 20 and r["server_cpu_us_per_login"] > 0
 
 
-def test_reconnect_with_resume_tokens(node: Any, tmp_path: Any) -> None:
+def test_reconnect_with_resume_tokens(node: ServerProcess, tmp_path: Any) -> None:
     users = str(tmp_path / "users.jsonl")
-    r = bench(node, "login", "--users", "10", "--concurrency", "5", "--resume", "--users-file", users)
+    r = on(node, "login", "--users", "10", "--concurrency", "5", "--resume", "--users-file", users)
     assert r["logins"] == 10
-    assert all(json.loads(line)["token"] for line in open(users))
+    with open(users) as f:
+        tokens = [json.loads(line)["token"] for line in f]
+    assert len(tokens) == 10 and all(tokens) and len(set(tokens)) == 10
 
 
-def test_connections_reports_memory_per_connection(node: Any) -> None:
-    r = bench(node, "connections", "--users", "20", "--concurrency", "10", "--hold", "1",
-              "--sources", "127.0.0.1,127.0.0.2")
+def test_connections_reports_memory_per_connection(node: ServerProcess) -> None:
+    r = on(node, "connections", "--users", "20", "--concurrency", "10", "--hold", "1",
+           "--sources", "127.0.0.1,127.0.0.2")
     assert r["connections"] == 20 and r["server_bytes_per_connection"] is not None
 
 
-def test_the_classic_protocol_is_enough(node: Any) -> None:
-    r = bench(node, "group", "--members", "3", "--rate", "20", "--duration", "1", "--classic")
-    assert r["part_b"] is False and r["deliveries"] == r["sent"] * 2
+def test_the_classic_protocol_is_enough(node: ServerProcess) -> None:
+    r = on(node, "group", "--members", "3", "--rate", "30", "--duration", "1", "--classic")
+    assert r["part_b"] is False and r["sent"] == 30 and r["deliveries"] == r["expected"] == 60
+
+
+# --- the C++ original's wire ----------------------------------------------------
+
+
+class Original(socketserver.ThreadingTCPServer):
+    """The C++ original as the bench sees it: part A only (no seq, no reply
+    to silent requests), every frame written as `json::dump()` alone: keys in
+    order, no terminator, one write each, so a reader gets them glued
+    (`}{`) or cut anywhere. Requests are NUL-terminated, as the bench sends them."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), OriginalConnection)
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+        self.users: dict[int, tuple[str, str]] = {}  # id -> name, password
+        self.online: dict[int, OriginalConnection] = {}
+        self.groups: dict[int, tuple[str, set[int]]] = {}  # id -> name, members
+
+
+class OriginalConnection(socketserver.BaseRequestHandler):
+    server: Original
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self.request.sendall(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+
+    def handle(self) -> None:
+        buf, me = b"", 0
+        try:
+            while data := self.request.recv(65536):
+                *frames, buf = (buf + data).split(b"\0")
+                for frame in frames:
+                    if frame.strip():
+                        me = self.serve(json.loads(frame), me)
+        except OSError:
+            pass
+        finally:
+            with self.server.lock:
+                self.server.online.pop(me, None)
+
+    def serve(self, js: dict[str, Any], me: int) -> int:
+        srv, msgid = self.server, js["msgid"]
+        with srv.lock:
+            if msgid == 3:
+                uid = next(srv.ids)
+                srv.users[uid] = (js["name"], js["password"])
+                self.write({"errno": 0, "id": uid, "msgid": 4})
+            elif msgid == 1:
+                name, password = srv.users.get(js["id"], ("", None))
+                if password != js.get("password"):
+                    self.write({"errmsg": "id or password is invalid!", "errno": 1, "msgid": 2})
+                    return me
+                groups = [json.dumps({"groupdesc": "", "groupname": g, "id": gid, "users": []})
+                          for gid, (g, members) in srv.groups.items() if js["id"] in members]
+                srv.online[js["id"]] = self
+                self.write({"errno": 0, "groups": groups, "id": js["id"], "msgid": 2, "name": name})
+                return int(js["id"])
+            elif msgid == 10:
+                srv.online.pop(js["id"], None)
+            elif msgid == 7:
+                srv.groups[len(srv.groups) + 1] = (js["groupname"], {js["id"]})
+            elif msgid == 8:
+                srv.groups[js["groupid"]][1].add(js["id"])
+            elif msgid == 5 and js["to"] in srv.online:
+                srv.online[js["to"]].write(js)
+            elif msgid == 9:
+                for uid in srv.groups[js["groupid"]][1] - {js["id"]}:
+                    if uid in srv.online:
+                        srv.online[uid].write(js)
+        return me
+
+
+@pytest.fixture
+def original() -> Iterator[tuple[str, int]]:
+    srv = Original()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield "127.0.0.1", int(srv.server_address[1])
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_pingpong_against_unterminated_frames(original: tuple[str, int]) -> None:
+    r = bench(original, os.getpid(), "pingpong", "--pairs", "2", "--duration", "1")
+    assert r["part_b"] is False
+    assert r["deliveries"] > 10 and r["sent"] == r["deliveries"] == r["latency_ms"]["samples"]
+
+
+def test_group_against_unterminated_frames(original: tuple[str, int]) -> None:
+    r = bench(original, os.getpid(), "group", "--members", "5", "--rate", "50", "--duration", "1")
+    assert r["part_b"] is False and r["sent"] == 50
+    assert r["expected"] == r["deliveries"] == 50 * 4 and r["duplicates"] == 0

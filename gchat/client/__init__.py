@@ -8,8 +8,8 @@ front of a cluster, or to the original C++ server), with typed calls.
             print(m.sender_name, m.text)
 
 Shape: one background reader (a `threading.Thread`, hence a greenlet when the
-process has called `gevent.monkey.patch_all()` before connecting) decodes
-frames with `protocol.FrameDecoder` and routes each one: a reply goes to the
+process has called `gevent.monkey.patch_all()` before connecting) splits
+frames with `framing.ReplySplitter` and routes each one: a reply goes to the
 request waiting for it, a delivery (msgid 5 and 9) to the message queue or the
 `on_message` callback, anything else (acks of fire-and-forget `send()`s, errors
 to silent requests) to `on_reply`. Requests hold a lock from send to reply, so
@@ -27,12 +27,19 @@ fire-and-forget exactly like the original client, and return None.
 
 Every foreign error (OSError, bad JSON from the peer) is translated here into
 `ConnectionLost`; every errno of docs/protocol.md into a `GchatError` subclass.
+
+`RawClient` is the same wire without the reader thread, for code that must
+see every frame itself (gchat-bench, the tests of the wire): the caller sends
+and reads; `call()` waits for a reply matched as `Client.request` matches it
+(both use gchat.client.framing), and tolerates the original server's
+unterminated replies the same way.
+
 Depends only on the standard library and `gchat.protocol`. gchat-client, the
 terminal program on this library, is `tui.py` (commands) and `screen.py`
 (what it shows); nothing here imports them.
 """
 
-from gchat.client.connection import TIME_FORMAT, Client, now
+from gchat.client.connection import Client, now
 from gchat.client.errors import (
     AlreadyOnline,
     AuthError,
@@ -49,6 +56,8 @@ from gchat.client.errors import (
     error_from_reply,
 )
 from gchat.client.types import ChatMessage, Friend, Group, GroupMember, LoginResult
+from gchat.client.wire import RawClient
+from gchat.protocol import TIME_FORMAT
 
 __all__ = [
     "TIME_FORMAT",
@@ -67,6 +76,7 @@ __all__ = [
     "LoginResult",
     "NotFound",
     "NotLoggedIn",
+    "RawClient",
     "RateLimited",
     "RequestTimeout",
     "Unavailable",

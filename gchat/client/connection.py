@@ -20,21 +20,13 @@ from gchat.client.errors import (
     RequestTimeout,
     error_from_reply,
 )
-from gchat.client.framing import ReplySplitter
+from gchat.client.framing import TERMINATOR, ReplySplitter, ReplyTo
 from gchat.client.types import ChatMessage, Friend, LoginResult
-from gchat.protocol import Errno, MsgId, ProtocolError, dumps, loads
+from gchat.protocol import TIME_FORMAT, Errno, MsgId, ProtocolError, dumps, loads
 
 log = logging.getLogger(__name__)
 
-# The original client sends `strlen(s) + 1` bytes: the JSON text and its NUL.
-TERMINATOR = b"\0"
-
-# Same format as the original client's getCurrentTime(): "2024-05-01 13:04:05".
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
 _DELIVERIES = (MsgId.ONE_CHAT, MsgId.GROUP_CHAT)
-# Requests answered by a reply of their own (part A); all others by ACK_MSG.
-_REPLY_ID: dict[int, MsgId] = {MsgId.LOGIN: MsgId.LOGIN_ACK, MsgId.REG: MsgId.REG_ACK}
 
 
 def now() -> str:
@@ -43,18 +35,9 @@ def now() -> str:
 
 @dataclass
 class _Pending:
-    reply_msgid: int
-    seq: int | None
+    expect: ReplyTo
     done: threading.Event = field(default_factory=lambda: threading.Event())
     reply: dict[str, Any] | None = None
-
-    def matches(self, reply: dict[str, Any]) -> bool:
-        if reply.get("msgid") != self.reply_msgid:
-            return False
-        if self.reply_msgid == MsgId.ACK:
-            return self.seq is not None and reply.get("seq") == self.seq
-        # login / register: the original server does not echo seq
-        return "seq" not in reply or reply["seq"] == self.seq
 
 
 _CLOSED = object()  # ends messages() once the connection is gone
@@ -157,10 +140,9 @@ class Client:
         (a part-B server is needed). Raises the GchatError of a non-zero errno
         when check is true, RequestTimeout, ConnectionLost."""
         msgid = int(obj["msgid"])
-        reply_msgid = _REPLY_ID.get(msgid, MsgId.ACK)
-        if reply_msgid == MsgId.ACK and "seq" not in obj:
+        if not ReplyTo.of(obj).expected:
             obj = {**obj, "seq": self.next_seq()}
-        pending = _Pending(int(reply_msgid), obj.get("seq"))
+        pending = _Pending(ReplyTo.of(obj))
         with self._request_lock:
             self._pending = pending
             try:
@@ -238,7 +220,7 @@ class Client:
                 self._messages.put(message)
             return
         pending = self._pending
-        if pending is not None and not pending.done.is_set() and pending.matches(obj):
+        if pending is not None and not pending.done.is_set() and pending.expect.matches(obj):
             pending.reply = obj
             pending.done.set()
         elif self.on_reply is not None:

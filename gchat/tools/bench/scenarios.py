@@ -19,15 +19,19 @@ from typing import Any
 import gevent
 from gevent.pool import Pool
 
-from gchat.bench import accounts
-from gchat.bench.stats import Latencies, percentiles
-from gchat.bench.wire import BenchError, Conn, read_tag, tag
-from gchat.protocol import dumps, loads
+from gchat.client import GchatError
+from gchat.protocol import Errno, MsgId, dumps, loads
+from gchat.tools.bench import accounts
+from gchat.tools.bench.stats import Latencies, percentiles
+from gchat.tools.bench.wire import BenchError, Conn, read_tag, tag
 
 Task = dict[str, Any]
 Result = dict[str, Any]
 
 CHAT_TIME = "2024-01-01 00:00:00"  # the original client's `time` field; content is not checked
+# Between two requests on one connection where the server gives no reply to
+# wait for (part A): long enough that they never share a read on the server.
+PART_A_PAUSE = 0.2
 
 
 @dataclass
@@ -110,7 +114,7 @@ def _sleep_until(t: float) -> None:
 
 
 def _chat(sender: accounts.Account, to: int, n: int, t_ns: int, seq: bool) -> bytes:
-    req: dict[str, Any] = {"msgid": 5, "id": sender.id, "name": sender.name, "to": to,
+    req: dict[str, Any] = {"msgid": MsgId.ONE_CHAT, "id": sender.id, "name": sender.name, "to": to,
                            "msg": tag(sender.id, n, t_ns), "time": CHAT_TIME}
     if seq:
         req["seq"] = n + 1
@@ -118,7 +122,7 @@ def _chat(sender: accounts.Account, to: int, n: int, t_ns: int, seq: bool) -> by
 
 
 def _group_chat(sender: accounts.Account, group_id: int, n: int, t_ns: int, seq: bool) -> bytes:
-    req: dict[str, Any] = {"msgid": 9, "id": sender.id, "name": sender.name, "groupid": group_id,
+    req: dict[str, Any] = {"msgid": MsgId.GROUP_CHAT, "id": sender.id, "name": sender.name, "groupid": group_id,
                            "msg": tag(sender.id, n, t_ns), "time": CHAT_TIME}
     if seq:
         req["seq"] = n + 1
@@ -162,7 +166,7 @@ class PingPong(Worker):
             readers.append(gevent.spawn(self._read, ca, a, b, 1))
             readers.append(gevent.spawn(self._read, cb, b, a, 0))
         for a, ca, b, _ in self.pairs:
-            ca.sock.sendall(_chat(a, b.id, 0, time.monotonic_ns(), seq) + ca.term)
+            ca.sock.sendall(_chat(a, b.id, 0, time.monotonic_ns(), seq) + ca.terminator)
             self.sent += 1
             self.in_flight += 1
         _sleep_until(go + self.opts.duration)
@@ -182,10 +186,12 @@ class PingPong(Worker):
     def _read(self, conn: Conn, me: accounts.Account, partner: accounts.Account, expected: int) -> None:
         seq = self.opts.acks
         lat = self.lat
+        # The measured path: frames as read, their tag by regular expression
+        # (read_tag), no JSON decode and no reply matching.
         while True:
             try:
-                frames = conn.frames()
-            except (OSError, ConnectionError) as e:
+                frames = conn.read_frames()
+            except GchatError as e:
                 self.error(f"user {me.id}: {e}")
                 return
             for frame in frames:
@@ -202,7 +208,7 @@ class PingPong(Worker):
                     self.error(f"user {me.id}: got message {n}, expected {expected}")
                 expected = n + 2
                 if not self.stopped:
-                    conn.sock.sendall(_chat(me, partner.id, n + 1, now, seq) + conn.term)
+                    conn.sock.sendall(_chat(me, partner.id, n + 1, now, seq) + conn.terminator)
                     self.sent += 1
                     self.in_flight += 1
 
@@ -224,7 +230,7 @@ def plan_group(opts: Options) -> list[Task]:
         conn.login(creator.id, creator.password)
         name = f"g_{creator.id}_{int(time.time() * 1000) % 10**9}"
         group_id = _create_group(conn, creator, name, opts.part_b)
-        conn.send({"msgid": 10, "id": creator.id})
+        conn.send({"msgid": MsgId.LOGINOUT, "id": creator.id})
     finally:
         conn.close()
     members = list(enumerate(users))
@@ -234,16 +240,16 @@ def plan_group(opts: Options) -> list[Task]:
 
 
 def _create_group(conn: Conn, creator: accounts.Account, name: str, part_b: bool) -> int:
-    req = {"msgid": 7, "id": creator.id, "groupname": name, "groupdesc": "gchat-bench"}
+    req = {"msgid": MsgId.CREATE_GROUP, "id": creator.id, "groupname": name, "groupdesc": "gchat-bench"}
     if part_b:
-        reply = conn.request({**req, "seq": 7}, 11, seq=7)
-        if reply is None or reply.get("errno") != 0:
-            raise BenchError(f"create group: {reply}")
-        return int(reply["groupid"])
-    # part A has no reply: the group shows in the creator's next login
+        return int(conn.request({**req, "seq": 7}, "create group")["groupid"])
+    # Part A has no reply: the group shows in the creator's next login. The
+    # original server drops a second request that arrives in the same read
+    # as the first, so each goes alone, a pause after the one before.
     conn.send(req)
-    conn.send({"msgid": 10, "id": creator.id})
-    gevent.sleep(0.5)
+    gevent.sleep(PART_A_PAUSE)
+    conn.send({"msgid": MsgId.LOGINOUT, "id": creator.id})
+    gevent.sleep(PART_A_PAUSE)
     reply = conn.login(creator.id, creator.password)
     for text in reply.get("groups", []):
         group = loads(text)
@@ -260,10 +266,13 @@ class Group(Worker):
             a = accounts.Account(**wire)
             conn = _login(self.opts, index, a)
             if a.id != self.task["creator"]:
-                join = {"msgid": 8, "id": a.id, "groupid": self.group_id}
+                join = {"msgid": MsgId.ADD_GROUP, "id": a.id, "groupid": self.group_id}
                 if self.opts.part_b:
-                    reply = conn.request({**join, "seq": 8}, 11, seq=8)
-                    if reply is None or reply.get("errno") not in (0, 8):
+                    try:
+                        reply = conn.call({**join, "seq": 8})
+                    except GchatError as e:
+                        raise BenchError(f"join group: {e}") from e
+                    if reply.get("errno") not in (Errno.OK, Errno.CONFLICT):  # CONFLICT: a member already
                         raise BenchError(f"join group: {reply}")
                 else:
                     conn.send(join)
@@ -305,7 +314,7 @@ class Group(Worker):
         while t < stop:
             _sleep_until(t)
             try:
-                conn.sock.sendall(_group_chat(a, self.group_id, n, int(t * 1e9) + base_ns, seq) + conn.term)
+                conn.sock.sendall(_group_chat(a, self.group_id, n, int(t * 1e9) + base_ns, seq) + conn.terminator)
             except OSError as e:
                 self.error(f"send {a.id}: {e}")
                 return
@@ -317,10 +326,10 @@ class Group(Worker):
     def _read(self, me: accounts.Account, conn: Conn) -> None:
         seen = self.seen[me.id]
         lat = self.lat
-        while True:
+        while True:  # the measured path, as in PingPong._read
             try:
-                frames = conn.frames()
-            except (OSError, ConnectionError) as e:
+                frames = conn.read_frames()
+            except GchatError as e:
                 self.error(f"user {me.id}: {e}")
                 return
             now = time.monotonic_ns()
@@ -395,14 +404,14 @@ class Offline(Worker):
         index, a, conn, b = item
         m, seq = self.opts.messages, self.opts.part_b
         t0 = time.monotonic()
-        conn.sock.sendall(b"".join(_chat(a, b.id, n, time.monotonic_ns(), seq) + conn.term for n in range(m)))
+        conn.sock.sendall(b"".join(_chat(a, b.id, n, time.monotonic_ns(), seq) + conn.terminator for n in range(m)))
         self.sent += m
         if seq:  # the last ack means all m are stored (one connection is handled in order)
             acked = 0
             while acked < m:
-                for frame in conn.frames():
+                for frame in conn.read_frames():
                     reply = loads(frame)
-                    if reply.get("msgid") == 11:
+                    if reply.get("msgid") == MsgId.ACK:
                         acked += 1
                         if reply.get("errno"):
                             self.error(str(reply))
@@ -412,7 +421,10 @@ class Offline(Worker):
         conn.close()
         t1 = time.monotonic()
         rconn = Conn(self.opts.address(index + 1), source=self.opts.source(index + 1))
-        reply = rconn.request({"msgid": 1, "id": b.id, "password": b.password}, 2) or {}
+        try:
+            reply = rconn.call({"msgid": MsgId.LOGIN, "id": b.id, "password": b.password})
+        except GchatError as e:
+            reply = {"error": str(e)}
         self.lat.add_s(time.monotonic() - t1)
         size = len(dumps(reply))
         rconn.close()

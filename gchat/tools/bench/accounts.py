@@ -12,8 +12,8 @@ from typing import Any
 import gevent
 from gevent.pool import Pool
 
-from gchat.bench.wire import BenchError, Conn
 from gchat.protocol import dumps, loads
+from gchat.tools.bench.wire import BenchError, Conn
 
 PER_CONNECTION = 20  # registrations on one connection
 
@@ -49,12 +49,12 @@ def register(address: tuple[str, int], n: int, concurrency: int = 16, prefix: st
     out: list[Account | None] = [None] * n
 
     def worker(start: int) -> None:
-        conn = None
+        conn: Conn | None = None
         try:
             for k, i in enumerate(range(start, n, concurrency)):
                 # a node closes a connection that has not logged in within its
                 # login timeout (30 s by default): a fresh one now and then
-                if k % PER_CONNECTION == 0:
+                if conn is None or k % PER_CONNECTION == 0:
                     if conn is not None:
                         conn.close()
                     conn = Conn(address)

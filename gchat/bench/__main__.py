@@ -1,5 +1,0 @@
-import sys
-
-from gchat.bench import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from gchat.tools.bench import main
+
+sys.exit(main())
