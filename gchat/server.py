@@ -52,6 +52,15 @@ WRITER_IDLE = 10.0
 LISTEN_BACKLOG = 4096
 # frames handled in a row before the reader lets other greenlets run
 YIELD_EVERY = 8
+# bytes read in a row before it does, frames or not: a peer streaming filler
+# (megabytes of NULs) finds data waiting at every recv, which then never
+# blocks, so without this its reader would hold the node until it stopped.
+# It yields with a timer, not sleep(0): the hub may run a sleep(0) greenlet
+# again for up to the switch interval (5 ms) before it polls for I/O, and
+# other users' round trips rose to 25-35 ms at p99; a timer waits for the
+# next turn of the loop, after everyone's I/O.
+YIELD_BYTES = RECV_SIZE
+YIELD_PAUSE = 0.0001
 
 
 class Connection:
@@ -122,11 +131,16 @@ class Connection:
 
     def serve(self) -> None:
         self._deadline = deadline = gevent.spawn_later(self.settings.login_timeout, self._login_deadline)
+        unyielded = 0
         try:
             while not self._closing:
                 data = self.transport.recv(RECV_SIZE)
                 if not data:
                     break
+                unyielded += len(data)
+                if unyielded >= YIELD_BYTES:
+                    unyielded = 0
+                    gevent.sleep(YIELD_PAUSE)
                 try:
                     frames = self.decoder.feed(data)
                 except FrameTooLarge as e:

@@ -145,11 +145,17 @@ def _now() -> str:
 
 # --- register and login ----------------------------------------------------
 
+# what protocol.valid_name asks of user and group names, told to the client
+_NAME_RULE = (
+    "1 to {} characters, no control characters, something visible, "
+    "no white space or invisible character at either end"
+)
+
 
 def register(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     name, password = req["name"], req["password"]
     if not valid_name(name, svc.limits):
-        raise _err(Errno.AUTH, f"invalid name: 1 to {svc.limits.name_max} characters, no control characters")
+        raise _err(Errno.AUTH, f"invalid name: {_NAME_RULE.format(svc.limits.name_max)}")
     if not password:
         raise _err(Errno.BAD_REQUEST, f"password must be 1 to {svc.limits.password_max} characters")
     with svc.db.transaction() as s:
@@ -363,7 +369,7 @@ def create_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     user_id = _session_user(peer, req)
     name, desc = req["groupname"], req.get("groupdesc", "")
     if not valid_name(name, svc.limits):
-        raise _err(Errno.BAD_REQUEST, f"invalid group name: 1 to {svc.limits.name_max} characters")
+        raise _err(Errno.BAD_REQUEST, f"invalid group name: {_NAME_RULE.format(svc.limits.name_max)}")
     with svc.db.transaction() as s:
         if store.group_name_taken(s, name):
             raise _err(Errno.CONFLICT, f"group name {name!r} is taken")

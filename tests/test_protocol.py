@@ -10,7 +10,9 @@ from gchat.protocol import (
     FrameTooLarge,
     Limits,
     MsgId,
+    MAX_DEPTH,
     ProtocolError,
+    dumps,
     encode,
     error_reply,
     loads,
@@ -147,6 +149,37 @@ def test_error_replies_address_the_request() -> None:
 
 
 @pytest.mark.parametrize("name, ok", [("alice", True), ("张三", True), ("🙂", True), ("", False),
-                                      ("   ", False), ("a\nb", False), ("a\0b", False), ("x" * 51, False)])
+                                      ("   ", False), ("a\nb", False), ("a\0b", False), ("x" * 51, False),
+                                      ("a b", True), ("e\u0301", True), ("\u2764\ufe0f", True)])
 def test_valid_name(name: str, ok: bool) -> None:
     assert valid_name(name) is ok
+
+
+@pytest.mark.parametrize("name", ["bob ", " bob", "bob\t", "bob\u00a0", "\u3000bob", "bob\u200b",
+                                  "\u200b\u200b", "\u200d", "\ufeff", "\u2060\u200c", "\u3164",
+                                  "\u2800\u2800", "\u0301", "\u00ad"])
+def test_names_with_white_space_at_an_end_or_nothing_visible_are_refused(name: str) -> None:
+    # issue 11 defect 5: "bob " was free on SQLite and taken on MariaDB (PAD
+    # SPACE); names of zero-width characters were accepted
+    assert valid_name(name) is False
+
+
+def _nested(levels: int) -> bytes:
+    """A chat request whose extra field makes the whole object `levels` deep."""
+    inner = levels - 1
+    return b'{"msgid":5,"to":1,"msg":"x","extra":' + b"[" * inner + b"]" * inner + b"}"
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 254, 255, 1000])
+def test_nesting_past_the_limit_is_errno_3(levels: int) -> None:
+    # issue 11 defect 2: 254 to 1,023 levels parsed, then failed to encode
+    # for delivery (errno 11, internal error)
+    with pytest.raises(ProtocolError) as e:
+        parse_request(_nested(levels).replace(b'"msgid":5', b'"seq":3,"msgid":5'))
+    assert e.value.errno == Errno.BAD_REQUEST and e.value.msgid == 5 and e.value.seq == 3
+
+
+def test_whatever_parses_encodes_again() -> None:
+    for frame in (_nested(MAX_DEPTH), b'{"msgid":5,"to":1,"msg":"x","e":{"a":[{"b":[1,{"c":{}}]}]}}'):
+        req = parse_request(frame)
+        assert loads(dumps(req.body)) == req.body
