@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from gchat.router import Router
 from gchat.server import Listener
 from gchat.service import Services
 from gchat.store import Database
+from gchat.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -94,5 +96,14 @@ def build(settings: Settings) -> App:
         router=Router(registry, bus, db),
         passwords=Passwords(settings.hash_time_cost, settings.hash_memory_kib, offload=_offload),
         limits=settings.limits,
+        throttle=LoginThrottle(
+            free=settings.login_free,
+            free_per_address=settings.login_free_per_address,
+            free_per_account=settings.login_free_per_account,
+            backoff=settings.login_backoff,
+            backoff_max=settings.login_backoff_max,
+            forget=settings.login_forget,
+            clock=time.monotonic,
+        ),
     )
     return App(settings, db, presence, bus, services, Listener(settings, services))

@@ -48,6 +48,18 @@ class Settings:
     password_max: int = _opt(Limits.password_max, "longest password")
     login_timeout: float = _opt(30.0, "seconds a connection may stay without logging in")
 
+    # failed logins (gchat/throttle.py): errno 10 and a growing wait, no hash
+    login_backoff: float = _opt(
+        1.0, "first wait in seconds after too many failed logins, doubled at each further one; 0 = off"
+    )
+    login_backoff_max: float = _opt(300.0, "longest wait in seconds after failed logins")
+    login_free: int = _opt(5, "failed logins on one account from one address before it must wait")
+    login_free_per_address: int = _opt(50, "failed logins from one address, on any accounts, before it must wait")
+    login_free_per_account: int = _opt(
+        20, "failed logins on one account, from anywhere, before its logins are spaced by login_backoff"
+    )
+    login_forget: float = _opt(900.0, "seconds after its last failed login that an account or address starts afresh")
+
     # connections
     max_connections: int = _opt(100_000, "connections served at once (gevent pool size)")
     max_per_ip: int = _opt(0, "connections per client address; 0 = no limit")

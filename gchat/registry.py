@@ -13,11 +13,16 @@ class Peer(Protocol):
 
     user_id: int | None
     user_name: str
+    address: tuple[str, int]  # the client's (host, port)
 
     def push(self, body: bytes) -> None:
         """Queue a delivered chat message (JSON text, no terminator)."""
 
     def close(self, reason: str) -> None: ...
+
+    def hold(self, seconds: float) -> None:
+        """Read nothing more from this peer for `seconds` (what it sends
+        meanwhile waits in the kernel, unread, and is handled after)."""
 
 
 class Registry:

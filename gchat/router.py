@@ -6,8 +6,11 @@ the bus brought it to.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+
+from gevent.event import Event
 
 from gchat import store
 from gchat.cluster.bus import Bus
@@ -17,12 +20,50 @@ from gchat.store import Database
 
 log = logging.getLogger(__name__)
 
+# the longest a login waits for messages being stored for its user: a store
+# gives up within the database timeouts, far sooner
+STORE_WAIT = 30.0
+
 
 class Router:
     def __init__(self, registry: Registry, bus: Bus, db: Database) -> None:
         self.registry = registry
         self.bus = bus
         self.db = db
+        # user id -> messages to it that were found offline here and are not
+        # stored yet; and the logins waiting for that count to reach zero
+        self._storing: dict[int, int] = {}
+        self._settled: dict[int, Event] = {}
+
+    @contextlib.contextmanager
+    def _deciding(self, user_ids: list[int]) -> Iterator[None]:
+        """Counts the users a message was found offline for, from the moment
+        the registry said so (no switch in between) until it is stored."""
+        for uid in user_ids:
+            self._storing[uid] = self._storing.get(uid, 0) + 1
+        try:
+            yield
+        finally:
+            for uid in user_ids:
+                left = self._storing[uid] - 1
+                if left:
+                    self._storing[uid] = left
+                else:
+                    del self._storing[uid]
+                    settled = self._settled.pop(uid, None)
+                    if settled is not None:
+                        settled.set()
+
+    def wait_stored(self, user_id: int, timeout: float = STORE_WAIT) -> None:
+        """Wait until every message found offline for user_id before now is
+        stored (or failed to be). A login calls this once its user is bound
+        here: no later message is stored for it, every earlier one is then
+        in the store, so taking the stored messages misses none. Without it,
+        a message found offline just before the bind and committed just
+        after the login took the stored ones waited for the next login
+        (issue 11). Messages stored by other nodes are not counted here."""
+        if user_id in self._storing:
+            self._settled.setdefault(user_id, Event()).wait(timeout)
 
     def deliver(self, user_id: int, body: bytes) -> str:
         """Deliver to one user: "online" when it went to a live connection
@@ -43,16 +84,17 @@ class Router:
             else:
                 elsewhere.append(uid)
         if elsewhere:
-            try:
-                offline = self.bus.route(elsewhere, body)
-            except Unavailable as e:
-                # the bus cannot say who is online where: stored is never
-                # lost, only late
-                log.warning("bus unavailable (%s); storing %d message(s)", e, len(elsewhere))
-                offline = elsewhere
-            reached += len(elsewhere) - len(offline)
-            if offline:
-                self.store_offline(offline, body)
+            with self._deciding(elsewhere):
+                try:
+                    offline = self.bus.route(elsewhere, body)
+                except Unavailable as e:
+                    # the bus cannot say who is online where: stored is never
+                    # lost, only late
+                    log.warning("bus unavailable (%s); storing %d message(s)", e, len(elsewhere))
+                    offline = elsewhere
+                reached += len(elsewhere) - len(offline)
+                if offline:
+                    self.store_offline(offline, body)
         return reached
 
     def invalidate_group(self, group_id: int) -> None:
@@ -66,14 +108,12 @@ class Router:
 
     def store_offline(self, user_ids: list[int], body: bytes) -> None:
         text = body.decode()
-        with self.db.transaction() as s:
-            store.store_offline(s, ((uid, text) for uid in user_ids))
+        self.db.run(lambda s: store.store_offline(s, [(uid, text) for uid in user_ids]))
 
     def store_offline_batch(self, items: list[tuple[int, bytes]]) -> None:
         """Store (user id, body) pairs in one unit of work, in order: what a
         closing connection could not write (its order is kept at next login)."""
-        with self.db.transaction() as s:
-            store.store_offline(s, ((uid, body.decode()) for uid, body in items))
+        self.db.run(lambda s: store.store_offline(s, [(uid, body.decode()) for uid, body in items]))
 
     def on_bus_delivery(self, user_ids: list[int], body: bytes) -> None:
         """A delivery another node routed here. The user may have left since
@@ -87,7 +127,8 @@ class Router:
                 gone.append(uid)
         if gone:
             try:
-                self.store_offline(gone, body)
+                with self._deciding(gone):
+                    self.store_offline(gone, body)
             except Unavailable:
                 log.error("could not store %d message(s) for %s: database unavailable", len(gone), gone)
 

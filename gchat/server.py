@@ -13,6 +13,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
@@ -80,6 +81,8 @@ class Connection:
         self.user_name = ""
         self.outbox = Outbox(transport, self, settings.outbox_max_messages, settings.outbox_max_bytes)
         self._closing = False
+        self._closed = Event()  # wakes a reader that holds off reading
+        self._hold_until = 0.0
         self.close_reason = ""
         self._deadline: gevent.Greenlet[[], None] | None = None
         self._guard = FloodGuard(settings.rate, settings.rate_burst) if settings.rate > 0 else None
@@ -98,6 +101,17 @@ class Connection:
             if self._deadline is not None:  # its job is done: do not keep it for login_timeout
                 self._deadline.kill(block=False)
 
+    def hold(self, seconds: float) -> None:
+        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
+
+    def _held_off(self) -> None:
+        """Wait out a hold (a throttled login) before reading on."""
+        if self._hold_until:
+            wait = self._hold_until - time.monotonic()
+            self._hold_until = 0.0
+            if wait > 0:
+                self._closed.wait(wait)
+
     def push(self, body: bytes) -> None:
         self.outbox.push(body, self._user_id or 0)
 
@@ -107,6 +121,7 @@ class Connection:
         self._closing = True
         self.close_reason = reason
         self.outbox.wake_to_close()
+        self._closed.set()
         self.transport.shutdown_read()  # wakes the reader; the writer may still flush
 
     # --- the outbox's owner ---------------------------------------------------
@@ -134,6 +149,9 @@ class Connection:
         unyielded = 0
         try:
             while not self._closing:
+                self._held_off()
+                if self._closing:
+                    break
                 data = self.transport.recv(RECV_SIZE)
                 if not data:
                     break
@@ -160,6 +178,7 @@ class Connection:
 
     def _handle_frames(self, frames: list[bytes]) -> None:
         for i, frame in enumerate(frames):
+            self._held_off()
             if self._closing:
                 self._log_dropped(frames[i:])
                 return

@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from gchat import store
 from gchat.batch import Batcher
@@ -28,6 +31,7 @@ from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Req
 from gchat.registry import Peer, Registry
 from gchat.router import Router
 from gchat.store import Database
+from gchat.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ class Services:
     cache: Cache = field(default_factory=Cache)
     # how long a resume token is accepted after the login that issued it
     resume_ttl: int = 24 * 3600
+    # failed logins slow their next tries down (gchat/throttle.py)
+    throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(clock=time.monotonic))
     # concurrent logins share their units of work (gchat/batch.py):
     # a reconnect storm costs a few statements per batch, not per user
     users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
@@ -82,12 +88,17 @@ class Services:
         """A new token where asked, and what each login reply
         carries: friends, groups, stored messages (taken)."""
         ids = [uid for uid, _ in items]
-        with self.db.transaction() as s:
+
+        def work(s: Session) -> list[SessionData]:
+            # user rows (a new token's) before offline rows: the lock order
+            # of store.store_offline
             store.set_tokens(s, [(uid, *tok) for uid, tok in items if tok is not None])
             friends = store.friends_of_many(s, ids)
             groups = store.groups_of_many(s, ids)
             offline = store.take_offline_many(s, ids)
-        return [(friends[uid], groups[uid], offline[uid]) for uid in ids]
+            return [(friends[uid], groups[uid], offline[uid]) for uid in ids]
+
+        return self.db.run(work)
 
     # hashed once so that a login for an unknown id costs as much as a wrong
     # password: response time does not tell which ids exist
@@ -186,6 +197,14 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if peer.user_id == user_id:
             raise _err(Errno.ONLINE, "id is online")
         raise _err(Errno.FORBIDDEN, "log out before logging in as another user")
+    address = peer.address[0]
+    wait = svc.throttle.admit(user_id, address)
+    if wait > 0:
+        # refused before anything costly, and nothing more is read from this
+        # connection until then: a guesser that ignores the wait costs the
+        # node nothing either
+        peer.hold(wait)
+        raise _err(Errno.RATE_LIMITED, f"too many failed logins, retry in {math.ceil(wait)} s")
     user = svc.users_by_id(user_id)
     if password is not None:
         stored = user.password if user is not None else svc.dummy_hash()
@@ -194,6 +213,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         ok = _token_valid(user, token)
     if not ok or user is None:
         raise _err(Errno.AUTH, "id or password error")
+    svc.throttle.succeeded(user_id, address)
 
     # Online is claimed in the presence store first: it is the one atomic
     # step across nodes (a racing login elsewhere finds it taken). Everything
@@ -204,6 +224,9 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         svc.presence.release(user_id)
         raise _err(Errno.ONLINE, "id is online")
     peer.user_id, peer.user_name = user_id, user.name
+    # bound: from here on messages to the user are pushed (after this reply);
+    # those found offline before are stored first, so the take below has them
+    svc.router.wait_stored(user_id)
     new_token = secrets.token_urlsafe(32) if req.get("resume") else None
     # a new token replaces (so revokes) any earlier one
     token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None

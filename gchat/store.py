@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
@@ -23,12 +26,35 @@ from gchat.models import AllGroup, Friend, GroupUser, OfflineMessage, User
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+# MySQL/MariaDB: "Deadlock found when trying to get lock; try restarting
+# transaction". InnoDB has rolled the victim back whole, so running it again
+# is safe and is what the server asks for.
+ER_LOCK_DEADLOCK = 1213
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often a unit of work chosen as a deadlock victim is run again,
+    and how long to wait first: `backoff` doubled each time, with jitter, so
+    the transactions that collided do not collide again in step."""
+
+    attempts: int = 3  # runs in all, the first included
+    backoff: float = 0.005
+
+    def delay(self, attempt: int) -> float:
+        return float(self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0, retry: Retry = Retry()
+    ) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size, overflow=overflow, timeout=timeout)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.retry = retry
 
     @property
     def is_sqlite(self) -> bool:
@@ -45,11 +71,35 @@ class Database:
             # a key the request would break: duplicate friend, member, name
             raise Conflict("already exists") from e
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as e:
+            if _deadlock(e):
+                log.info("deadlock: the unit of work was rolled back")
+                raise Unavailable("database deadlock, nothing was changed") from e
             log.warning("database unavailable: %s", e.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
             raise Unavailable("database unavailable, nothing was changed") from e
 
+    def run(self, work: Callable[[Session], T]) -> T:
+        """work(session) as one unit of work, as `transaction()`; run again
+        from the start, up to the retry policy's attempts, when the database
+        rolled it back as a deadlock victim. Only for work that does nothing
+        but database work (it may run more than once)."""
+        attempt = 1
+        while True:
+            try:
+                with self.transaction() as s:
+                    return work(s)
+            except Unavailable as e:
+                if attempt >= self.retry.attempts or not _deadlock(e.__cause__):
+                    raise
+            time.sleep(self.retry.delay(attempt))
+            attempt += 1
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _deadlock(e: BaseException | None) -> bool:
+    args: tuple[Any, ...] = getattr(getattr(e, "orig", None), "args", ())
+    return len(args) > 0 and args[0] == ER_LOCK_DEADLOCK
 
 
 def make_engine(url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0) -> Engine:
@@ -235,9 +285,20 @@ def list_groups(s: Session, limit: int = 1000) -> list[tuple[AllGroup, int]]:
 
 
 def store_offline(s: Session, items: Iterable[tuple[int, str]]) -> int:
-    """Store (user id, message text) pairs; one statement for the lot."""
-    rows = [{"userid": uid, "message": text} for uid, text in items]
+    """Store (user id, message text) pairs; one statement for the lot.
+
+    Lock order (MariaDB): the recipients' user rows first, in id order, then
+    the new offline rows, as a login does (its UPDATE of the user row comes
+    before it takes the offline rows). Without the explicit lock, InnoDB
+    took the user row only through the foreign key check, after the new
+    row: holding that row, the INSERT waited for a login that held the user
+    row and was waiting for the offline rows, a deadlock (issue 11)."""
+    items_list = list(items)
+    rows = [{"userid": uid, "message": text} for uid, text in items_list]
     if rows:
+        if s.get_bind().dialect.name != "sqlite":  # SQLite locks the whole file: no order to keep
+            ids = sorted({uid for uid, _ in items_list})
+            s.execute(select(User.id).where(User.id.in_(ids)).order_by(User.id).with_for_update(read=True))
         s.execute(insert(OfflineMessage), rows)
     return len(rows)
 

@@ -126,8 +126,10 @@ class Wire(RawClient):
     must be terminated: the decoder is the node's own FrameDecoder, not the
     client's splitter that also takes the C++ original's unterminated ones."""
 
-    def __init__(self, address: tuple[str, int], terminator: bytes = b"\n", timeout: float = 10.0) -> None:
-        sock = socket.create_connection(address, timeout=timeout)
+    def __init__(self, address: tuple[str, int], terminator: bytes = b"\n", timeout: float = 10.0,
+                 source: str | None = None) -> None:
+        # source: a local address to connect from (any of 127/8 on loopback)
+        sock = socket.create_connection(address, timeout=timeout, source_address=(source, 0) if source else None)
         super().__init__(sock, terminator=terminator, timeout=timeout, splitter=FrameDecoder(1 << 24))
 
     def recv(self, timeout: float | None = None) -> dict[str, Any]:

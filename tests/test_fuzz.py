@@ -188,7 +188,9 @@ def fuzzer(address: tuple[str, int], seed: int, n: int, stats: dict[str, int], f
 
 
 def test_socket_fuzz_while_two_users_chat(make_server):
-    node = make_server()
+    # the login throttle off: this checks each answer of the protocol, and
+    # the fuzz's many wrong logins would be told to wait (tests/test_attack.py)
+    node = make_server("--login-backoff", "0")
     (a, aid), (b, bid) = user(node.address), user(node.address)
     stats = {"answered": 0, "frames": 0}
     failures: list[str] = []

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from gchat.protocol import (
+    MAX_DEPTH,
     Errno,
     FrameDecoder,
     FrameTooLarge,
     Limits,
     MsgId,
-    MAX_DEPTH,
     ProtocolError,
     dumps,
     encode,
@@ -74,6 +74,18 @@ def test_frame_over_cap_is_refused_complete_or_still_arriving() -> None:
     d.feed(b"y" * 16)  # at the cap, no terminator yet: still fine
     with pytest.raises(FrameTooLarge):
         d.feed(b"y")
+
+
+def test_runs_of_empty_frames_between_real_ones_fed_whole_in_chunks_and_bytewise() -> None:
+    # issue 11 defect 3: runs like these once cost a Python loop turn (and a
+    # rescan) per terminator; the frames must come out the same every way
+    stream = (b"\0" * 70_000 + CHAT + b"\r\n" * 40_000 + b'{"msgid":10}' + b" \n\0\t" * 9_000
+              + CHAT + b"\0" + b"\n" * 5)
+    expected = [CHAT, b'{"msgid":10}', CHAT]
+    for size in (len(stream), 65536, 4096, 97):
+        d = FrameDecoder()
+        assert feed_all(d, [stream[i : i + size] for i in range(0, len(stream), size)]) == expected, size
+        assert d.buffered == 0 and d.terminator == b"\n"
 
 
 def test_whitespace_flood_is_not_buffered() -> None:

@@ -28,12 +28,17 @@ class FakePeer:
         self.user_name = ""
         self.pushed: list[dict] = []  # type: ignore[type-arg]
         self.closed = ""
+        self.address = ("127.0.0.1", 40000)
+        self.held = 0.0
 
     def push(self, body: bytes) -> None:
         self.pushed.append(json.loads(body))
 
     def close(self, reason: str) -> None:
         self.closed = reason
+
+    def hold(self, seconds: float) -> None:
+        self.held = seconds
 
 
 @pytest.fixture

@@ -1,0 +1,143 @@
+"""Issue 11, "under races": a user who logs in again and again while
+others write to it, on SQLite and on MariaDB (where the login and the
+offline INSERT once deadlocked). Prints the figures docs/robustness.md
+quotes (`pytest -s`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from gchat import store
+from gchat.service import Services
+from tests.support import ServerProcess, Wire, user
+from tests.test_service import FakePeer, call, svc  # noqa: F401 - the fixture
+
+SENDERS = 8
+LOGINS = 25
+
+
+def test_messages_to_a_user_who_logs_in_again_and_again(server: ServerProcess) -> None:
+    with Wire(server.address) as w:
+        receiver = w.register()
+    stop = threading.Event()
+    # (text, errno, delivered, when the sender read the ack)
+    acks: list[tuple[str, int, str, float]] = []
+    failures: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            w, _ = user(server.address)
+            with w:
+                seq = 0
+                while not stop.is_set():
+                    seq += 1
+                    text = f"{n}:{seq}"
+                    reply = w.request({"msgid": 5, "to": receiver, "msg": text, "seq": seq})
+                    assert reply["msgid"] == 11 and reply["seq"] == seq, reply
+                    acks.append((text, reply["errno"], reply.get("delivered", ""), time.monotonic()))
+                    time.sleep(0.001)  # a busy chat, not a flood: the receiver is one Python thread
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            failures.append(e)
+
+    # session number -> (when its login reply was read, texts it received)
+    sessions: list[tuple[float, list[str]]] = []
+    cuts: list[int] = []
+
+    def session(logout: bool) -> None:
+        with Wire(server.address) as r:
+            reply = r.request({"msgid": 1, "id": receiver, "password": "pw"})
+            replied = time.monotonic()
+            assert reply["errno"] == 0, reply
+            got = [_text(m) for m in reply.get("offlinemsg", [])]
+            if logout:
+                time.sleep(0.01)  # online for a moment: some messages are pushed live
+                r.send({"msgid": 10, "seq": 1})
+                # messages pushed while the log-out was handled follow its
+                # ack; a second request's refusal follows them
+                r.send({"msgid": 10, "seq": 2})
+                try:
+                    while (frame := r.recv()).get("seq") != 2:
+                        if frame["msgid"] == 5:
+                            got.append(frame["msg"])
+                except ConnectionError:
+                    # this thread fell 10,000 messages behind and was cut off as
+                    # a slow reader: what it did not read comes at a later login
+                    cuts.append(len(sessions))
+            sessions.append((replied, got))
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(SENDERS)]
+    for t in threads:
+        t.start()
+    for _ in range(LOGINS):
+        session(logout=True)
+        time.sleep(0.02)  # offline for a moment: some messages are stored
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    session(logout=False)  # the last login collects whatever is left
+
+    refused = [a for a in acks if a[1] != 0]
+    received: dict[str, int] = {}
+    for i, (_, texts) in enumerate(sessions):
+        for text in texts:
+            assert text not in received, f"{text} received twice"
+            received[text] = i
+    stored = [a for a in acks if a[1] == 0 and a[2] == "offline"]
+    late = []  # acked as stored before a login replied, handed to a later one
+    for text, _, _, acked in stored:
+        due = next(i for i, (replied, _) in enumerate(sessions) if replied > acked or i == len(sessions) - 1)
+        if received[text] > due:
+            late.append(text)
+    print(f"\n{len(acks)} messages from {SENDERS} senders to a user who logged in {LOGINS + 1} times: "
+          f"{len(stored)} stored, {len(acks) - len(stored) - len(refused)} pushed live, "
+          f"{len(refused)} refused (errno 11), {len(late)} stored during a login and not handed to it"
+          + (f" (the receiving thread was cut off as a slow reader {len(cuts)} time(s))" if cuts else ""))
+    assert refused == []
+    assert late == []
+    missing = sorted({a[0] for a in acks if a[1] == 0} - set(received))
+    assert missing == [], f"{len(missing)} acked messages never arrived: {missing[:10]}"
+
+
+def _text(delivered: str) -> str:
+    obj: dict[str, Any] = json.loads(delivered)
+    return str(obj["msg"])
+
+
+def test_a_message_found_offline_just_before_a_login_is_in_its_reply(
+    svc: Services, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - the fixture
+) -> None:
+    """The race of the test above, made certain: the message is found
+    offline, then its INSERT is held (as a pool wait or a slow disk would)
+    while the recipient logs in. Before the fix the login took the stored
+    messages without it, and it waited in the store for the next login."""
+    sender, recipient = FakePeer(), FakePeer()
+    (reg,) = call(svc, sender, msgid=3, name="sender", password="pw")
+    (reg2,) = call(svc, recipient, msgid=3, name="recipient", password="pw")
+    call(svc, sender, msgid=1, id=reg["id"], password="pw")
+    insert, release = Event(), Event()
+    real = store.store_offline
+
+    def held(s: Any, items: Iterable[tuple[int, str]]) -> int:
+        insert.set()
+        release.wait()
+        return real(s, items)
+
+    monkeypatch.setattr(store, "store_offline", held)
+    chat = gevent.spawn(call, svc, sender, msgid=5, to=reg2["id"], msg="just before", seq=1)
+    insert.wait()  # found offline; its INSERT has not run
+    login = gevent.spawn(call, svc, recipient, msgid=1, id=reg2["id"], password="pw")
+    login.join(timeout=0.5)  # time for a login that does not wait for the store to finish
+    release.set()
+    (ack,) = chat.get(timeout=10)
+    (reply,) = login.get(timeout=10)
+    assert ack["errno"] == 0 and ack["delivered"] == "offline"
+    assert [json.loads(m)["msg"] for m in reply.get("offlinemsg", [])] == ["just before"], reply
