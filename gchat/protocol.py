@@ -75,6 +75,7 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # Between frames the original client may leave NULs; people typing into nc leave
 # CR and spaces. None of these can start a JSON value, so all are skipped.
 _SKIPPED = b"\0\n\r\t "
+_TERMINATORS = (b"\0", b"\n")
 _FILLER = b"\r\t "
 # A frame: from its first byte that is neither terminator nor filler to the
 # next terminator (its trailing filler is stripped after). No backtracking:
@@ -168,6 +169,16 @@ class FrameDecoder:
         Raises FrameTooLarge when a frame grows past the cap, whether it is
         complete or still arriving; the decoder is then unusable.
         """
+        if not self._buf and data[-1:] in _TERMINATORS and data.count(b"\0") + data.count(b"\n") == 1:
+            # the usual feed: one whole request, nothing buffered
+            frame = data.strip(_SKIPPED)
+            if not frame:
+                return []
+            if len(frame) > self.frame_max:
+                raise FrameTooLarge(self.frame_max)
+            if self.terminator is None:
+                self.terminator = data[-1:]
+            return [frame]
         last = max(data.rfind(b"\0"), data.rfind(b"\n"))
         frames: list[bytes] = []
         if last >= 0:
@@ -339,7 +350,8 @@ def parse_request(frame: bytes, limits: Limits = Limits()) -> Request:
                 raise ProtocolError(
                     Errno.BAD_REQUEST, f"field '{field}' is longer than {cap} characters", msgid, seq
                 )
-    if any(type(v) in _CONTAINERS for v in obj.values()) and _depth_over(obj, MAX_DEPTH):
+    # no bracket but the object's own: nothing nested (the usual request)
+    if (b"[" in frame or frame.count(b"{") > 1) and _depth_over(obj, MAX_DEPTH):
         raise ProtocolError(Errno.BAD_REQUEST, f"nested deeper than {MAX_DEPTH} levels", msgid, seq)
     if msgid == MsgId.LOGIN and "password" not in obj and "token" not in obj:
         # part A's login has a password; a resume token (section C) may stand in for it

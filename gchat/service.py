@@ -205,12 +205,16 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         # node nothing either
         peer.hold(wait)
         raise _err(Errno.RATE_LIMITED, f"too many failed logins, retry in {math.ceil(wait)} s")
-    user = svc.users_by_id(user_id)
-    if password is not None:
-        stored = user.password if user is not None else svc.dummy_hash()
-        ok = svc.passwords.verify(stored, password) and user is not None
-    else:
-        ok = _token_valid(user, token)
+    try:
+        user = svc.users_by_id(user_id)
+        if password is not None:
+            stored = user.password if user is not None else svc.dummy_hash()
+            ok = svc.passwords.verify(stored, password) and user is not None
+        else:
+            ok = _token_valid(user, token)
+    except GchatError:
+        svc.throttle.cancel(user_id, address)
+        raise
     if not ok or user is None:
         raise _err(Errno.AUTH, "id or password error")
     svc.throttle.succeeded(user_id, address)

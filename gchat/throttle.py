@@ -144,5 +144,14 @@ class LoginThrottle:
         self._addresses.uncount(address)
         self._accounts.uncount(account)
 
+    def cancel(self, account: int, address: str) -> None:
+        """The admitted login could not be checked (the database did not
+        answer): it was neither a failure nor a success."""
+        if not self.enabled:
+            return
+        self._pairs.uncount((account, address))
+        self._addresses.uncount(address)
+        self._accounts.uncount(account)
+
     def sizes(self) -> tuple[int, int, int]:
         return len(self._pairs), len(self._addresses), len(self._accounts)

@@ -141,3 +141,67 @@ def test_a_message_found_offline_just_before_a_login_is_in_its_reply(
     (reply,) = login.get(timeout=10)
     assert ack["errno"] == 0 and ack["delivered"] == "offline"
     assert [json.loads(m)["msg"] for m in reply.get("offlinemsg", [])] == ["just before"], reply
+
+
+def test_a_deadlock_victim_is_run_again_before_errno_11(mariadb) -> None:  # type: ignore[no-untyped-def]
+    """A real InnoDB deadlock: Database.run's unit of work and another
+    transaction each lock a row the other wants next. InnoDB rolls back the
+    lighter one (the unit of work: it changed nothing) with error 1213, and
+    run() runs it again, which then succeeds once the other has committed."""
+    from sqlalchemy import select, update
+
+    from gchat.models import User
+    from gchat.store import Database, Retry
+    from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
+
+    url = mariadb.create()
+    db = Database(url, retry=Retry(attempts=3))
+    with db.transaction() as s:
+        ids = [store.create_user(s, f"u{n}", "x") for n in range(12)]
+    a, b, rest = ids[0], ids[1], ids[2:]
+    other_holds_b, work_holds_a = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        import pymysql
+
+        conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD,
+                               database=url.rsplit("/", 1)[1].split("?")[0], autocommit=False)
+        try:
+            with conn.cursor() as cur:
+                # ten rows changed: the heavier transaction, which InnoDB keeps
+                # (one by one: an IN list over most of a small table is a scan
+                # that would lock row a too)
+                for uid in rest:
+                    cur.execute("UPDATE user SET state='online' WHERE id=%s", (uid,))
+                cur.execute("UPDATE user SET state='online' WHERE id=%s", (b,))
+                other_holds_b.set()
+                work_holds_a.wait(10)
+                cur.execute("UPDATE user SET state='online' WHERE id=%s", (a,))  # waits for the work's lock
+            conn.commit()
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            errors.append(e)
+        finally:
+            conn.close()
+
+    runs = 0
+
+    def work(s: Any) -> int:
+        nonlocal runs
+        runs += 1
+        s.execute(select(User.id).where(User.id == a).with_for_update())
+        if runs == 1:
+            # whichever of the two then asks first, the second closes the cycle
+            work_holds_a.set()
+        s.execute(update(User).where(User.id == b).values(state="offline"))
+        return runs
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert other_holds_b.wait(10)
+    result = db.run(work)
+    thread.join()
+    db.dispose()
+    print(f"\nthe unit of work ran {result} times: the first was the deadlock victim, the second committed")
+    assert not errors, errors
+    assert result == 2

@@ -87,6 +87,14 @@ def test_failures_are_forgotten_and_records_are_bounded(monkeypatch) -> None:  #
     assert max(t.sizes()) <= 100
 
 
+def test_a_login_that_could_not_be_checked_counts_for_nothing() -> None:
+    t, _ = make(free=2)
+    for _ in range(10):
+        assert t.admit(1, "a") == 0.0
+        t.cancel(1, "a")  # the database did not answer
+    assert t.sizes() == (0, 0, 0)
+
+
 def test_off() -> None:
     t, _ = make(free=1, backoff=0.0)
     assert all(fail(t, 1, "a") == 0.0 for _ in range(100))
