@@ -288,11 +288,12 @@ def store_offline(s: Session, items: Iterable[tuple[int, str]]) -> int:
     """Store (user id, message text) pairs; one statement for the lot.
 
     Lock order (MariaDB): the recipients' user rows first, in id order, then
-    the new offline rows, as a login does (its UPDATE of the user row comes
-    before it takes the offline rows). Without the explicit lock, InnoDB
-    took the user row only through the foreign key check, after the new
-    row: holding that row, the INSERT waited for a login that held the user
-    row and was waiting for the offline rows, a deadlock (issue 11)."""
+    the new offline rows, as a login does (when it writes the user row, a
+    new resume token, it does so before it takes the offline rows). Without
+    the explicit lock, InnoDB took the user row only through the foreign key
+    check, after the new row: holding that row, the INSERT waited for a
+    login that held the user row and was waiting for the offline rows, a
+    deadlock (issue 11)."""
     items_list = list(items)
     rows = [{"userid": uid, "message": text} for uid, text in items_list]
     if rows:
