@@ -12,7 +12,8 @@ setup(
     # plain `pip install .` brings its own schema.
     packages=find_packages(include=["gchat", "gchat.*"]) + ["gchat.migrations", "gchat.migrations.versions"],
     package_dir={"gchat.migrations": "alembic"},
-    package_data={"gchat.migrations": ["script.py.mako"]},
+    # the web app is static files served by the node itself (gchat/web/static)
+    package_data={"gchat.migrations": ["script.py.mako"], "gchat.web": ["static/*"]},
     install_requires=[
         "gevent>=24.2",
         "SQLAlchemy>=2.0",
@@ -25,6 +26,8 @@ setup(
         "orjson>=3.9",
         # keeps incoming messages from garbling the line being typed in gchat-client
         "prompt_toolkit>=3.0",
+        # WebSocket handshake and framing, sans-IO like our protocol module (h11 comes with it)
+        "wsproto>=1.2",
     ],
     extras_require={
         "test": [
@@ -38,6 +41,8 @@ setup(
             "mypy>=1.10",
             # gevent ships no types; these stubs let mypy check the greenlets, events and servers
             "types-gevent>=24.2",
+            # drives Debian's chromium (chromium-driver) in the browser tests; no browser download
+            "selenium>=4.20",
         ],
     },
     entry_points={

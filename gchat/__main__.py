@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app.start()
     except OSError as e:
-        print(f"gchat-server: cannot listen on {settings.bind}: {e}", file=sys.stderr)
+        where = settings.bind + (f" or {settings.web_bind} (web_bind)" if settings.web_bind else "")
+        print(f"gchat-server: cannot listen on {where}: {e}", file=sys.stderr)
         return 1
 
     stop = gevent.event.Event()

@@ -22,6 +22,7 @@ from gchat.server import Listener
 from gchat.service import Services
 from gchat.store import Database
 from gchat.throttle import LoginThrottle
+from gchat.web.listener import WebListener
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,22 @@ class App:
     bus: Bus
     services: Services
     listener: Listener
+    web: WebListener | None = None
 
     def start(self) -> None:
         self.presence.start(self._lost)
         self.bus.start(self.services.router.on_bus_delivery, self.services.invalidate_group, self._forget_cache)
+        if self.web is not None:  # before the TCP listener's "ready" line, which tests wait for
+            self.web.start()
         self.listener.start()
 
     def stop(self) -> None:
         log.info("stopping: %d connection(s)", len(self.listener.connections))
-        self.listener.stop()
+        if self.web is not None:
+            self.web.close()
+        self.listener.stop()  # every connection, TCP and WebSocket
+        if self.web is not None:
+            self.web.stop()
         self.bus.stop()
         self.presence.stop()
         self.db.dispose()
@@ -106,4 +114,6 @@ def build(settings: Settings) -> App:
             clock=time.monotonic,
         ),
     )
-    return App(settings, db, presence, bus, services, Listener(settings, services))
+    listener = Listener(settings, services)
+    web = WebListener(listener) if settings.web_address else None
+    return App(settings, db, presence, bus, services, listener, web)

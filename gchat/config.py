@@ -73,6 +73,16 @@ class Settings:
     keepalive_interval: int = _opt(10, "TCP keepalive: seconds between probes")
     keepalive_count: int = _opt(3, "TCP keepalive: unanswered probes before the peer is dead")
 
+    # the web app and WebSocket (docs/protocol.md, "WebSocket")
+    web_bind: str = _opt(
+        "127.0.0.1:6080", "HOST:PORT of the web app and its WebSocket (/ws); empty = off. Loopback by "
+        "default: open the address printed at start-up; put nginx (nginx.conf) in front for others")
+    web_origins: str = _opt(
+        "", "comma-separated Origins a browser may open the WebSocket from (e.g. https://chat.example.org); "
+        "empty = only pages this node (or the proxy before it) served; * = any")
+    web_ping_interval: float = _opt(
+        20.0, "seconds of WebSocket silence before a ping; a peer silent for two of these is dropped")
+
     # cluster presence
     heartbeat_interval: float = _opt(2.0, "seconds between this node's heartbeats")
     node_ttl: float = _opt(10.0, "seconds after its last heartbeat that a silent node counts as dead")
@@ -97,6 +107,17 @@ class Settings:
     @property
     def port(self) -> int:
         return int(self.bind.rpartition(":")[2])
+
+    @property
+    def web_address(self) -> tuple[str, int] | None:
+        if not self.web_bind:
+            return None
+        host, _, port = self.web_bind.rpartition(":")
+        return host or "0.0.0.0", int(port)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.web_origins.split(",") if o.strip())
 
     @property
     def node(self) -> str:
@@ -156,4 +177,6 @@ def from_sources(
     settings = Settings(**values)
     if not settings.bind.rpartition(":")[2].isdigit():
         raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT")
+    if settings.web_bind and not settings.web_bind.rpartition(":")[2].isdigit():
+        raise ValueError(f"web_bind: {settings.web_bind!r} is not HOST:PORT (or empty for no web app)")
     return settings

@@ -158,8 +158,8 @@ class Outbox:
         else (would block, partly sent, an error) is left to a writer, which
         meets the error again and reports it."""
         body, counted, _, _ = self._q[0]
-        data = body + self.transport.reply_terminator
         try:
+            data = self.transport.frame(body)
             sent = self.transport.send_nowait(data)
         except OSError:
             return False
@@ -208,18 +208,19 @@ class Outbox:
 
     def _write_some(self) -> None:
         """Send the head of the queue; a message leaves only when its last
-        byte (and terminator) went to the kernel."""
-        term = self.transport.reply_terminator
+        byte (and terminator, or WebSocket header) went to the kernel."""
+        frame = self.transport.frame
         parts: list[bytes] = []
         ends: list[int] = []
         size = 0
         for body, _, _, _ in self._q:
-            parts.append(body)
-            size += len(body) + len(term)
+            wire = frame(body)
+            parts.append(wire)
+            size += len(wire)
             ends.append(size)
             if size >= WRITE_CHUNK:
                 break
-        data = memoryview(term.join(parts) + term)
+        data = memoryview(b"".join(parts))
         sent, done = self._head_sent, 0  # the head may have been begun by _send_now
         self._head_sent = 0
         send = self.transport.send

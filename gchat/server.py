@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -34,14 +35,13 @@ from gchat.protocol import (
 )
 from gchat.ratelimit import FloodGuard, Verdict
 from gchat.service import Handover, Reply
-from gchat.transport import TcpTransport, Transport, tune
+from gchat.transport import RECV_SIZE, Incoming, TcpTransport, Transport, tune
 
 if TYPE_CHECKING:
     from gchat.service import Services
 
 log = logging.getLogger(__name__)
 
-RECV_SIZE = 64 * 1024
 # how long a closing connection may take to hand its last replies to the kernel
 FLUSH_TIMEOUT = 5.0
 # a connection that wrote nothing for between one and two of these periods
@@ -69,10 +69,8 @@ class Connection:
     handles frames in order) and the glue between its transport, its outbox
     and the service layer. It is the `Peer` the handlers see."""
 
-    def __init__(self, transport: Transport, decoder: FrameDecoder, address: tuple[str, int],
-                 listener: Listener) -> None:
+    def __init__(self, transport: Transport, address: tuple[str, int], listener: Listener) -> None:
         self.transport = transport
-        self.decoder = decoder
         self.address = address
         self.svc: Services = listener.services
         self.settings = settings = listener.settings
@@ -146,21 +144,14 @@ class Connection:
 
     def serve(self) -> None:
         self._deadline = deadline = gevent.spawn_later(self.settings.login_timeout, self._login_deadline)
-        unyielded = 0
+        yielded_at = 0  # transport.received when the reader last paused
         try:
             while not self._closing:
                 self._held_off()
                 if self._closing:
                     break
-                data = self.transport.recv(RECV_SIZE)
-                if not data:
-                    break
-                unyielded += len(data)
-                if unyielded >= YIELD_BYTES:
-                    unyielded = 0
-                    gevent.sleep(YIELD_PAUSE)
                 try:
-                    frames = self.decoder.feed(data)
+                    frames = self.transport.receive()
                 except FrameTooLarge as e:
                     self._handle_frames(e.frames)
                     if not self._closing:
@@ -168,6 +159,12 @@ class Connection:
                         self.close("frame too large")
                         log.info("%s: frame over %d bytes, closed", self.who(), self.settings.frame_max)
                     break
+                if frames is None:
+                    break
+                # a peer that streams without pause (filler, a huge frame) lets others run
+                if self.transport.received - yielded_at >= YIELD_BYTES:
+                    yielded_at = self.transport.received
+                    gevent.sleep(YIELD_PAUSE)
                 self._handle_frames(frames)
         except OSError as e:
             # ETIMEDOUT here is TCP keepalive finding a peer that vanished
@@ -176,7 +173,7 @@ class Connection:
             deadline.kill(block=False)
             self._finish()
 
-    def _handle_frames(self, frames: list[bytes]) -> None:
+    def _handle_frames(self, frames: Sequence[Incoming]) -> None:
         for i, frame in enumerate(frames):
             self._held_off()
             if self._closing:
@@ -189,7 +186,10 @@ class Connection:
                 # burst does not pile up in outboxes whose clients do read
                 gevent.sleep(0)
 
-    def _handle_frame(self, frame: bytes) -> None:
+    def _handle_frame(self, frame: Incoming) -> None:
+        if type(frame) is not bytes:  # a message that is no frame: refused in its place
+            self._reply(error_reply(frame))  # type: ignore[arg-type]
+            return
         if self._guard is not None:
             verdict = self._guard.check(time.monotonic())
             if verdict is Verdict.REFUSE:
@@ -229,10 +229,12 @@ class Connection:
             msgid, seq = e.msgid, e.seq
         self._reply(error_reply(ProtocolError(Errno.RATE_LIMITED, "rate limited, slow down", msgid, seq)))
 
-    def _log_dropped(self, frames: list[bytes]) -> None:
+    def _log_dropped(self, incoming: Sequence[Incoming]) -> None:
         """Frames read but never handled because the connection is closing.
         Only their msgids and sizes are logged: a frame may hold a password."""
-        if not frames and not self.decoder.buffered:
+        frames = [f for f in incoming if type(f) is bytes]
+        buffered = self.transport.buffered
+        if not frames and not buffered:
             return
         kinds: Counter[str] = Counter()
         for frame in frames:
@@ -246,7 +248,7 @@ class Connection:
         log.warning(
             "%s: closing (%s): dropped %d unhandled frame(s) (%s, %d bytes) and %d bytes of a partial frame; "
             "none of them was applied",
-            self.who(), self.close_reason, len(frames), summary, sum(map(len, frames)), self.decoder.buffered,
+            self.who(), self.close_reason, len(frames), summary, sum(map(len, frames)), buffered,
         )
 
     def _login_deadline(self) -> None:
@@ -266,7 +268,7 @@ class Connection:
             service.disconnect(self.svc, self)
         except Exception:
             log.exception("%s: disconnect failed", self.who())
-        self.transport.close()
+        self.transport.close(self.close_reason)
 
     def who(self) -> str:
         host, port = self.address[:2]
@@ -326,13 +328,8 @@ class Listener:
             )
         try:
             tune(sock, self.settings)
-            decoder = FrameDecoder(self.settings.frame_max)
-            conn = Connection(TcpTransport(sock, decoder), decoder, address, self)
-            self.connections.add(conn)
-            try:
-                conn.serve()
-            finally:
-                self.connections.discard(conn)
+            conn = Connection(TcpTransport(sock, FrameDecoder(self.settings.frame_max)), address, self)
+            self.serve(conn)
         except OSError as e:  # the peer left before it could be served
             log.debug("%s: %s", ip, e)
             sock.close()
@@ -348,6 +345,15 @@ class Listener:
             if self._at_limit:
                 self._at_limit = False
                 log.info("connection limit: a connection closed, accepting again")
+
+    def serve(self, conn: Connection) -> None:
+        """Serve a connection until it ends, among the live ones (the web
+        listener's WebSocket connections are served here too)."""
+        self.connections.add(conn)
+        try:
+            conn.serve()
+        finally:
+            self.connections.discard(conn)
 
     def _refuse(self, sock: socket.socket, ip: str) -> None:
         """Over the per-address limit: one errno 10 line, then close."""

@@ -2,8 +2,10 @@
 
 `server.Connection` (the reader) and `outbox.Outbox` (the writer) see a
 client only through `Transport`, as httpcore's connections see only their
-network stream: another transport (a WebSocket, whose messages need no
-terminator) slots in under the same connection, with every rule of
+network stream: the transport turns bytes into whole frames (one JSON text
+each) and each reply into its bytes on the wire. TCP frames end at a
+terminator; `gchat.web.websocket.WebSocketTransport` reads WebSocket
+messages instead, under the same connection, with every rule of
 docs/protocol.md unchanged.
 """
 
@@ -13,13 +15,34 @@ import socket
 from typing import Protocol
 
 from gchat.config import Settings
-from gchat.protocol import FrameDecoder
+from gchat.protocol import FrameDecoder, ProtocolError
+
+RECV_SIZE = 64 * 1024
+
+# What a read gives the reader: frames to handle, in order, and in their
+# place the refusal of a message that is no frame at all (a WebSocket binary
+# message), to be answered in order too.
+Incoming = bytes | ProtocolError
 
 
 class Transport(Protocol):
-    def recv(self, size: int) -> bytes:
-        """Up to `size` bytes, blocking the calling greenlet; b"" at the end
-        of the stream. OSError when the connection is lost."""
+    def receive(self) -> list[Incoming] | None:
+        """The complete frames of the next read, blocking the calling
+        greenlet (possibly none); None at the end of the stream. Raises
+        FrameTooLarge (carrying the complete frames before it), and OSError
+        when the connection is lost."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a frame begun and not complete (for the log of a close)."""
+
+    @property
+    def received(self) -> int:
+        """Bytes read so far (the reader pauses after each RECV_SIZE of them)."""
+
+    def frame(self, body: bytes) -> bytes:
+        """One reply or delivery (a JSON text) as it goes on the wire.
+        OSError when nothing more can be written to this peer."""
 
     def send(self, data: bytes | memoryview) -> int:
         """Hand bytes to the kernel, blocking the calling greenlet until
@@ -29,11 +52,6 @@ class Transport(Protocol):
         """As `send`, but never waits: how many bytes the kernel took at once
         (0 when none). OSError when the connection is lost."""
 
-    @property
-    def reply_terminator(self) -> bytes:
-        """What ends each message the node writes (docs/protocol.md: the
-        client's own terminator)."""
-
     def shutdown_read(self) -> None:
         """Wake the reader (recv returns b""); what is queued may still be written."""
 
@@ -41,21 +59,36 @@ class Transport(Protocol):
         """Stop both ways at once: a send blocked on a full buffer fails.
         Bytes the kernel already holds still reach the peer."""
 
-    def close(self) -> None: ...
+    def close(self, reason: str = "") -> None:
+        """The connection is over (`reason`: Connection.close_reason): say
+        goodbye if the transport has a way to, and release the socket."""
 
 
 class TcpTransport:
-    """A client's TCP socket. The terminator of replies is the one its
-    frames use, as the decoder found it."""
+    """A client's TCP socket. Frames end at NUL or LF; replies end with the
+    terminator the client's frames use, as the decoder found it
+    (docs/protocol.md, framing)."""
 
-    __slots__ = ("sock", "decoder")
+    __slots__ = ("sock", "decoder", "received")
 
     def __init__(self, sock: socket.socket, decoder: FrameDecoder) -> None:
         self.sock = sock
         self.decoder = decoder
+        self.received = 0
 
-    def recv(self, size: int) -> bytes:
-        return self.sock.recv(size)
+    def receive(self) -> list[Incoming] | None:
+        data = self.sock.recv(RECV_SIZE)
+        if not data:
+            return None
+        self.received += len(data)
+        return self.decoder.feed(data)  # type: ignore[return-value]  # list is invariant; bytes are Incoming
+
+    @property
+    def buffered(self) -> int:
+        return self.decoder.buffered
+
+    def frame(self, body: bytes) -> bytes:
+        return body + self.decoder.reply_terminator
 
     def send(self, data: bytes | memoryview) -> int:
         return self.sock.send(data)
@@ -66,10 +99,6 @@ class TcpTransport:
             return self.sock.send(data, 0, 0.0)  # type: ignore[call-arg]
         except BlockingIOError:
             return 0
-
-    @property
-    def reply_terminator(self) -> bytes:
-        return self.decoder.reply_terminator
 
     def shutdown_read(self) -> None:
         try:
@@ -83,7 +112,7 @@ class TcpTransport:
         except OSError:
             pass
 
-    def close(self) -> None:
+    def close(self, reason: str = "") -> None:
         try:
             self.sock.close()
         except OSError:

@@ -48,6 +48,7 @@ class ServerProcess:
         # here and bound later could be taken meanwhile by any client socket
         # (the suite opens thousands). A restart keeps the port it got.
         self.port = port or 0
+        self.web_port = 0  # the web app and WebSocket (--web-bind), also on a port the kernel picks
         self.database_url = database_url
         self.redis_url = redis_url
         self.node_id = node_id or f"test-{uuid.uuid4().hex[:8]}"
@@ -61,9 +62,19 @@ class ServerProcess:
     def address(self) -> tuple[str, int]:
         return self.host, self.port
 
+    @property
+    def web_address(self) -> tuple[str, int]:
+        return self.host, self.web_port
+
+    @property
+    def url(self) -> str:
+        """The web app's page."""
+        return f"http://{self.host}:{self.web_port}/"
+
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "gchat", "--bind", f"{self.host}:{self.port}",
                "--database-url", self.database_url, "--node-id", self.node_id,
+               "--web-bind", f"{self.host}:{self.web_port}",
                # tests hash many passwords: the cheapest argon2id the library allows
                "--hash-time-cost", "1", "--hash-memory-kib", "8"]
         if self.redis_url:
@@ -86,6 +97,8 @@ class ServerProcess:
         for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
+            if " web app on http://" in line:
+                self.web_port = int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
             if " ready on " in line:
                 self.port = int(line.rsplit(":", 1)[1])
                 self._ready.set()

@@ -19,8 +19,6 @@ class Sink:
     """The kernel's send buffer for one client: takes up to `room` bytes;
     `drain` stands for the client reading, `shutdown` for a cut."""
 
-    reply_terminator = b"\n"
-
     def __init__(self, room: int = 1 << 30) -> None:
         self.room = room
         self.written = bytearray()
@@ -54,10 +52,15 @@ class Sink:
     def shutdown_read(self) -> None:
         pass
 
-    def recv(self, size: int) -> bytes:
-        return b""
+    def receive(self) -> None:
+        return None
 
-    def close(self) -> None:
+    buffered = 0
+
+    def frame(self, body: bytes) -> bytes:
+        return body + b"\n"
+
+    def close(self, reason: str = "") -> None:
         pass
 
     def messages(self) -> list[bytes]:
