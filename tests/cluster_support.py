@@ -98,17 +98,32 @@ def ensure_nginx() -> None:
 
 
 class Nginx:
-    def __init__(self, upstreams: Sequence[tuple[str, int]], workdir: Path) -> None:
+    """nginx from the repository's nginx.conf: TCP on `port`; with
+    `web_upstreams` (the nodes' web listeners), the app and WebSocket on
+    `web_port` too."""
+
+    def __init__(self, upstreams: Sequence[tuple[str, int]], workdir: Path,
+                 web_upstreams: Sequence[tuple[str, int]] = ()) -> None:
         self.port = free_port()
+        self.web_port = free_port() if web_upstreams else 0
         self.workdir = workdir
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(render_nginx_conf((ROOT / "nginx.conf").read_text(), upstreams,
-                                               f"127.0.0.1:{self.port}", workdir))
+                                               f"127.0.0.1:{self.port}", workdir, web_upstreams,
+                                               f"127.0.0.1:{self.web_port}" if web_upstreams else ""))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         return "127.0.0.1", self.port
+
+    @property
+    def web_address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.web_port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/"
 
     def start(self) -> Nginx:
         ensure_nginx()

@@ -1,0 +1,194 @@
+"""A real browser for the tests: Debian's headless Chromium driven by
+Selenium through Debian's chromedriver. Nothing is downloaded: the driver
+path is given, so Selenium Manager is never asked for a browser or driver.
+A missing browser is installed with apt-get (as CI runs, as root), or the
+test fails; it never skips."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT = 20.0  # seconds a condition may take on a loaded 2-core machine
+
+# no network but ours, no first-run or background chatter, a fresh profile
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--disable-extensions", "--mute-audio", "--no-default-browser-check"]
+
+
+def ensure_chromium() -> None:
+    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"Chromium is required for the browser tests; {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("chromium and chromium-driver are required for the browser tests and were not installed")
+
+
+class Browser:
+    """One person at one browser window, with the gchat app open."""
+
+    def __init__(self, url: str, width: int = 1200, height: int = 760) -> None:
+        ensure_chromium()
+        # selenium is imported here so that a missing package fails these tests only
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        os.environ.setdefault("SE_AVOID_STATS", "true")
+        self.profile = tempfile.mkdtemp(prefix="gchat-chromium-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={self.profile}")
+        options.add_argument(f"--window-size={width},{height}")
+        self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        self.url = url
+        self.driver.get(url)
+
+    def close(self) -> None:
+        try:
+            self.driver.quit()
+        finally:
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    # --- looking -------------------------------------------------------------
+
+    def wait(self, check: Any, what: str, timeout: float = WAIT) -> Any:
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        def safe(driver: Any) -> Any:
+            try:
+                return check(driver)
+            except StaleElementReferenceException:
+                return False
+
+        try:
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(safe)
+        except Exception as e:
+            raise AssertionError(f"{what}: not seen within {timeout:.0f} s\n{self.console()}") from e
+
+    def find(self, css: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def finds(self, css: str) -> list[Any]:
+        from selenium.webdriver.common.by import By
+
+        return list(self.driver.find_elements(By.CSS_SELECTOR, css))
+
+    def visible(self, css: str) -> Any:
+        return self.wait(lambda d: next((e for e in self.finds(css) if e.is_displayed()), False), css)
+
+    def text(self, css: str) -> str:
+        return str(self.find(css).text)
+
+    def console(self) -> str:
+        try:
+            return "\n".join(str(e) for e in self.driver.get_log("browser"))
+        except Exception:
+            return ""
+
+    def connection(self) -> str:
+        return str(self.find("#connection").get_attribute("data-conn"))
+
+    def messages(self) -> list[str]:
+        return [e.text for e in self.finds("#message-list .msg .text")]
+
+    def wait_message(self, text: str) -> None:
+        self.wait(lambda d: text in self.messages(), f"message {text!r} in the open conversation")
+
+    def unread(self, key: str) -> int:
+        badges = self.finds(f'.conv-item[data-key="{key}"] .badge')
+        return int(badges[0].text) if badges else 0
+
+    # --- doing ---------------------------------------------------------------
+
+    def type_into(self, css: str, text: str) -> None:
+        field = self.visible(css)
+        field.clear()
+        field.send_keys(text)
+
+    def register(self, name: str, password: str = "secret") -> int:
+        self.visible("#register-name")
+        if self.find("#tab-register").get_attribute("aria-selected") != "true":
+            self.find("#tab-register").click()
+        self.type_into("#register-name", name)
+        self.type_into("#register-password", password)
+        self.find("#register-form button[type=submit]").click()
+        me = self.wait(lambda d: self.find("#me-id").is_displayed() and self.text("#me-id"), "signed in")
+        self.wait(lambda d: self.connection() == "online", "online")
+        return int(me.rsplit(" ", 1)[1])
+
+    def sign_in(self, user_id: int, password: str = "secret") -> None:
+        self.visible("#login-id")
+        self.find("#tab-login").click()
+        self.type_into("#login-id", str(user_id))
+        self.type_into("#login-password", password)
+        self.find("#login-form button[type=submit]").click()
+        self.wait(lambda d: self.find("#me-id").is_displayed(), "signed in")
+
+    def menu(self, action: str) -> None:
+        self.visible("#menu-button").click()
+        self.visible(f'#menu [data-action="{action}"]').click()
+
+    def dialog(self, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            self.type_into(f"#dialog-{name}", value)
+        self.find("#dialog-ok").click()
+        self.wait(lambda d: not self.find("#dialog").is_displayed(), "the dialog closed")
+
+    def add_friend(self, user_id: int) -> None:
+        self.menu("add-friend")
+        self.dialog({"id": str(user_id)})
+        self.wait(lambda d: self.finds(f'.conv-item[data-key="u:{user_id}"]'), f"friend {user_id} listed")
+
+    def create_group(self, name: str) -> int:
+        self.menu("create-group")
+        self.dialog({"name": name, "desc": "the test group"})
+        item = self.wait(lambda d: next((e for e in self.finds("#groups .conv-item")
+                                         if name in str(e.get_attribute("aria-label"))), False),
+                         f"group {name} in the list")
+        return int(str(item.get_attribute("data-key"))[2:])
+
+    def join_group(self, group_id: int) -> None:
+        self.menu("join-group")
+        self.dialog({"id": str(group_id)})
+        self.wait(lambda d: self.finds(f'.conv-item[data-key="g:{group_id}"]'), f"group {group_id} listed")
+
+    def open(self, key: str) -> None:
+        self.visible(f'.conv-item[data-key="{key}"]').click()
+        self.visible("#message-input")
+
+    def send(self, text: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        box = self.visible("#message-input")
+        box.send_keys(text)
+        box.send_keys(Keys.ENTER)
+        self.wait_message(text)
+
+    def reload(self) -> None:
+        self.driver.refresh()
+
+    def quiet(self) -> None:
+        """No passing notice on the screen (before a screenshot)."""
+        self.wait(lambda d: not self.find("#toast").is_displayed(), "the notice gone")
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.driver.save_screenshot(str(path))
