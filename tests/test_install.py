@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.support import ROOT, Wire
@@ -28,11 +29,14 @@ def test_pip_install_in_a_fresh_venv_gives_a_working_server(tmp_path: Path) -> N
     for flag in ("--database-url", "--redis-url", "--node-id", "--log-level", "GCHAT_DATABASE_URL"):
         assert flag in help_out.stdout
 
-    proc = subprocess.Popen([str(venv / "bin" / "gchat-server"), "--bind", "127.0.0.1:0"],
+    proc = subprocess.Popen([str(venv / "bin" / "gchat-server"), "--bind", "127.0.0.1:0", "--web-bind", "127.0.0.1:0"],
                             cwd=work, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
+        web_port = 0
         for line in proc.stderr:
+            if " web app on http://" in line:
+                web_port = int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
             if " ready on " in line:
                 port = int(line.rsplit(":", 1)[1])
                 break
@@ -40,6 +44,10 @@ def test_pip_install_in_a_fresh_venv_gives_a_working_server(tmp_path: Path) -> N
             raise AssertionError("the installed server never got ready")
         with Wire(("127.0.0.1", port)) as w:
             w.login(w.register())
+        # the web app ships inside the package too
+        for path, text in (("/", b"<!doctype html>"), ("/app.js", b"WebSocket")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}{path}", timeout=10) as page:
+                assert page.status == 200 and text in page.read()
         assert (work / "gchat.db").exists()  # the embedded default: SQLite here
     finally:
         proc.terminate()

@@ -171,3 +171,15 @@ def test_dead_websocket_peers_are_pinged_then_dropped(make_server: Any) -> None:
     tcp.send({"msgid": 5, "to": live_id, "msg": "still with us", "seq": 2})
     assert tcp.recv()["delivered"] == "online"
     assert live.recv()["msg"] == "still with us"
+
+
+def test_rate_limit_and_login_deadline_apply_as_on_tcp(make_server: Any) -> None:
+    node = make_server("--rate", "1", "--rate-burst", "3", "--login-timeout", "2")
+    ws = WsWire(node.web_address)
+    for seq in range(6):
+        ws.send({"msgid": 6, "friendid": 1, "seq": seq})
+    errnos = [ws.recv()["errno"] for _ in range(6)]
+    assert errnos[:3] == [5, 5, 5] and 10 in errnos[3:], errnos
+    # never logged in: closed at the deadline, with "policy violation"
+    assert ws.closed_with(timeout=20) == 1008
+    assert ws.close_reason == "login timeout"
