@@ -316,16 +316,14 @@ class Listener:
         if self._stopping:  # accepted just before the listener closed
             sock.close()
             return
-        if self.settings.max_per_ip and self._per_ip.get(ip, 0) >= self.settings.max_per_ip:
-            self._refuse(sock, ip)
+        refusal = self.admit(ip)
+        if refusal is not None:
+            try:
+                sock.sendall(encode(error_reply(refusal)))
+            except OSError:
+                pass
+            sock.close()
             return
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        if self.pool.full() and not self._at_limit:
-            self._at_limit = True
-            log.warning(
-                "connection limit of %d reached (max_connections): new connections wait in the "
-                "listen backlog until one closes", self.settings.max_connections,
-            )
         try:
             tune(sock, self.settings)
             conn = Connection(TcpTransport(sock, FrameDecoder(self.settings.frame_max)), address, self)
@@ -334,17 +332,41 @@ class Listener:
             log.debug("%s: %s", ip, e)
             sock.close()
         finally:
-            left = self._per_ip.get(ip, 1) - 1
-            if left:
-                self._per_ip[ip] = left
-            else:
-                self._per_ip.pop(ip, None)
-            refused = self._refused.pop(ip, None)
-            if refused is not None:
-                log.info("%s: below the per-address limit again; %d connection(s) were refused", ip, refused)
-            if self._at_limit:
-                self._at_limit = False
-                log.info("connection limit: a connection closed, accepting again")
+            self.leave(ip)
+
+    def admit(self, ip: str) -> ProtocolError | None:
+        """Count a new connection from `ip` (TCP or WebSocket): None, or the
+        errno 10 to answer when the address is over max_per_ip. An admitted
+        connection calls `leave` when it ends."""
+        if self.settings.max_per_ip and self._per_ip.get(ip, 0) >= self.settings.max_per_ip:
+            if ip not in self._refused:
+                log.warning(
+                    "%s: per-address limit of %d connections reached (max_per_ip): refusing its new "
+                    "connections until one closes", ip, self.settings.max_per_ip,
+                )
+            self._refused[ip] = self._refused.get(ip, 0) + 1
+            return ProtocolError(Errno.RATE_LIMITED, f"too many connections from {ip}")
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        if self.pool.full() and not self._at_limit:
+            self._at_limit = True
+            log.warning(
+                "connection limit of %d reached (max_connections): new connections wait in the "
+                "listen backlog until one closes", self.settings.max_connections,
+            )
+        return None
+
+    def leave(self, ip: str) -> None:
+        left = self._per_ip.get(ip, 1) - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+        refused = self._refused.pop(ip, None)
+        if refused is not None:
+            log.info("%s: below the per-address limit again; %d connection(s) were refused", ip, refused)
+        if self._at_limit:
+            self._at_limit = False
+            log.info("connection limit: a connection closed, accepting again")
 
     def serve(self, conn: Connection) -> None:
         """Serve a connection until it ends, among the live ones (the web
@@ -354,21 +376,6 @@ class Listener:
             conn.serve()
         finally:
             self.connections.discard(conn)
-
-    def _refuse(self, sock: socket.socket, ip: str) -> None:
-        """Over the per-address limit: one errno 10 line, then close."""
-        if ip not in self._refused:
-            log.warning(
-                "%s: per-address limit of %d connections reached (max_per_ip): refusing its new "
-                "connections until one closes", ip, self.settings.max_per_ip,
-            )
-        self._refused[ip] = self._refused.get(ip, 0) + 1
-        err = ProtocolError(Errno.RATE_LIMITED, f"too many connections from {ip}")
-        try:
-            sock.sendall(encode(error_reply(err)))
-        except OSError:
-            pass
-        sock.close()
 
     def stats(self) -> dict[str, Any]:
         """Counts that must come back down when clients leave: for operators

@@ -5,7 +5,10 @@ protocol's errors and the node keeps serving everyone."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +17,7 @@ from wsproto.events import CloseConnection
 
 from gchat.protocol import dumps
 from tests.cluster_support import wait_until
-from tests.support import ServerProcess, Wire, user
+from tests.support import ROOT, ServerProcess, Wire, user
 from tests.websocket_support import Rejected, WsWire, ws_user
 
 
@@ -183,3 +186,36 @@ def test_rate_limit_and_login_deadline_apply_as_on_tcp(make_server: Any) -> None
     # never logged in: closed at the deadline, with "policy violation"
     assert ws.closed_with(timeout=20) == 1008
     assert ws.close_reason == "login timeout"
+
+
+def test_gchat_bench_drives_websocket_clients(node: ServerProcess) -> None:
+    """gchat-bench --server ws://...: the same scenarios, every message counted."""
+    for args in (["pingpong", "--pairs", "2", "--duration", "1", "--acks"],
+                 ["group", "--members", "4", "--rate", "40", "--duration", "1"]):
+        cmd = [sys.executable, "-m", "gchat.tools.bench", *args, "--server", f"ws://127.0.0.1:{node.web_port}",
+               "--json", "--quiet", "--drain", "5"]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["errors"] == 0 and report["lost"] == 0, report
+        assert report["deliveries"] > 10
+        if args[0] == "group":
+            assert report["expected"] == report["sent"] * 3 == report["deliveries"]
+
+
+def test_the_per_address_limit_counts_both_transports(make_server: Any) -> None:
+    node = make_server("--max-per-ip", "1")
+    with Wire(node.address) as tcp:
+        tcp.login(tcp.register())
+        ws = WsWire(node.web_address)
+        reply = ws.recv()
+        assert (reply["errno"], reply["ack"]) == (10, 0) and "too many connections" in reply["errmsg"]
+        assert ws.closed_with() == 1013
+    # the TCP connection gone, a WebSocket is welcome again
+    wait_until(lambda: _admitted(node), what="a WebSocket admitted once the TCP client left")
+
+
+def _admitted(node: ServerProcess) -> bool:
+    with WsWire(node.web_address) as ws:
+        ws.send({"msgid": 6, "friendid": 1, "seq": 1})
+        return ws.recv()["errno"] == 5  # not logged in: served, not refused

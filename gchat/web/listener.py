@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import gevent
 import h11
-from gevent.pool import Pool
 from gevent.server import StreamServer
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
+from gchat.protocol import dumps, error_reply
 from gchat.server import LISTEN_BACKLOG, Connection
 from gchat.transport import RECV_SIZE, tune
 from gchat.web.websocket import WebSocketTransport
@@ -80,8 +80,8 @@ class WebListener:
         address = settings.web_address
         assert address is not None
         self.static = load_static()
-        self.pool = Pool(settings.max_connections)
-        self.server = StreamServer(address, self._handle, spawn=self.pool, backlog=LISTEN_BACKLOG)
+        # the TCP listener's pool: max_connections bounds both addresses together
+        self.server = StreamServer(address, self._handle, spawn=listener.pool, backlog=LISTEN_BACKLOG)
         self.sockets: set[WebSocketTransport] = set()
         self._keepalive: gevent.Greenlet[[], None] | None = None
 
@@ -235,13 +235,25 @@ class WebListener:
         leftover, _ = http.trailing_data
         sock.settimeout(None)  # from now the WebSocket keepalive finds dead peers
         transport = WebSocketTransport(sock, ws, self.settings.frame_max, bytes(leftover))
-        conn = Connection(transport, address, self.listener)
-        transport.writer = conn.outbox
-        self.sockets.add(transport)
+        ip = address[0]
+        refusal = self.listener.admit(ip)
+        if refusal is not None:  # over max_per_ip: errno 10, as a TCP client gets it
+            try:
+                sock.sendall(transport.frame(dumps(error_reply(refusal))))
+            except OSError:
+                pass
+            transport.close("too many connections")
+            return
         try:
-            self.listener.serve(conn)
+            conn = Connection(transport, address, self.listener)
+            transport.writer = conn.outbox
+            self.sockets.add(transport)
+            try:
+                self.listener.serve(conn)
+            finally:
+                self.sockets.discard(transport)
         finally:
-            self.sockets.discard(transport)
+            self.listener.leave(ip)
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         """Only pages of this node (or of the proxy before it, which passes

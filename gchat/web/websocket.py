@@ -35,6 +35,7 @@ CLOSE_CODES = {
     "flood": CloseReason.POLICY_VIOLATION,
     "login timeout": CloseReason.POLICY_VIOLATION,
     "logged in on another node": CloseReason.POLICY_VIOLATION,
+    "too many connections": CloseReason.TRY_AGAIN_LATER,  # 1013, after errno 10 (max_per_ip)
 }
 NO_GOODBYE = {"slow reader", "write failed", "dead peer"}
 # a close frame is a few bytes into an empty send buffer; a peer that does

@@ -6,6 +6,7 @@
     gchat-bench login --users 20000 --concurrency 200 --resume --users-file users.jsonl
     gchat-bench connections --users 50000 --sources 127.0.0.1,127.0.0.2 --users-file users.jsonl
     gchat-bench offline --pairs 1 --messages 1000
+    gchat-bench pingpong --server ws://127.0.0.1:6080 --pairs 50    # over WebSocket
 
 The parent process prepares (users, the group), starts `--procs` bench
 processes, each driving its share of the users on gevent, starts them all at
@@ -202,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", choices=sorted(scenarios.WORKERS))
     p.add_argument("--server", action="append", default=[], metavar="HOST:PORT",
                    help="a server to drive (repeat for a cluster: users are spread round-robin); "
-                        "default 127.0.0.1:6000")
+                        "ws://HOST:PORT drives a node's web listener over WebSocket; default 127.0.0.1:6000")
     p.add_argument("--server-pid", action="append", type=int, default=[], metavar="PID",
                    help="read this server process's CPU and memory from /proc (repeatable)")
     p.add_argument("--procs", type=int, default=1, help="bench processes (default 1)")

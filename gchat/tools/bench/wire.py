@@ -19,7 +19,9 @@ from typing import Any
 from gevent import socket
 
 from gchat.client import GchatError, RawClient
+from gchat.client.wire import RECV_SIZE
 from gchat.protocol import MsgId
+from gchat.tools.bench.websocket import PATH, SCHEME, WebSocketAddress, WebSocketStream
 
 # Linux: bind a source address without reserving a port until connect(), so
 # the 4-tuple (not the source port alone) must be unique: each 127.0.0.x
@@ -48,8 +50,13 @@ def read_tag(frame: bytes) -> tuple[int, int, int] | None:
 
 
 def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, or ws://HOST:PORT[/ws] for a node's web listener."""
+    websocket = text.startswith(SCHEME)
+    if websocket:
+        text = text[len(SCHEME):].removesuffix(PATH)
     host, _, port = text.rpartition(":")
-    return host or "127.0.0.1", int(port)
+    address = (host or "127.0.0.1", int(port))
+    return WebSocketAddress(address) if websocket else address
 
 
 class Conn(RawClient):
@@ -72,7 +79,8 @@ class Conn(RawClient):
         except OSError:
             sock.close()
             raise
-        super().__init__(sock, terminator=terminator, timeout=timeout)
+        stream: Any = WebSocketStream(sock, address, RECV_SIZE) if isinstance(address, WebSocketAddress) else sock
+        super().__init__(stream, terminator=terminator, timeout=timeout)
 
     def request(self, obj: dict[str, Any], what: str) -> dict[str, Any]:
         """`call`, with its failures and a non-zero errno as BenchError."""
