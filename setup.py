@@ -26,8 +26,10 @@ setup(
         "orjson>=3.9",
         # keeps incoming messages from garbling the line being typed in gchat-client
         "prompt_toolkit>=3.0",
-        # WebSocket handshake and framing, sans-IO like our protocol module (h11 comes with it)
-        "wsproto>=1.2",
+        # the app's HTTP requests (h11) and the WebSocket handshake and framing (websockets'
+        # Sans-I/O layer: bytes in, frames out, like our protocol module; gevent does the I/O)
+        "h11>=0.14",
+        "websockets>=14",
     ],
     extras_require={
         "test": [
@@ -43,6 +45,8 @@ setup(
             "types-gevent>=24.2",
             # drives Debian's chromium (chromium-driver) in the browser tests; no browser download
             "selenium>=4.20",
+            # the raw WebSocket client of the tests: another implementation than the node's
+            "wsproto>=1.2",
         ],
     },
     entry_points={

@@ -218,4 +218,7 @@ def test_the_per_address_limit_counts_both_transports(make_server: Any) -> None:
 def _admitted(node: ServerProcess) -> bool:
     with WsWire(node.web_address) as ws:
         ws.send({"msgid": 6, "friendid": 1, "seq": 1})
-        return ws.recv()["errno"] == 5  # not logged in: served, not refused
+        try:
+            return ws.recv()["errno"] == 5  # not logged in: served, not refused
+        except ConnectionError:  # still refused, and closed before our request was read
+            return False

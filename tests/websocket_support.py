@@ -97,7 +97,10 @@ class WsWire:
             elif isinstance(event, CloseConnection):
                 self.close_code, self.close_reason = event.code, event.reason
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                    self.sock.sendall(self.ws.send(event.response()))
+                    try:
+                        self.sock.sendall(self.ws.send(event.response()))
+                    except OSError:
+                        pass  # the node may have closed the socket right after its close frame
             elif isinstance(event, RejectData):
                 pass
 

@@ -2,7 +2,7 @@
 WebSocket at /ws, on one address (Settings.web_bind).
 
 h11 reads each HTTP request (never a hand-made parser); a WebSocket upgrade
-is handed to wsproto, and the socket then becomes a `server.Connection` of
+is handed to websockets' Sans-I/O handshake, and the socket then becomes a `server.Connection` of
 the TCP listener's, served with the same rules. Static files come from the
 package (gchat/web/static), read once at start-up.
 """
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 import gevent
 import h11
 from gevent.server import StreamServer
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, RejectConnection, Request
-from wsproto.utilities import RemoteProtocolError
+from websockets.datastructures import Headers as WsHeaders
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
 
 from gchat.protocol import dumps, error_reply
 from gchat.server import LISTEN_BACKLOG, Connection
 from gchat.transport import RECV_SIZE, tune
-from gchat.web.websocket import WebSocketTransport
+from gchat.web.websocket import WebSocketTransport, server_protocol
 
 if TYPE_CHECKING:
     from gchat.server import Listener
@@ -218,22 +218,21 @@ class WebListener:
             log.warning("%s: WebSocket refused: Origin %s is not allowed (web_origins)", address[0], origin)
             self._respond(sock, http, 403, b"this Origin may not open the gchat WebSocket (web_origins)\n")
             return
-        ws = WSConnection(ConnectionType.SERVER)
-        try:
-            ws.initiate_upgrade_connection(list(req.headers), req.target)
-            for event in ws.events():
-                if isinstance(event, Request):
-                    break
-            sock.sendall(ws.send(AcceptConnection()))
-        except RemoteProtocolError as e:  # e.g. no Sec-WebSocket-Key: a 400 from wsproto
-            hint = e.event_hint if isinstance(e.event_hint, RejectConnection) else RejectConnection(status_code=400)
-            try:
-                sock.sendall(ws.send(hint))
-            except Exception:
-                pass
+        ws = server_protocol(self.settings.frame_max)
+        # the request h11 read, handed to the library as the bytes it parses itself
+        ws.receive_data(WsRequest(path, WsHeaders(
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers)).serialize())
+        request = next((e for e in ws.events_received() if isinstance(e, WsRequest)), None)
+        if request is None:
+            self._respond(sock, http, 400, b"not a WebSocket handshake\n")
             return
-        leftover, _ = http.trailing_data
+        ws.send_response(ws.accept(request))
+        sock.sendall(b"".join(ws.data_to_send()))
+        if ws.state is not State.OPEN:  # no Sec-WebSocket-Key, a wrong version...: the library's 400 went out
+            log.info("%s: WebSocket handshake refused: %s", address[0], ws.handshake_exc)
+            return
         sock.settimeout(None)  # from now the WebSocket keepalive finds dead peers
+        leftover, _ = http.trailing_data  # a client that wrote before it saw the 101
         transport = WebSocketTransport(sock, ws, self.settings.frame_max, bytes(leftover))
         ip = address[0]
         refusal = self.listener.admit(ip)

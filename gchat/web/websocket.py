@@ -1,12 +1,17 @@
 """The WebSocket transport: one JSON text per WebSocket text message.
 
-wsproto (sans-IO, as h11) owns the framing and its state machine; this
-module feeds it the socket's bytes and hands whole messages to
-`server.Connection`, which handles them exactly as TCP frames
-(docs/protocol.md, "WebSocket"). Replies and deliveries are framed here, in
-the outbox's writer greenlet: control frames (pong, ping) are queued in the
-same outbox, so one greenlet writes every byte of the socket and a control
-frame never lands inside a message.
+The framing and its state machine are websockets' Sans-I/O layer
+(`websockets.server.ServerProtocol`: bytes in, frames out, as h11; gevent
+does the I/O here). wsproto, the first choice, parsed a small message in
+about 11 us of pure Python against 3 us here, which put the node's CPU per
+WebSocket message at over twice TCP's (docs/benchmarks.md, "WebSocket").
+
+Whole text messages go to `server.Connection`, which handles them exactly as
+TCP frames (docs/protocol.md, "WebSocket"). Replies and deliveries are
+framed here, in the outbox's writer greenlet; control frames (pong, ping)
+are queued in the same outbox, so one greenlet writes every byte of the
+socket and a control frame never lands inside a message. A close frame is
+written last, by `close`, after the outbox's final flush.
 """
 
 from __future__ import annotations
@@ -15,32 +20,43 @@ import logging
 import socket
 from typing import Protocol
 
-from wsproto import WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import LocalProtocolError
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from gchat.protocol import Errno, FrameTooLarge, ProtocolError
 from gchat.transport import RECV_SIZE, Incoming
 
 log = logging.getLogger(__name__)
 
+# The library's own frame log (DEBUG) prints payloads, and a login carries
+# a password: it stays quiet even when the node runs at DEBUG.
+FRAME_LOG = logging.getLogger("gchat.web.frames")
+FRAME_LOG.setLevel(logging.WARNING)
+
 # Connection.close reasons -> the close code the browser is told (RFC 6455,
 # 7.4.1). A connection cut off as a slow reader, dead, or whose write failed
 # gets none: its stream may end inside a message.
 CLOSE_CODES = {
-    "frame too large": CloseReason.MESSAGE_TOO_BIG,  # 1009, after the errno 9 reply
-    "server shutting down": CloseReason.GOING_AWAY,  # 1001: the app reconnects to another node
-    "flood": CloseReason.POLICY_VIOLATION,
-    "login timeout": CloseReason.POLICY_VIOLATION,
-    "logged in on another node": CloseReason.POLICY_VIOLATION,
-    "too many connections": CloseReason.TRY_AGAIN_LATER,  # 1013, after errno 10 (max_per_ip)
+    "frame too large": CloseCode.MESSAGE_TOO_BIG,  # 1009, after the errno 9 reply
+    "server shutting down": CloseCode.GOING_AWAY,  # 1001: the app reconnects to another node
+    "flood": CloseCode.POLICY_VIOLATION,
+    "login timeout": CloseCode.POLICY_VIOLATION,
+    "logged in on another node": CloseCode.POLICY_VIOLATION,
+    "too many connections": CloseCode.TRY_AGAIN_LATER,  # 1013, after errno 10 (max_per_ip)
 }
 NO_GOODBYE = {"slow reader", "write failed", "dead peer"}
 # a close frame is a few bytes into an empty send buffer; a peer that does
 # not take them in this long is gone anyway
 GOODBYE_TIMEOUT = 1.0
+
+
+def server_protocol(frame_max: int) -> ServerProtocol:
+    """The state machine for one client: no extension (no compression), and
+    no message over frame_max bytes (the library refuses it with 1009 and
+    buffers no more than that)."""
+    return ServerProtocol(max_size=frame_max, logger=FRAME_LOG)
 
 
 class Control(bytes):
@@ -58,98 +74,110 @@ class Writer(Protocol):
 class WebSocketTransport:
     """A client's WebSocket after the handshake (gchat.web.listener)."""
 
-    __slots__ = ("sock", "ws", "frame_max", "writer", "heard", "pinged", "received", "_parts", "_chars", "_close_code")
+    __slots__ = ("sock", "ws", "frame_max", "writer", "heard", "pinged", "received", "_parts", "_size", "_goodbye",
+                 "_ended", "_early")
 
-    def __init__(self, sock: socket.socket, ws: WSConnection, frame_max: int, leftover: bytes = b"") -> None:
+    def __init__(self, sock: socket.socket, ws: ServerProtocol, frame_max: int, early: bytes = b"") -> None:
         self.sock = sock
+        self._early = early  # bytes read with the handshake
         self.ws = ws
         self.frame_max = frame_max
         self.writer: Writer | None = None  # the connection's outbox, once it has one
         self.heard = True  # bytes came in since the last keepalive sweep
         self.pinged = False  # a ping went out and nothing came back yet
         self.received = 0  # bytes read
-        self._parts: list[str] = []  # the text message being received
-        self._chars = 0
-        self._close_code: int | None = None  # the close to send back: the peer's, or a protocol error's
-        if leftover:
-            ws.receive_data(leftover)
+        self._parts: list[bytes | bytearray | memoryview] = []  # the text message being received
+        self._size = 0
+        # what the library queued on closing (its close frame, or the echo of
+        # the peer's), written by close() after the outbox's last flush
+        self._goodbye: list[bytes] = []
+        self._ended = False
+
+    def _feed(self, data: bytes) -> list[Incoming]:
+        """The messages completed by these bytes."""
+        self.ws.receive_data(data)
+        out: list[Incoming] = []
+        for frame in self.ws.events_received():
+            if not isinstance(frame, Frame):  # only frames come after the handshake
+                continue
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or (opcode is Opcode.CONT and self._parts):
+                self._parts.append(frame.data)
+                self._size += len(frame.data)
+                if frame.fin:
+                    text = bytes(self._parts[0]) if len(self._parts) == 1 else b"".join(self._parts)
+                    self._parts = []
+                    self._size = 0
+                    try:
+                        text.decode()
+                    except UnicodeDecodeError:  # RFC 6455 8.1: fail the connection
+                        self.ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                        break
+                    out.append(text)
+            elif opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                if frame.fin:  # answered once, when the message ends, in its place among the frames
+                    out.append(ProtocolError(Errno.BAD_REQUEST, "binary WebSocket message: send JSON as text"))
+        sent = self.ws.data_to_send()
+        if self.ws.state is State.OPEN:
+            for data in sent:  # pongs
+                self._control(data)
+        else:  # closing: the peer's close, or a frame the library refused
+            self._goodbye += sent
+            self._ended = True
+            exc = self.ws.parser_exc
+            if isinstance(exc, PayloadTooBig):
+                raise FrameTooLarge(self.frame_max, [f for f in out if type(f) is bytes])
+            if exc is not None and not isinstance(exc, EOFError):
+                log.info("WebSocket protocol error: %s", exc)
+        return out
 
     # --- reading -------------------------------------------------------------
 
     def receive(self) -> list[Incoming] | None:
         while True:
-            if self._close_code is not None:
+            if self._ended:
                 return None
-            data = self.sock.recv(RECV_SIZE)
+            if self._early:
+                data, self._early = self._early, b""
+            else:
+                data = self.sock.recv(RECV_SIZE)
             if not data:
                 return None
             self.received += len(data)
             self.heard = True
             self.pinged = False
-            self.ws.receive_data(data)
-            out = self._events()
-            if out or self._close_code is not None:
+            out = self._feed(data)
+            if out or self._ended:
                 return out
-
-    def _events(self) -> list[Incoming]:
-        out: list[Incoming] = []
-        for event in self.ws.events():
-            if isinstance(event, TextMessage):
-                self._parts.append(event.data)
-                self._chars += len(event.data)
-                # a character is 1 to 4 bytes: past frame_max characters
-                # the message is too large whatever they are
-                if self._chars > self.frame_max:
-                    raise FrameTooLarge(self.frame_max, [f for f in out if type(f) is bytes])
-                if event.message_finished:
-                    text = "".join(self._parts).encode()
-                    self._parts.clear()
-                    self._chars = 0
-                    if len(text) > self.frame_max:
-                        raise FrameTooLarge(self.frame_max, [f for f in out if type(f) is bytes])
-                    out.append(text)
-            elif isinstance(event, BytesMessage):
-                # answered once, when the message ends, in its place among the frames
-                if event.message_finished:
-                    out.append(ProtocolError(Errno.BAD_REQUEST, "binary WebSocket message: send JSON as text"))
-            elif isinstance(event, Ping):
-                self._control(self.ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                # the peer's close (answered with its code), or a frame
-                # wsproto refused (1002 protocol error, 1007 bad UTF-8)
-                code = event.code
-                self._close_code = CloseReason.NORMAL_CLOSURE if code == CloseReason.NO_STATUS_RCVD else code
-                if self.ws.state is ConnectionState.OPEN:
-                    log.info("WebSocket protocol error (%s): %s", code, event.reason)
-                break
-            elif isinstance(event, Pong):
-                pass  # heard: counted above
-        return out
 
     @property
     def buffered(self) -> int:
-        return self._chars
+        return self._size
 
     # --- writing -------------------------------------------------------------
 
     def frame(self, body: bytes) -> bytes:
         if type(body) is Control:
             return body
-        try:
-            return self.ws.send(TextMessage(data=body.decode()))
-        except LocalProtocolError:
-            # the peer closed: nothing more may be sent; the outbox stores it
-            raise BrokenPipeError("WebSocket closed by the peer") from None
+        if self.ws.close_rcvd is not None:
+            # the peer closed: it reads nothing more; the outbox stores it
+            raise BrokenPipeError("WebSocket closed by the peer")
+        # a server's text frame, unmasked, no extension: what send_text
+        # writes, without its state check, so that the errno 9 reply still
+        # goes out after the library refused the oversized message
+        return Frame(Opcode.TEXT, body).serialize(mask=False)
 
     def _control(self, data: bytes) -> None:
-        if self.writer is not None:
+        if self.writer is not None and data:
             self.writer.reply(Control(data))
 
     def ping(self) -> None:
         """Queue a ping: the peer's pong (or anything it sends) proves it alive."""
-        if self.ws.state is ConnectionState.OPEN:
+        if self.ws.state is State.OPEN:
             self.pinged = True
-            self._control(self.ws.send(Ping(payload=b"gchat")))
+            self.ws.send_ping(b"gchat")
+            for data in self.ws.data_to_send():
+                self._control(data)
 
     def send(self, data: bytes | memoryview) -> int:
         return self.sock.send(data)
@@ -177,15 +205,18 @@ class WebSocketTransport:
 
     def close(self, reason: str = "") -> None:
         """After the outbox's last flush: the close frame (the peer's code
-        echoed, or the one of `reason`), then the socket."""
-        if reason not in NO_GOODBYE and self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            code = self._close_code or CLOSE_CODES.get(reason, CloseReason.NORMAL_CLOSURE)
-            try:
-                data = self.ws.send(CloseConnection(code=code, reason=reason[:100]))
-                self.sock.settimeout(GOODBYE_TIMEOUT)
-                self.sock.sendall(data)
-            except (OSError, LocalProtocolError):
-                pass
+        echoed, the library's verdict, or the one of `reason`), then the socket."""
+        if reason not in NO_GOODBYE:
+            if self.ws.state is State.OPEN:
+                self.ws.send_close(CLOSE_CODES.get(reason, CloseCode.NORMAL_CLOSURE), reason[:100])
+                self._goodbye += self.ws.data_to_send()
+            goodbye = b"".join(self._goodbye)
+            if goodbye:
+                try:
+                    self.sock.settimeout(GOODBYE_TIMEOUT)
+                    self.sock.sendall(goodbye)
+                except OSError:
+                    pass
         try:
             self.sock.close()
         except OSError:
