@@ -371,6 +371,9 @@
       if (visible) read(c);
       received(c);
       notify(c, rec);
+      announce(state.active === key
+        ? `${rec.name || "User " + rec.from}: ${rec.text}`
+        : `New message from ${rec.name || "User " + rec.from}${c.kind === "group" ? " in " + convName(c) : ""}`);
     }
   }
 
@@ -915,6 +918,13 @@
     $("#chat").classList.remove("in-conversation");
     $("#login-password").value = "";
     showAuth();
+  }
+
+  // screen readers hear each new message once (the list itself is redrawn)
+  function announce(text) {
+    const box = $("#announcer");
+    box.textContent = "";
+    setTimeout(() => { box.textContent = text.slice(0, 300); }, 50);
   }
 
   let toastTimer = null;
