@@ -113,6 +113,7 @@ def build(settings: Settings) -> App:
             forget=settings.login_forget,
             clock=time.monotonic,
         ),
+        resume_ttl=settings.resume_ttl,
     )
     listener = Listener(settings, services)
     web = WebListener(listener) if settings.web_address else None

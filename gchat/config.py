@@ -47,6 +47,7 @@ class Settings:
     desc_max: int = _opt(Limits.desc_max, "longest group description")
     password_max: int = _opt(Limits.password_max, "longest password")
     login_timeout: float = _opt(30.0, "seconds a connection may stay without logging in")
+    resume_ttl: int = _opt(24 * 3600, "seconds a resume token (docs/protocol.md section C) stays valid")
 
     # failed logins (gchat/throttle.py): errno 10 and a growing wait, no hash
     login_backoff: float = _opt(

@@ -202,6 +202,15 @@ class Cluster:
         raw = self.redis.client().get(f"gchat:online:{user_id}")
         return raw.decode() if raw else None
 
+    def set_owner(self, user_id: int, node: ServerProcess | None) -> None:
+        """Make the presence store name `node` as the user's (None: nobody):
+        the state a routing decision sees when the user has just left."""
+        key = f"gchat:online:{user_id}"
+        if node is None:
+            self.redis.client().delete(key)
+        else:
+            self.redis.client().set(key, node.node_id)
+
 
 def admin(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """gchat-admin as an operator runs it."""

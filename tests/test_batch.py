@@ -43,6 +43,37 @@ def test_an_error_reaches_every_caller_of_its_batch_only() -> None:
     assert [j.value for j in jobs[2:]] == [3, 4]
 
 
+def test_a_storm_is_cut_into_batches_of_the_bound_in_arrival_order() -> None:
+    seen: list[list[int]] = []
+
+    def run(keys: list[int]) -> list[int]:
+        seen.append(keys)
+        gevent.sleep(0)
+        return keys
+
+    b: Batcher[int, int] = Batcher(run, max_batch=2)
+    jobs = [gevent.spawn(b, k) for k in range(5)]
+    gevent.joinall(jobs, raise_error=True)
+    assert seen == [[0, 1], [2, 3], [4]] and [j.value for j in jobs] == [0, 1, 2, 3, 4]
+    assert Batcher(run).__dict__["_max"] == 500  # the default bound of one IN (...) list
+
+
+def test_the_batcher_works_on_after_an_error_and_after_an_exit() -> None:
+    def run(keys: list[int]) -> list[int]:
+        if keys == [1]:
+            raise Unavailable("down")
+        if keys == [2]:
+            raise gevent.GreenletExit  # the worker is being killed: its callers hear of it too
+        return keys
+
+    b: Batcher[int, int] = Batcher(run)
+    with pytest.raises(Unavailable):
+        b(1)
+    with pytest.raises(gevent.GreenletExit):
+        b(2)
+    assert b(3) == 3  # a new worker serves the next caller
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> store.Database:
     d = store.Database(f"sqlite:///{tmp_path / 'b.db'}")

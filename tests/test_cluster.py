@@ -76,7 +76,11 @@ def test_one_to_one_across_nodes_through_nginx(cluster: Cluster, nginx: Nginx) -
     assert (got["msgid"], got["id"], got["to"], got["msg"]) == (5, ua, ub, "hello from A")
     assert chat(b, ua, "hello from B", 2)["delivered"] == "online"
     assert a.recv()["msg"] == "hello from B"
-    a.nothing(), b.nothing()  # nothing twice
+    # nothing twice: the next message on each path is the next one sent
+    assert chat(a, ub, "again from A", 3)["delivered"] == "online"
+    assert b.recv()["msg"] == "again from A"
+    assert chat(b, ua, "again from B", 4)["delivered"] == "online"
+    assert a.recv()["msg"] == "again from B"
 
 
 def test_a_client_that_half_closes_through_nginx_gets_its_replies(nginx: Nginx) -> None:
@@ -95,7 +99,8 @@ def test_order_kept_between_one_sender_and_one_recipient(cluster: Cluster) -> No
         a.send({"msgid": 5, "to": ub, "msg": f"m{i}"})
     assert chat(a, ub, "last", 1)["delivered"] == "online"
     assert [b.recv()["msg"] for _ in range(201)] == [f"m{i}" for i in range(200)] + ["last"]
-    b.nothing()
+    assert chat(a, ub, "after the last", 2)["delivered"] == "online"
+    assert b.recv()["msg"] == "after the last"  # nothing twice
 
 
 def test_group_chat_reaches_members_on_every_node_once(cluster: Cluster, nginx: Nginx) -> None:
@@ -125,8 +130,32 @@ def test_group_chat_reaches_members_on_every_node_once(cluster: Cluster, nginx: 
         assert len({f["msg"] for f in got}) == len(got)
     assert c.request({"msgid": 9, "groupid": gid, "msg": "from C", "seq": 5})["members"] == 2
     assert a.recv()["msg"] == "from C" and b.recv()["msg"] == "from C"
-    for w in (a, b, c):
-        w.nothing()
+    # nothing twice, and C does not get its own: the next each gets is B's
+    assert b.request({"msgid": 9, "groupid": gid, "msg": "from B", "seq": 6})["members"] == 2
+    assert a.recv()["msg"] == "from B" and c.recv()["msg"] == "from B"
+    assert a.request({"msgid": 9, "groupid": gid, "msg": "from A", "seq": 7})["members"] == 2
+    assert b.recv()["msg"] == "from A"
+
+
+def test_a_delivery_routed_to_a_node_the_user_just_left_is_stored(cluster: Cluster) -> None:
+    n0, n1 = cluster.nodes[0], cluster.nodes[1]
+    a, _ = user(n0.address)
+    witness, uw = user(n1.address)
+    with Wire(n1.address) as w:
+        ub = w.register()
+    # the presence store still names n1 as B's, but B is gone from n1
+    cluster.set_owner(ub, n1)
+    try:
+        assert chat(a, ub, "just missed you", 1)["delivered"] == "online"  # routed to n1
+        # n1 handles its deliveries in order: once the next one arrived, the first was handled
+        assert chat(a, uw, "after it", 2)["delivered"] == "online"
+        assert witness.recv()["msg"] == "after it"
+    finally:
+        cluster.set_owner(ub, None)
+    reply = login_reply(n1.address, ub)
+    assert reply["errno"] == 0, reply
+    assert [json.loads(m)["msg"] for m in reply.get("offlinemsg", [])] == ["just missed you"]
+    a.close(), witness.close()
 
 
 def test_second_login_on_another_node_is_refused(cluster: Cluster) -> None:
@@ -231,7 +260,7 @@ def test_redis_down_then_restarted(cluster: Cluster, redis_server: RedisServer) 
     # presence was rebuilt from the connections: b is online again cluster-wide
     assert login_reply(cluster.nodes[2].address, ub)["errno"] == 2
     # and nothing sent meanwhile was lost
-    b.request({"msgid": 10, "seq": 99})
+    assert b.request({"msgid": 10, "seq": 99}) == {"msgid": 11, "ack": 10, "seq": 99, "errno": 0}
     again = b.request({"msgid": 1, "id": ub, "password": "pw"})
     assert again["errno"] == 0
     assert [json.loads(m)["msg"] for m in again.get("offlinemsg", [])] == sent

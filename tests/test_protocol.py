@@ -6,12 +6,14 @@ import pytest
 
 from gchat.protocol import (
     MAX_DEPTH,
+    MAX_ID,
     Errno,
     FrameDecoder,
     FrameTooLarge,
     Limits,
     MsgId,
     ProtocolError,
+    ack,
     dumps,
     encode,
     error_reply,
@@ -88,11 +90,36 @@ def test_runs_of_empty_frames_between_real_ones_fed_whole_in_chunks_and_bytewise
         assert d.buffered == 0 and d.terminator == b"\n"
 
 
+def test_a_complete_frame_of_exactly_the_cap_is_a_frame() -> None:
+    at_cap = b"x" * 16
+    assert FrameDecoder(frame_max=16).feed(at_cap + b"\n") == [at_cap]
+    assert FrameDecoder(frame_max=16).feed(b" \r" + at_cap + b"\0") == [at_cap]  # filler is not counted
+    d = FrameDecoder(frame_max=16)
+    assert d.feed(at_cap[:9]) == [] and d.feed(at_cap[9:]) == [] and d.feed(b"\n" + at_cap + b"\n") == [at_cap] * 2
+    assert d.buffered == 0
+
+
+def test_frames_before_an_oversized_one_are_kept_for_handling() -> None:
+    with pytest.raises(FrameTooLarge) as e:
+        FrameDecoder(frame_max=8).feed(b'{"a":1}\n{"b":2}\0' + b"z" * 9 + b"\n")
+    assert e.value.frames == [b'{"a":1}', b'{"b":2}']
+    assert FrameTooLarge(8).frames == [] and "8 bytes" in FrameTooLarge(8).errmsg
+
+
 def test_whitespace_flood_is_not_buffered() -> None:
     d = FrameDecoder(frame_max=64)
     for _ in range(100):
         d.feed(b" " * 50)
     assert d.buffered <= 64
+    # and a frame after the filler is whole, at the cap or under it
+    assert d.feed(b"y" * 64 + b"\n") == [b"y" * 64]
+
+
+def test_a_partial_frame_after_filler_keeps_its_bytes() -> None:
+    d = FrameDecoder(frame_max=8)
+    assert d.feed(b" " * 6 + b'{"a":') == []
+    assert d.buffered == 5
+    assert d.feed(b"1}\n") == [b'{"a":1}']
 
 
 def test_encode_never_contains_a_raw_terminator() -> None:
@@ -104,6 +131,52 @@ def test_encode_never_contains_a_raw_terminator() -> None:
 def test_parse_valid_chat_keeps_all_fields_and_seq() -> None:
     req = parse_request(b'{"msgid":5,"to":2,"msg":"hi","seq":7,"extra":true}')
     assert req.msgid == MsgId.ONE_CHAT and req.seq == 7 and req["to"] == 2 and req.get("extra") is True
+    assert req.get("time") is None and req.get("time", "-") == "-"
+
+
+def test_ids_at_both_ends_of_the_range_are_valid() -> None:
+    assert parse_request(b'{"msgid":5,"to":0,"msg":"x"}')["to"] == 0
+    assert parse_request(b'{"msgid":5,"to":%d,"msg":"x"}' % MAX_ID)["to"] == MAX_ID
+    with pytest.raises(ProtocolError) as e:
+        parse_request(b'{"msgid":5,"to":%d,"msg":"x"}' % (MAX_ID + 1))
+    assert e.value.errmsg == "field 'to' is out of range"
+
+
+def test_optional_fields_sent_as_null_are_left_out() -> None:
+    req = parse_request(b'{"msgid":5,"id":null,"to":2,"msg":"x","time":null}')
+    assert "id" not in req.body and "time" not in req.body and req.seq is None
+
+
+def test_login_with_a_token_in_place_of_the_password() -> None:
+    req = parse_request(b'{"msgid":1,"id":4,"token":"t","resume":true}')
+    assert req["token"] == "t" and req["resume"] is True and "password" not in req.body
+    with pytest.raises(ProtocolError) as e:
+        parse_request(b'{"msgid":1,"id":4,"token":"t","resume":1}')
+    assert e.value.errmsg == "field 'resume' must be true or false"
+
+
+def test_a_bad_seq_is_refused_before_anything_else() -> None:
+    with pytest.raises(ProtocolError) as e:
+        parse_request(b'{"msgid":99,"seq":"1"}')
+    assert (e.value.errno, e.value.msgid, e.value.seq) == (Errno.BAD_REQUEST, 0, None)
+    with pytest.raises(ProtocolError) as e:
+        parse_request(b'{"msgid":true,"seq":4}')
+    assert (e.value.errno, e.value.seq) == (Errno.BAD_REQUEST, 4)
+
+
+def test_errors_carry_the_field_and_the_request() -> None:
+    cases = {
+        b'{"msgid":5,"to":2,"seq":3}': "field 'msg' is missing",
+        b'{"msgid":5,"to":"2","msg":"x","seq":3}': "field 'to' must be an integer",
+        b'{"msgid":5,"to":2,"msg":1,"seq":3}': "field 'msg' must be a string",
+        b'{"msgid":1,"id":1,"seq":3}': "field 'password' is missing",
+        b'{"msgid":2,"seq":3}': "msgid 2 is not a request",
+    }
+    for frame, errmsg in cases.items():
+        with pytest.raises(ProtocolError) as e:
+            parse_request(frame)
+        assert (e.value.errmsg, e.value.seq) == (errmsg, 3), frame
+        assert e.value.msgid == loads(frame)["msgid"]
 
 
 @pytest.mark.parametrize(
@@ -137,16 +210,36 @@ def test_bad_requests_get_the_errno_of_the_protocol(frame: bytes, errno: Errno, 
 
 def test_length_limits() -> None:
     limits = Limits()
-    parse_request(b'{"msgid":5,"to":1,"msg":"' + b"x" * limits.msg_max + b'"}')
+    at_limit = "x" * limits.msg_max
+    assert parse_request(b'{"msgid":5,"to":1,"msg":"' + at_limit.encode() + b'"}')["msg"] == at_limit
     with pytest.raises(ProtocolError) as e:
         parse_request(b'{"msgid":5,"to":1,"msg":"' + b"x" * (limits.msg_max + 1) + b'"}')
     assert e.value.errno == Errno.BAD_REQUEST
+    assert e.value.errmsg == f"field 'msg' is longer than {limits.msg_max} characters"
     # characters, not bytes: 8,000 Chinese characters are a valid message
-    parse_request(('{"msgid":5,"to":1,"msg":"' + "聊" * limits.msg_max + '"}').encode())
+    chinese = "聊" * limits.msg_max
+    assert parse_request(('{"msgid":5,"to":1,"msg":"' + chinese + '"}').encode())["msg"] == chinese
+    for field, cap, frame in [
+        ("password", limits.password_max, '{"msgid":1,"id":1,"password":"%s"}'),
+        ("token", limits.password_max, '{"msgid":1,"id":1,"token":"%s"}'),
+        ("groupdesc", limits.desc_max, '{"msgid":7,"groupname":"g","groupdesc":"%s"}'),
+        ("groupname", limits.name_max, '{"msgid":7,"groupname":"%s"}'),
+        ("name", limits.name_max, '{"msgid":9,"groupid":1,"msg":"m","name":"%s"}'),
+        ("time", limits.name_max, '{"msgid":5,"to":1,"msg":"m","time":"%s"}'),
+    ]:
+        assert parse_request((frame % ("v" * cap)).encode())[field] == "v" * cap, field
+        with pytest.raises(ProtocolError) as e:
+            parse_request((frame % ("v" * (cap + 1))).encode())
+        assert e.value.errno == Errno.BAD_REQUEST, field
+    # a name too long to register is errno 1 (part A), from the service: it passes here
+    assert parse_request(b'{"msgid":3,"name":"' + b"n" * 51 + b'","password":"p"}')["name"] == "n" * 51
+
+
+def test_limits_are_configurable() -> None:
+    small = Limits(msg_max=3)
+    assert parse_request(b'{"msgid":5,"to":1,"msg":"abc"}', small)["msg"] == "abc"
     with pytest.raises(ProtocolError):
-        parse_request(b'{"msgid":1,"id":1,"password":"' + b"p" * 129 + b'"}')
-    with pytest.raises(ProtocolError):
-        parse_request(b'{"msgid":7,"groupname":"g","groupdesc":"' + b"d" * 201 + b'"}')
+        parse_request(b'{"msgid":5,"to":1,"msg":"abcd"}', small)
 
 
 def test_error_replies_address_the_request() -> None:
@@ -158,6 +251,11 @@ def test_error_replies_address_the_request() -> None:
     assert chat == {"msgid": 11, "ack": 5, "errno": 7, "errmsg": "no user 9", "seq": 1}
     junk = error_reply(ProtocolError(Errno.BAD_REQUEST, "not valid JSON"))
     assert junk == {"msgid": 11, "ack": 0, "errno": 3, "errmsg": "not valid JSON"}
+    # other requests refused are answered with ACK, whatever their msgid
+    unknown = error_reply(ProtocolError(Errno.UNKNOWN_MSGID, "unknown msgid 99", 99, seq=0))
+    assert unknown == {"msgid": 11, "ack": 99, "errno": 4, "errmsg": "unknown msgid 99", "seq": 0}
+    out = error_reply(ProtocolError(Errno.NOT_LOGGED_IN, "log in first", 10))
+    assert out == {"msgid": 11, "ack": 10, "errno": 5, "errmsg": "log in first"}
 
 
 @pytest.mark.parametrize("name, ok", [("alice", True), ("张三", True), ("🙂", True), ("", False),
@@ -195,3 +293,19 @@ def test_whatever_parses_encodes_again() -> None:
     for frame in (_nested(MAX_DEPTH), b'{"msgid":5,"to":1,"msg":"x","e":{"a":[{"b":[1,{"c":{}}]}]}}'):
         req = parse_request(frame)
         assert loads(dumps(req.body)) == req.body
+
+
+@pytest.mark.parametrize("char, ok", [("\x1f", False), (" ", True), ("\x7f", False), ("\x9f", False),
+                                      ("\xa0", True)])
+def test_valid_name_control_character_ranges(char: str, ok: bool) -> None:
+    assert valid_name("a" + char + "b") is ok
+
+
+def test_valid_name_length_follows_the_limits() -> None:
+    assert valid_name("x" * 50) and not valid_name("x" * 51)
+    assert valid_name("abc", Limits(name_max=3)) and not valid_name("abcd", Limits(name_max=3))
+
+
+def test_ack_and_dumps() -> None:
+    assert ack(5, 3, delivered="online") == {"msgid": 11, "ack": 5, "seq": 3, "errno": 0, "delivered": "online"}
+    assert dumps({"a": "\n"}) == b'{"a":"\\n"}' and encode({"a": 1}) == b'{"a":1}\n'

@@ -60,3 +60,18 @@ def test_login_needs_a_password_or_a_token(server):
     with Wire(server.address) as w:
         assert w.request({"msgid": 1, "id": 1})["errno"] == 3
         assert w.request({"msgid": 1, "id": 1, "token": "t", "resume": "yes"})["errno"] == 3
+
+
+def test_an_expired_token_is_refused_and_the_password_still_works(make_server):
+    node = make_server("--resume-ttl", "1")
+    with Wire(node.address) as w:
+        uid = w.register(unique())
+        issued = w.request({"msgid": 1, "id": uid, "password": "pw", "resume": True})
+        received = time.time()  # the token was issued before this, so it expires by received + 1
+        assert issued["errno"] == 0 and issued["token_ttl"] == 1
+    while time.time() <= received + 1:  # the condition is the clock itself
+        time.sleep(0.05)
+    with Wire(node.address) as w:
+        assert login_when_gone(w, {"msgid": 1, "id": uid, "token": issued["token"]}) == {
+            "msgid": 2, "errno": 1, "errmsg": "id or password error"}
+        assert w.request({"msgid": 1, "id": uid, "password": "pw"})["errno"] == 0

@@ -123,6 +123,32 @@ def test_group_membership_cache_sees_a_new_member(svc: Services) -> None:
     assert [m["msg"] for m in b.pushed] == ["hi"]
 
 
+def test_group_chat_reaches_the_other_members_never_the_sender_nor_an_outsider(svc: Services) -> None:
+    a, a_id = new_user(svc, "alice")
+    b, _ = new_user(svc, "bob")
+    outsider, _ = new_user(svc, "mallory")
+    gid = call(svc, a, msgid=7, groupname="g", groupdesc="", seq=1)[0]["groupid"]
+    assert call(svc, b, msgid=8, groupid=gid, seq=2)[0]["errno"] == 0
+    assert call(svc, a, msgid=9, groupid=gid, msg="hi all", seq=3) == [
+        {"msgid": 11, "ack": 9, "seq": 3, "errno": 0, "members": 1}]
+    assert [(m["id"], m["groupid"], m["msg"]) for m in b.pushed] == [(a_id, gid, "hi all")]
+    assert a.pushed == []  # not echoed to its sender
+    assert refused(svc, outsider, msgid=9, groupid=gid, msg="let me in") == Errno.FORBIDDEN
+    assert refused(svc, outsider, msgid=9, groupid=gid + 1000, msg="x") == Errno.NOT_FOUND
+    assert [m["msg"] for m in b.pushed] == ["hi all"] and a.pushed == []
+
+
+def test_a_bus_delivery_for_a_user_who_just_left_is_stored_for_the_next_login(svc: Services) -> None:
+    a, a_id = new_user(svc, "alice")
+    b, b_id = new_user(svc, "bob")
+    assert call(svc, b, msgid=10, seq=1)[0]["errno"] == 0  # bob left after another node routed to him
+    body = json.dumps({"msgid": 5, "id": 9, "name": "carol", "to": b_id, "msg": "routed", "time": "t"}).encode()
+    svc.router.on_bus_delivery([a_id, b_id], body)
+    assert [m["msg"] for m in a.pushed] == ["routed"]  # alice is here: pushed
+    (login,) = call(svc, b, msgid=1, id=b_id, password="pw")
+    assert [json.loads(m) for m in login["offlinemsg"]] == [json.loads(body)]
+
+
 def test_every_request_after_login_acts_as_the_session_user_only(svc: Services) -> None:
     a, _ = new_user(svc, "alice")
     _, b_id = new_user(svc, "bob")

@@ -7,6 +7,7 @@ each message once."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -173,3 +174,39 @@ def test_a_backlog_over_the_byte_bound_is_collected_while_a_friend_writes(make_s
     assert during_reply > 0, "no live message arrived while the reply was being written"
     assert got_live == live
     assert not any("slow reader" in line for line in node.lines)
+
+
+def test_a_login_reply_never_read_gives_its_backlog_back(make_server):
+    """The stored messages are taken from the store for the login reply; a
+    client that resets the connection before the reply is written must get
+    them all again at its next login."""
+    node = make_server()
+    sender, _ = user(node.address)
+    with Wire(node.address) as w:
+        uid = w.register()
+    # about 6 MB: more than the node's send buffer and the client's receive
+    # buffer together can take, so most of the reply is still in the outbox
+    backlog = [f"{i}:" + "x" * BIG for i in range(800)]
+    sender.send_raw(b"".join(dumps({"msgid": 5, "to": uid, "msg": m, "seq": i}) + b"\n"
+                             for i, m in enumerate(backlog)))
+    for _ in backlog:
+        assert sender.recv(30)["delivered"] == "offline"
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    s.connect(node.address)
+    s.sendall(dumps({"msgid": 1, "id": uid, "password": "pw"}) + b"\n")
+    s.settimeout(30)
+    assert s.recv(1, socket.MSG_PEEK)  # the reply has begun to arrive; none of it is read
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # linger 0: a reset, not a FIN
+
+    with Wire(node.address) as again:
+        deadline = time.monotonic() + 30
+        reply = again.request({"msgid": 1, "id": uid, "password": "pw"})
+        while reply["errno"] == 2 and time.monotonic() < deadline:  # the reset not handled yet
+            time.sleep(0.05)
+            reply = again.request({"msgid": 1, "id": uid, "password": "pw"})
+        assert reply["errno"] == 0, reply
+        got = [loads(m)["msg"] for m in reply.get("offlinemsg", [])]
+    assert len(got) == len(backlog) and got == backlog
