@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import threading
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gchat.protocol import (
@@ -62,6 +62,21 @@ def test_frames_split_at_every_position_decode_the_same(bodies, terms, data):
     assert d.feed(stream[:cut]) + d.feed(stream[cut:]) == whole
     d = FrameDecoder(CAP)
     assert [f for i in range(len(stream)) for f in d.feed(stream[i : i + 1])] == whole
+
+
+def no_terminator(body: bytes) -> bytes:
+    return body.replace(b"\0", b"x").replace(b"\n", b"x")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, CAP).flatmap(lambda n: st.binary(min_size=n, max_size=n)).map(no_terminator),
+                max_size=4),
+       st.sampled_from([b"\0", b"\n"]))
+@example([b"c" * CAP], b"\n")
+def test_frames_up_to_the_cap_always_pass(bodies, term):
+    """The other side of the cap: no frame within it is ever refused."""
+    frames = FrameDecoder(CAP).feed(b"".join(body + term for body in bodies))
+    assert frames == [f for f in (body.strip(b"\0\n\r\t ") for body in bodies) if f]
 
 
 # the integer fields of each request (others pass through untouched)
