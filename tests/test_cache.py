@@ -66,6 +66,10 @@ def test_a_load_overtaken_by_an_invalidation_is_used_once_not_kept() -> None:
     assert cache.members(4, load) == (1,)
     again = Loads([1, 2])
     assert cache.members(4, again) == (1, 2) and again.calls == [4]
+    # and so is one overtaken by a later invalidation (each one counts)
+    cache.invalidate_group(4)
+    assert cache.members(4, load) == (1,)
+    assert cache.members(4, again) == (1, 2) and again.calls == [4, 4]
 
 
 def test_the_oldest_group_makes_room_past_the_bound() -> None:

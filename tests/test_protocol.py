@@ -103,7 +103,34 @@ def test_frames_before_an_oversized_one_are_kept_for_handling() -> None:
     with pytest.raises(FrameTooLarge) as e:
         FrameDecoder(frame_max=8).feed(b'{"a":1}\n{"b":2}\0' + b"z" * 9 + b"\n")
     assert e.value.frames == [b'{"a":1}', b'{"b":2}']
-    assert FrameTooLarge(8).frames == [] and "8 bytes" in FrameTooLarge(8).errmsg
+    assert e.value.errmsg == "frame larger than 8 bytes"
+    # the same when the oversized frame is still arriving
+    with pytest.raises(FrameTooLarge) as e:
+        FrameDecoder(frame_max=8).feed(b'{"a":1}\n' + b"z" * 9)
+    assert e.value.frames == [b'{"a":1}'] and e.value.errmsg == "frame larger than 8 bytes"
+    assert FrameTooLarge(8).frames == []
+
+
+def test_a_stream_may_begin_with_a_terminator() -> None:
+    a, b = b'{"a":1}', b'{"b":2}'
+    for first in (b"\0", b"\n"):
+        for other in (b"\0", b"\n"):
+            d = FrameDecoder()
+            assert d.feed(first + a + other + b + first) == [a, b], (first, other)
+            assert d.terminator == other
+    d = FrameDecoder()
+    assert d.feed(b"\n") == [] and d.buffered == 0
+
+
+def test_only_terminators_and_blanks_are_filler() -> None:
+    # a vertical tab or form feed is content: the peer gets errno 3 for it, not silence
+    assert FrameDecoder().feed(b"\x0b\n\x0c\0") == [b"\x0b", b"\x0c"]
+
+
+def test_a_frame_of_the_cap_arriving_after_filler_in_pieces() -> None:
+    d = FrameDecoder(frame_max=16)
+    assert d.feed(b"  \r\n  " + b"y" * 16) == []  # filler, then a whole cap of a frame: not too large
+    assert d.feed(b"\n") == [b"y" * 16]
 
 
 def test_whitespace_flood_is_not_buffered() -> None:
@@ -164,19 +191,28 @@ def test_a_bad_seq_is_refused_before_anything_else() -> None:
     assert (e.value.errno, e.value.seq) == (Errno.BAD_REQUEST, 4)
 
 
-def test_errors_carry_the_field_and_the_request() -> None:
-    cases = {
-        b'{"msgid":5,"to":2,"seq":3}': "field 'msg' is missing",
-        b'{"msgid":5,"to":"2","msg":"x","seq":3}': "field 'to' must be an integer",
-        b'{"msgid":5,"to":2,"msg":1,"seq":3}': "field 'msg' must be a string",
-        b'{"msgid":1,"id":1,"seq":3}': "field 'password' is missing",
-        b'{"msgid":2,"seq":3}': "msgid 2 is not a request",
-    }
-    for frame, errmsg in cases.items():
-        with pytest.raises(ProtocolError) as e:
-            parse_request(frame)
-        assert (e.value.errmsg, e.value.seq) == (errmsg, 3), frame
-        assert e.value.msgid == loads(frame)["msgid"]
+@pytest.mark.parametrize("frame, errno, errmsg, msgid", [
+    (b'not json', 3, "not valid JSON", 0),
+    (b'[{"seq":3}]', 3, "a request must be a JSON object", 0),
+    (b'{"seq":"3"}', 3, "seq must be an integer", 0),
+    (b'{"msgid":"1","seq":3}', 3, "msgid missing or not an integer", 0),
+    (b'{"msgid":42,"seq":3}', 4, "unknown msgid 42", 42),
+    (b'{"msgid":2,"seq":3}', 4, "msgid 2 is not a request", 2),
+    (b'{"msgid":5,"to":2,"seq":3}', 3, "field 'msg' is missing", 5),
+    (b'{"msgid":5,"to":"2","msg":"x","seq":3}', 3, "field 'to' must be an integer", 5),
+    (b'{"msgid":5,"to":-1,"msg":"x","seq":3}', 3, "field 'to' is out of range", 5),
+    (b'{"msgid":5,"to":2,"msg":1,"seq":3}', 3, "field 'msg' must be a string", 5),
+    (b'{"msgid":1,"id":1,"token":"t","resume":"y","seq":3}', 3, "field 'resume' must be true or false", 1),
+    (b'{"msgid":7,"groupname":"' + b"g" * 51 + b'","seq":3}', 3, "field 'groupname' is longer than 50 characters", 7),
+    (b'{"msgid":1,"id":1,"seq":3}', 3, "field 'password' is missing", 1),
+])
+def test_errors_say_what_is_wrong_and_carry_the_request(frame: bytes, errno: int, errmsg: str, msgid: int) -> None:
+    """The peer sees errno, errmsg and its seq (docs/protocol.md); the log sees str(error)."""
+    with pytest.raises(ProtocolError) as e:
+        parse_request(frame)
+    assert (e.value.errno, e.value.errmsg, e.value.msgid) == (errno, errmsg, msgid)
+    assert e.value.seq == (3 if frame.startswith(b"{") and b'"seq":3' in frame else None)
+    assert str(e.value) == errmsg
 
 
 @pytest.mark.parametrize(

@@ -52,3 +52,9 @@ def test_flood_guard_forgives_a_client_that_slows_down() -> None:
     assert guard.check(0.0) is Verdict.REFUSE
     assert guard.check(0.25) is Verdict.ALLOW  # a token came back: served again
     assert guard.refused == 1
+
+
+def test_refusals_come_back_too_so_an_occasional_overshoot_is_never_cut() -> None:
+    guard = FloodGuard(rate=4.0, burst=1)
+    for t in (0.0, 0.25, 0.5):  # one request too many every quarter second: twice the rate
+        assert [guard.check(t), guard.check(t)] == [Verdict.ALLOW, Verdict.REFUSE], t
