@@ -124,7 +124,10 @@ def test_reset_online_all_once_the_cluster_is_stopped(cluster: Cluster) -> None:
     assert done.returncode == 0, done.stderr
     assert "set offline" in done.stdout
     listed = admin("users", env=env(cluster))
-    assert all(" online " not in line for line in listed.stdout.splitlines())
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split()[2:] for line in listed.stdout.splitlines()[1:-1]}
+    assert rows[str(uid)] == ["offline", "-"]  # the listing is not empty: it holds this test's user
+    assert all(state == ["offline", "-"] for state in rows.values()), rows
     nodes = admin("nodes", env=env(cluster))
     assert nodes.returncode == 0 and nodes.stdout.strip() == "no nodes"
     w.close()

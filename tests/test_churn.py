@@ -37,17 +37,21 @@ def stats(node: ServerProcess) -> dict[str, int]:
     raise AssertionError("no stats line")
 
 
-def settle(node: ServerProcess, want_connections: int) -> dict[str, int]:
-    """Stats once the node has finished with the closed connections."""
-    for _ in range(100):
+def settle(node: ServerProcess, want_connections: int, timeout: float = 30.0) -> dict[str, int]:
+    """Stats once the node has finished with the closed connections; an
+    AssertionError if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
         s = stats(node)
         if s["connections"] == want_connections:
             return s
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the node did not settle at {want_connections} connection(s): {s}")
         time.sleep(0.1)
-    return s
 
 
-def churn(address, users: list[int], sink: int, cycles: int, counts: dict[str, int], failures: list[str]) -> None:
+def churn(address, users: list[int], sink: int, cycles: int, counts: dict[str, int], failures: list[str],
+          tag: str) -> None:
     try:
         for i in range(cycles):
             uid = users[i % len(users)]
@@ -58,22 +62,25 @@ def churn(address, users: list[int], sink: int, cycles: int, counts: dict[str, i
                     time.sleep(0.01)
                     reply = w.request({"msgid": 1, "id": uid, "password": "pw"})
                 assert reply["errno"] == 0, reply
-                ack = w.request({"msgid": 5, "to": sink, "msg": f"{uid}:{i}", "seq": i})
+                ack = w.request({"msgid": 5, "to": sink, "msg": f"{tag}:{uid}:{i}", "seq": i})
                 assert ack["errno"] == 0 and ack["delivered"] == "online", ack
             counts["cycles"] += 1
     except Exception as e:
         failures.append(repr(e))
 
 
-def run(address, groups: list[list[int]], sink: int, cycles: int, counts: dict[str, int]) -> None:
+def run(address, groups: list[list[int]], sink: int, cycles: int, counts: dict[str, int], tag: str) -> list[str]:
+    """The churn; returns the messages sent to the sink (each is unique)."""
     failures: list[str] = []
-    threads = [threading.Thread(target=churn, args=(address, g, sink, cycles // len(groups), counts, failures))
+    per_thread = cycles // len(groups)
+    threads = [threading.Thread(target=churn, args=(address, g, sink, per_thread, counts, failures, tag))
                for g in groups]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not failures, failures
+    return [f"{tag}:{g[i % len(g)]}:{i}" for g in groups for i in range(per_thread)]
 
 
 def test_churn_leaves_nothing_behind(make_server):
@@ -84,27 +91,34 @@ def test_churn_leaves_nothing_behind(make_server):
     sink_wire = Wire(node.address)
     sink = sink_wire.register()
     sink_wire.login(sink)
-    received = []
+    received: list[str] = []
+    reader_errors: list[str] = []
+    done = threading.Event()  # set before the sink is closed: what follows is the expected end
 
     def drain() -> None:
         try:
             while True:
-                received.append(sink_wire.recv_frame(120))
-        except (AssertionError, OSError):
-            pass
+                received.append(sink_wire.recv(120)["msg"])
+        except Exception as e:
+            if not done.is_set():
+                reader_errors.append(repr(e))
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     counts = {"cycles": 0, "retries": 0}
 
-    run(node.address, groups, sink, WARMUP, counts)
+    sent = run(node.address, groups, sink, WARMUP, counts, "warmup")
     before = settle(node, 1)
     rss_before = proc.memory_info().rss
     start = time.monotonic()
-    run(node.address, groups, sink, CYCLES, counts)
+    sent += run(node.address, groups, sink, CYCLES, counts, "churn")
     elapsed = time.monotonic() - start
     after = settle(node, 1)
     rss_after = proc.memory_info().rss
+    deadline = time.monotonic() + 60
+    while len(received) < len(sent) and time.monotonic() < deadline and reader.is_alive():
+        time.sleep(0.05)
+    done.set()
     sink_wire.close()
     reader.join(10)
 
@@ -115,7 +129,9 @@ def test_churn_leaves_nothing_behind(make_server):
     print(f"  RSS (psutil): {rss_before / 2**20:.1f} MiB -> {rss_after / 2**20:.1f} MiB "
           f"({100 * (rss_after - rss_before) / rss_before:+.1f} %); fds {proc.num_fds()}")
     assert counts["cycles"] == WARMUP // THREADS * THREADS + CYCLES // THREADS * THREADS
-    assert len(received) >= counts["cycles"]  # the sink saw every chat
+    assert not reader_errors, reader_errors
+    assert len(received) == len(set(received)), "a chat reached the sink twice"
+    assert sorted(received) == sorted(sent)  # the sink saw every chat, once
     for key in ("connections", "users", "per_ip", "pool", "greenlets", "fds"):
         assert after[key] == before[key], (key, before, after)
     assert after["users"] == 1 and after["connections"] == 1
