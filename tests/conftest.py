@@ -66,6 +66,23 @@ class MariaDB:
         conn.close()
 
 
+# The layers of docs/testing.md, so that one runs with -m unit, -m node or -m cluster.
+UNIT = {"test_protocol", "test_ratelimit", "test_cache", "test_batch", "test_service", "test_fuzz"}
+CLUSTER = {"test_cluster", "test_admin"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in CLUSTER:
+            layer = "cluster"
+        elif module in UNIT and "socket" not in item.name:  # test_fuzz's socket fuzz starts a node
+            layer = "unit"
+        else:
+            layer = "node"
+        item.add_marker(layer)
+
+
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDB]:
     _mysql_admin().close()

@@ -208,11 +208,13 @@ def test_acks_give_results_and_deliveries_during_a_request_are_kept(fake):
         assert c.chat(5, "hi") == "offline"
         assert c.group_chat(42, "all") == 3
         c.join_group(42)
+        assert srv.frames[-1] == {"msgid": 8, "id": 1, "groupid": 42, "seq": srv.frames[-1]["seq"]}
+        assert c.chat(5, "after the join") == "offline"  # the join's ack was taken as its reply, not this one's
         with pytest.raises(NotFound) as err:
             c.chat(404, "hi")
         assert err.value.errno == 7 and err.value.errmsg == "no such user" and err.value.msgid == 5
         got = [m.text for m in c.messages(timeout=0.5)]
-    assert got == ["during 2", "during 3", "during 4"]
+    assert got == ["during 2", "during 3", "during 4", "during 7"]
     assert all("seq" in f for f in srv.frames)
 
 
@@ -327,6 +329,9 @@ def test_node_every_call(server):
         gid = a.create_group("room" + str(ma.id), "a room")
         assert isinstance(gid, int)
         b.join_group(gid)
+        assert a.group_chat(gid, "welcome") == 1  # b is a member now
+        w = b.next_message(timeout=5)
+        assert w is not None and (w.groupid, w.text) == (gid, "welcome")
         assert a.chat(mb.id, "hello bob") == "online"
         m = b.next_message(timeout=5)
         assert m is not None and (m.msgid, m.sender_id, m.sender_name, m.text, m.to) == (

@@ -5,11 +5,20 @@ in within the deadline is closed."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
+from tests.cluster_support import wait_until
 from tests.support import Wire, user
 
 TCP_REPAIR = 19  # linux/tcp.h: a socket in repair mode closes without a FIN or RST
+
+
+def unacked(sock: socket.socket) -> int:
+    """Segments this side sent that the peer has not acknowledged yet
+    (struct tcp_info: 8 one-byte fields, then rto, ato, snd_mss, rcv_mss, unacked)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("I", info, 24)[0])
 
 
 def vanish(w: Wire) -> None:
@@ -22,17 +31,21 @@ def vanish(w: Wire) -> None:
 def test_half_open_connection_is_detected_and_user_goes_offline(make_server):
     node = make_server("--keepalive-idle", "1", "--keepalive-interval", "1", "--keepalive-count", "2")
     w, uid = user(node.address)
-    w.nothing(0.5)  # let the last ACKs pass: from now on the node has nothing to send
+    # the node answered everything (the login reply was read) and has every
+    # byte we sent: from now on it has nothing to send or retransmit, only
+    # keepalive can tell that the peer is gone
+    w.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    wait_until(lambda: unacked(w.sock) == 0, 10, every=0.01, what="our last segment acknowledged")
     vanish(w)
     start = time.monotonic()
     with Wire(node.address) as again:
         # online (errno 2) until keepalive finds the peer gone, then free
-        for _ in range(200):
+        def free() -> dict | None:  # type: ignore[type-arg]
             reply = again.request({"msgid": 1, "id": uid, "password": "pw"})
-            if reply["errno"] != 2:
-                break
-            again.nothing(0.1)
-        assert reply["errno"] == 0, reply
+            assert reply["errno"] in (0, 2), reply
+            return reply if reply["errno"] == 0 else None
+
+        wait_until(free, 20, what="the vanished user offline")
     print(f"\nkeepalive idle 1 s, interval 1 s, count 2: the vanished user was offline again after "
           f"{time.monotonic() - start:.1f} s")
     print("log:", node.wait_for_log("connection lost").split(": ", 1)[1])

@@ -80,7 +80,9 @@ def test_every_request_acts_as_the_session_user_only(make_server):
             assert reply["msgid"] == 11 and reply["ack"] == req["msgid"] and reply["errno"] == 6, (req, reply)
     # login as someone else on a logged-in session
     assert a.request({"msgid": 1, "id": bid, "password": "pw"})["errno"] == 6
-    b.nothing()  # nothing reached b
+    # nothing reached b: the next message b gets is this one
+    a.send({"msgid": 5, "to": bid, "msg": "the real one"})
+    assert b.recv()["msg"] == "the real one"
     # nothing was done in b's name: the group name is free, b is still online,
     # b's friend list is empty, a is not b's friend and not in b's group
     assert a.request({"msgid": 7, "groupname": other, "seq": 2})["errno"] == 0

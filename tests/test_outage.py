@@ -20,6 +20,7 @@ import pytest
 
 from gchat import schema
 from gchat.store import Database
+from tests.cluster_support import wait_until
 from tests.support import ServerProcess, Wire, free_port, unique, user
 
 
@@ -132,11 +133,11 @@ def test_database_outage_errno_11_live_chat_and_recovery(private_mariadb, fault,
 
         # the same node, not restarted, serves every request again
         with Wire(node.address, timeout=60) as w:
-            for _ in range(60):
+            def served() -> dict | None:  # type: ignore[type-arg]
                 reply = w.request({"msgid": 3, "name": name, "password": "pw"})
-                if reply["errno"] != 11:
-                    break
-                w.nothing(0.5)
+                return reply if reply["errno"] != 11 else None
+
+            reply = wait_until(served, 30, every=0.5, what="the store back")
             assert reply["errno"] == 0, reply  # the refused register left no user behind
         with Wire(node.address) as c:
             assert "offlinemsg" not in c.login(cid)  # the refused chat was not stored

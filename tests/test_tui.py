@@ -179,15 +179,14 @@ def test_connection_lost_is_reported():
     """A server that accepts the login and then goes away."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    got_login = threading.Event()
+    shown = threading.Event()  # the client printed the login: now the server goes away
 
     def serve() -> None:
         conn, _ = listener.accept()
         with conn:
             conn.recv(4096)
             conn.sendall(json.dumps({"msgid": 2, "errno": 0, "id": 1, "name": "x"}).encode())
-            got_login.set()
-            time.sleep(0.3)
+            shown.wait(15)
         listener.close()
 
     threading.Thread(target=serve, daemon=True).start()
@@ -202,6 +201,7 @@ def test_connection_lost_is_reported():
     assert p.stdout is not None and p.stdin is not None
     out = Lines(p.stdout)
     out.until("logged in as x")
+    shown.set()
     out.until("connection lost")
     p.stdin.write("chat:2:anyone\n")
     p.stdin.close()
@@ -225,7 +225,7 @@ def test_terminal_mode_through_a_pty(server):
             t.expect("while you were away")
             t.expect("type help")
             t.send(f"chat:{idb}:half")  # typing, not yet entered ...
-            time.sleep(0.3)
+            t.expect("half")  # (echoed: the client has it)
             bob.chat(ida, "arrives mid-line")  # ... when a message comes in
             t.expect(f"{bob_name} \\({idb}\\): arrives mid-line")
             t.expect("half")  # the line is redrawn below it, intact
