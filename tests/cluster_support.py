@@ -202,14 +202,23 @@ class Cluster:
         raw = self.redis.client().get(f"gchat:online:{user_id}")
         return raw.decode() if raw else None
 
-    def set_owner(self, user_id: int, node: ServerProcess | None) -> None:
-        """Make the presence store name `node` as the user's (None: nobody):
-        the state a routing decision sees when the user has just left."""
+    def set_owner(self, user_id: int, node: ServerProcess | str | None) -> None:
+        """Make the presence store name `node` (or a node id) as the user's
+        (None: nobody): what a routing decision sees when the user has just
+        left, or when its node has just died."""
         key = f"gchat:online:{user_id}"
         if node is None:
             self.redis.client().delete(key)
         else:
-            self.redis.client().set(key, node.node_id)
+            self.redis.client().set(key, node if isinstance(node, str) else node.node_id)
+
+    def fake_heartbeat(self, node_id: str, alive: bool) -> None:
+        """A heartbeat for a node that has no process (so nothing listens on
+        its channel), or none."""
+        if alive:
+            self.redis.client().set(f"gchat:node:{node_id}", "1", ex=120)
+        else:
+            self.redis.client().delete(f"gchat:node:{node_id}")
 
 
 def admin(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

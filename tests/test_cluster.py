@@ -158,6 +158,33 @@ def test_a_delivery_routed_to_a_node_the_user_just_left_is_stored(cluster: Clust
     a.close(), witness.close()
 
 
+def test_a_user_held_by_a_dead_or_deaf_node_gets_the_message_stored(cluster: Cluster) -> None:
+    """Both ways a routed message can miss: the owner's heartbeat has
+    expired (a hung node: its subscription may still be open), or it is
+    fresh but the node is gone (nobody on its channel)."""
+    a, _ = user(cluster.nodes[0].address)
+    with Wire(cluster.nodes[1].address) as w:
+        ub = w.register()
+    ghost = f"ghost-{ub}"
+    cluster.set_owner(ub, ghost)
+    hung = cluster.redis.client().pubsub()
+    try:
+        hung.subscribe(f"gchat:node:{ghost}")
+        assert wait_until(lambda: hung.get_message(timeout=1), 10, what="subscribed")["type"] == "subscribe"
+        assert chat(a, ub, "to a dead node", 1)["delivered"] == "offline"
+        hung.close()
+        cluster.fake_heartbeat(ghost, alive=True)
+        assert chat(a, ub, "to a deaf node", 2)["delivered"] == "offline"
+    finally:
+        hung.close()
+        cluster.set_owner(ub, None)
+        cluster.fake_heartbeat(ghost, alive=False)
+    reply = login_reply(cluster.nodes[2].address, ub)
+    assert reply["errno"] == 0, reply
+    assert [json.loads(m)["msg"] for m in reply["offlinemsg"]] == ["to a dead node", "to a deaf node"]
+    a.close()
+
+
 def test_second_login_on_another_node_is_refused(cluster: Cluster) -> None:
     _, uid = user(cluster.nodes[0].address)
     for node in cluster.nodes[1:3]:

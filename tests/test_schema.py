@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gchat import schema
 from tests.conftest import MariaDB
 from tests.support import ROOT, ServerProcess, free_port
 
@@ -37,13 +38,25 @@ def test_alembic_upgrade_then_check_on_mariadb(mariadb: MariaDB) -> None:
     upgrade_then_check(mariadb.create(migrate=False))
 
 
-def test_a_node_refuses_a_mysql_schema_that_is_behind(mariadb: MariaDB) -> None:
-    url = mariadb.create(migrate=False)
+def refused(url: str) -> tuple[int, str]:
+    """Exit code and last line of a node started on `url`."""
     cmd = ServerProcess(url, port=free_port()).command()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
-    last = out.stderr.strip().splitlines()[-1]
-    assert "alembic upgrade head" in last
+    return out.returncode, out.stderr.strip().splitlines()[-1]
+
+
+def test_a_node_refuses_a_mysql_schema_that_is_behind(mariadb: MariaDB) -> None:
+    url = mariadb.create(migrate=False)
+    want = schema.head()
+    fix = "run `GCHAT_DATABASE_URL=... alembic upgrade head` first"
+    # exit code 2 and the operator's instruction, not a crash on a missing table
+    assert refused(url) == (2, f"gchat-server: database schema is at nothing, gchat needs {want}: {fix}")
+    # one migration behind: the same
+    assert alembic(url, "upgrade", "head").returncode == 0
+    assert alembic(url, "downgrade", "-1").returncode == 0
+    code, last = refused(url)
+    assert code == 2 and last.startswith("gchat-server: database schema is at ") and f"gchat needs {want}: " in last
+    assert " at nothing," not in last and f" at {want}," not in last
     # after the operator's migration it starts
     assert alembic(url, "upgrade", "head").returncode == 0
     ServerProcess(url).start().stop()
