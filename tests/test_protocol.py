@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from gchat.protocol import (
@@ -113,11 +115,10 @@ def test_frames_before_an_oversized_one_are_kept_for_handling() -> None:
 
 def test_a_stream_may_begin_with_a_terminator() -> None:
     a, b = b'{"a":1}', b'{"b":2}'
-    for first in (b"\0", b"\n"):
-        for other in (b"\0", b"\n"):
-            d = FrameDecoder()
-            assert d.feed(first + a + other + b + first) == [a, b], (first, other)
-            assert d.terminator == other
+    for first, middle, last in itertools.product((b"\0", b"\n"), repeat=3):
+        d = FrameDecoder()
+        assert d.feed(first + a + middle + b + last) == [a, b], (first, middle, last)
+        assert d.terminator == middle
     d = FrameDecoder()
     assert d.feed(b"\n") == [] and d.buffered == 0
 
@@ -125,6 +126,12 @@ def test_a_stream_may_begin_with_a_terminator() -> None:
 def test_only_terminators_and_blanks_are_filler() -> None:
     # a vertical tab or form feed is content: the peer gets errno 3 for it, not silence
     assert FrameDecoder().feed(b"\x0b\n\x0c\0") == [b"\x0b", b"\x0c"]
+
+
+def test_a_partial_frame_past_the_cap_is_refused_before_it_ends() -> None:
+    # a vertical tab is content (see above): it counts toward the cap
+    with pytest.raises(FrameTooLarge):
+        FrameDecoder(frame_max=16).feed(b"\x0b" + b"y" * 16)
 
 
 def test_a_frame_of_the_cap_arriving_after_filler_in_pieces() -> None:
