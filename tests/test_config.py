@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from gchat import config
 from gchat.config import Settings
 
 
@@ -20,3 +23,11 @@ from gchat.config import Settings
 ])
 def test_sqlalchemy_url_picks_pymysql_and_utf8mb4(given: str, used: str) -> None:
     assert Settings(database_url=given).sqlalchemy_url == used
+
+
+def test_the_resume_token_ttl_is_a_setting() -> None:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    assert config.from_sources(parser.parse_args(["--resume-ttl", "60"]), {}).resume_ttl == 60
+    assert config.from_sources(None, {"GCHAT_RESUME_TTL": "90"}).resume_ttl == 90
+    assert config.from_sources(None, {}).resume_ttl == 24 * 3600
