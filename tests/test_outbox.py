@@ -246,3 +246,36 @@ def test_closing_writes_what_is_queued_then_the_writer_ends() -> None:
     gevent.spawn_later(0.01, h.sink.drain, 100)
     h.outbox.finish(timeout=5)
     assert h.sink.messages() == [b"bye"] and h.stored == [] and not h.outbox.writing
+
+
+def test_after_the_request_pushes_are_written_again_at_once() -> None:
+    h = Harness()
+    h.outbox.hold()
+    h.outbox.reply(b"reply")
+    h.outbox.release()
+    h.outbox.push(b"later", 7)  # not held for the client's next request
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"reply", b"later"]
+
+
+def test_pushes_held_during_a_request_are_stored_for_their_user_if_never_written() -> None:
+    h = Harness(room=0)
+    h.outbox.hold()
+    h.outbox.push(b"pushed", 7)
+    h.outbox.reply(b"reply")
+    h.outbox.release()
+    assert h.outbox.queued_bytes == len(b"pushed")  # the bound counts deliveries, not replies
+    h.outbox.finish(timeout=0.01)
+    assert h.stored == [(7, b"pushed")]
+
+
+def test_finishing_with_nothing_queued_does_not_wait_for_the_flush_deadline() -> None:
+    """Else a user stays online (errno 2 at its next login) for the whole
+    flush timeout after every disconnect."""
+    h = Harness()
+    h.outbox.push(b"a", 7)
+    until(lambda: len(h.outbox) == 0)
+    assert h.outbox.writing  # parked
+    with gevent.Timeout(2, AssertionError("finish waited out its deadline")):
+        h.outbox.finish(timeout=60)
+    assert not h.outbox.writing and h.stored == []
