@@ -279,3 +279,52 @@ def test_finishing_with_nothing_queued_does_not_wait_for_the_flush_deadline() ->
     with gevent.Timeout(2, AssertionError("finish waited out its deadline")):
         h.outbox.finish(timeout=60)
     assert not h.outbox.writing and h.stored == []
+
+
+def test_the_bounds_are_exact() -> None:
+    """The settings say how much a slow reader may have queued: that much
+    is kept, one more is the cut."""
+    h = Harness(room=0, max_messages=3, max_bytes=1 << 20)
+    for i in range(3):
+        h.outbox.push(b"m%d" % i, 7)
+    assert h.cuts == 0
+    h.outbox.push(b"m3", 7)
+    assert h.cuts == 1
+    h = Harness(room=0, max_messages=100, max_bytes=10)
+    h.outbox.push(b"x" * 6, 7)
+    h.outbox.push(b"y" * 4, 7)  # exactly the byte bound
+    assert h.cuts == 0
+    h.outbox.push(b"z", 7)
+    assert h.cuts == 1
+    h = Harness(room=0, max_messages=100, max_bytes=10)
+    h.outbox.push(b"x" * 8, 7)
+    h.outbox.push(b"y" * 8, 7)  # only a lone message may be over the bound
+    assert h.cuts == 1
+
+
+def test_written_messages_leave_the_byte_count() -> None:
+    """Else a client that reads all the time is cut off once enough has
+    passed through its outbox."""
+    h = Harness(room=0, max_bytes=1000)
+    for i in range(5):
+        h.outbox.push(b"m%d" % i + b"." * 98, 7)  # 100 bytes each
+    assert h.outbox.queued_bytes == 500
+    h.sink.drain(2 * 101 + 50)  # two whole messages (and terminators) and half of the third
+    until(lambda: len(h.outbox) == 3)
+    assert h.outbox.queued_bytes == 300
+    h.sink.drain(1 << 20)
+    until(lambda: len(h.outbox) == 0)
+    assert h.outbox.queued_bytes == 0
+    for _ in range(20):  # ten times the bound passes through without a cut
+        h.outbox.push(b"n" * 500, 7)
+        until(lambda: len(h.outbox) == 0)
+    assert h.cuts == 0
+
+
+def test_a_burst_larger_than_one_send_chunk_is_all_written() -> None:
+    h = Harness(max_messages=1000, max_bytes=1 << 24)
+    burst = [b"%d:" % i + b"x" * 8000 for i in range(40)]  # about 320 KB, over WRITE_CHUNK
+    for m in burst:
+        h.outbox.push(m, 7)
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == burst and h.sink.sends >= 2
