@@ -352,3 +352,22 @@ def test_valid_name_length_follows_the_limits() -> None:
 def test_ack_and_dumps() -> None:
     assert ack(5, 3, delivered="online") == {"msgid": 11, "ack": 5, "seq": 3, "errno": 0, "delivered": "online"}
     assert dumps({"a": "\n"}) == b'{"a":"\\n"}' and encode({"a": 1}) == b'{"a":1}\n'
+
+
+def test_blanks_inside_a_frame_are_kept_and_both_terminators_split_on_either_path() -> None:
+    """Ordinary traffic and a stream dense with terminators take different
+    paths through the decoder: the frames are the same, blanks inside a
+    frame kept, NUL and LF both ends, a vertical tab still content."""
+    a, b = b'{"msg": "a b\\tc", "pad": "' + b"." * 40 + b'"}', b'{"b": 2}'
+    for filler in (b"", b"\n" * 64):  # ordinary, then dense
+        assert FrameDecoder().feed(filler + a + b"\0" + b + b"\n") == [a, b], filler
+        assert FrameDecoder().feed(filler + a + b"\n" + b"\x0b\0") == [a, b"\x0b"], filler
+
+
+def test_nesting_of_objects_alone_is_limited_too() -> None:
+    inner = MAX_DEPTH
+    frame = b'{"seq":3,"msgid":5,"to":1,"msg":"x","extra":' + b'{"a":' * inner + b"1" + b"}" * inner + b"}"
+    with pytest.raises(ProtocolError) as e:
+        parse_request(frame)
+    assert (e.value.errno, e.value.msgid, e.value.seq) == (Errno.BAD_REQUEST, 5, 3)
+    assert e.value.errmsg == f"nested deeper than {MAX_DEPTH} levels"
