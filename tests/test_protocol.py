@@ -371,3 +371,15 @@ def test_nesting_of_objects_alone_is_limited_too() -> None:
         parse_request(frame)
     assert (e.value.errno, e.value.msgid, e.value.seq) == (Errno.BAD_REQUEST, 5, 3)
     assert e.value.errmsg == f"nested deeper than {MAX_DEPTH} levels"
+
+
+def test_a_first_request_in_pieces_still_sets_the_reply_terminator() -> None:
+    d = FrameDecoder()
+    assert d.feed(b'{"a":') == [] and d.feed(b'1}\0') == [b'{"a":1}']
+    assert d.reply_terminator == b"\0"
+
+
+def test_a_single_oversized_frame_says_the_cap() -> None:
+    with pytest.raises(FrameTooLarge) as e:
+        FrameDecoder(frame_max=8).feed(b"z" * 9 + b"\n")
+    assert e.value.errmsg == "frame larger than 8 bytes"
