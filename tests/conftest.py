@@ -68,8 +68,9 @@ class MariaDB:
 
 # The layers of docs/testing.md, so that one runs with -m unit, -m node or -m cluster.
 UNIT = {"test_protocol", "test_ratelimit", "test_cache", "test_batch", "test_outbox", "test_service", "test_fuzz",
-        "test_config"}
+        "test_config", "test_throttle"}
 CLUSTER = {"test_cluster", "test_admin"}
+BROWSER = {"test_browser"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -77,6 +78,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = item.module.__name__.rpartition(".")[2] if item.module else ""
         if module in CLUSTER:
             layer = "cluster"
+        elif module in BROWSER:
+            layer = "browser"
         elif module in UNIT and "socket" not in item.name:  # test_fuzz's socket fuzz starts a node
             layer = "unit"
         else:
