@@ -74,7 +74,7 @@ class App:
     def _forget_cache(self) -> None:
         """The bus was down: invalidations may have been missed, so every
         cached group membership goes."""
-        self.services.cache = Cache()
+        self.services.cache.forget_groups()
 
 
 def build(settings: Settings) -> App:
@@ -114,6 +114,7 @@ def build(settings: Settings) -> App:
             clock=time.monotonic,
         ),
         resume_ttl=settings.resume_ttl,
+        cache=Cache(settings.cache_groups),
     )
     listener = Listener(settings, services)
     web = WebListener(listener) if settings.web_address else None

@@ -44,6 +44,12 @@ class Cache:
                 self._members[group_id] = cached
         return cached
 
+    def forget_groups(self) -> None:
+        """Every group's members are loaded afresh (invalidations may have
+        been missed while the bus was down)."""
+        self._epoch += 1
+        self._members.clear()
+
     def invalidate_group(self, group_id: int) -> None:
         self._epoch += 1
         self._members.pop(group_id, None)

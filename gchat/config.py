@@ -34,6 +34,7 @@ class Settings:
     # database
     pool_size: int = _opt(10, "database connection pool size")
     pool_overflow: int = _opt(10, "connections allowed beyond the pool under bursts")
+    cache_groups: int = _opt(100_000, "group member lists kept in memory (the oldest goes first)")
     db_timeout: float = _opt(5.0, "seconds to wait for the database (connect, read, pool) before errno 11")
 
     # passwords: argon2id, the OWASP minimum profile by default (19 MiB, t=2)

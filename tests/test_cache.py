@@ -80,3 +80,12 @@ def test_the_oldest_group_makes_room_past_the_bound() -> None:
     assert load.calls == [1, 2, 3]  # 2 and 3 were kept
     cache.members(1, load)
     assert load.calls == [1, 2, 3, 1]  # 1 was dropped
+
+
+def test_after_a_bus_outage_every_group_is_loaded_again_but_users_are_kept() -> None:
+    cache, members, users = Cache(), Loads(lambda gid: [gid]), Loads(True)
+    cache.members(1, members), cache.members(2, members), cache.user_exists(3, users)
+    cache.forget_groups()
+    cache.members(1, members), cache.members(2, members), cache.user_exists(3, users)
+    assert members.calls == [1, 2, 1, 2]
+    assert users.calls == [3]  # users are never deleted: that set stays valid
