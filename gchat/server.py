@@ -110,8 +110,14 @@ class Connection:
             if wait > 0:
                 self._closed.wait(wait)
 
-    def push(self, body: bytes) -> None:
-        self.outbox.push(body, self._user_id or 0)
+    def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
+        self.outbox.push(body, self._user_id or 0, mark)
+
+    def unsent(self) -> dict[int, int]:
+        return self.outbox.unsent()
+
+    def queued(self) -> int:
+        return self.outbox.queued()
 
     def close(self, reason: str) -> None:
         if self._closing:
@@ -136,7 +142,7 @@ class Connection:
 
     def _reply(self, reply: Reply) -> None:
         if type(reply) is Handover:
-            self.outbox.reply(dumps(reply), reply.user_id, [m.encode() for m in reply.restore])
+            self.outbox.reply(dumps(reply), reply.user_id, [m.encode() for m in reply.restore], reply.marks)
         else:
             self.outbox.reply(dumps(reply))
 

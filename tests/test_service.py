@@ -31,8 +31,14 @@ class FakePeer:
         self.address = ("127.0.0.1", 40000)
         self.held = 0.0
 
-    def push(self, body: bytes) -> None:
+    def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
         self.pushed.append(json.loads(body))
+
+    def unsent(self) -> dict[int, int]:
+        return {}  # handed over at once
+
+    def queued(self) -> int:
+        return 0
 
     def close(self, reason: str) -> None:
         self.closed = reason
@@ -93,10 +99,12 @@ def test_login_binds_the_session_and_a_second_login_is_refused(svc: Services) ->
 def test_chat_to_online_user_is_pushed_with_the_real_sender(svc: Services) -> None:
     a, a_id = new_user(svc, "alice")
     b, b_id = new_user(svc, "bob")
-    assert call(svc, a, msgid=5, to=b_id, msg="hi", name="mallory", seq=1) == [
-        {"msgid": 11, "ack": 5, "seq": 1, "errno": 0, "delivered": "online"}]
+    (ack,) = call(svc, a, msgid=5, to=b_id, msg="hi", name="mallory", seq=1)
+    log_fields = {k: ack.pop(k) for k in ("conv", "cseq", "ts")}
+    assert ack == {"msgid": 11, "ack": 5, "seq": 1, "errno": 0, "delivered": "online"}
     (got,) = b.pushed
     assert got["id"] == a_id and got["name"] == "alice" and got["msg"] == "hi" and "seq" not in got and got["time"]
+    assert {k: got[k] for k in log_fields} == log_fields and log_fields["cseq"] == 1
 
 
 def test_chat_to_offline_user_is_stored_and_handed_over_once(svc: Services) -> None:
