@@ -5,10 +5,12 @@ errnos. No sockets; a SQLite store, as tests/test_service.py."""
 from __future__ import annotations
 
 import json
+import time
 
 from gchat.protocol import Errno
 from gchat.service import Services
 from tests import test_service
+from tests.support import unique
 from tests.test_service import FakePeer, call, new_user, refused
 
 svc = test_service.svc  # the same fixture: a SQLite store, an in-process bus
@@ -127,3 +129,56 @@ def test_a_member_who_joins_later_reads_from_the_join_and_readers_are_counted(sv
     (count,) = call(svc, a, msgid=15, conv=ack["conv"], cseq=ack["cseq"], seq=7)
     assert (count["readers"], count["members"]) == (1, 1)
     assert b.pushed and all(m["msgid"] == 9 for m in b.pushed)  # no receipt push in a group
+
+
+# --- the client library: sync, acknowledgement, de-duplication ---------------
+
+
+def test_seen_shows_each_message_once_and_acknowledges_the_highest() -> None:
+    from gchat.client.seen import Seen
+    from gchat.client.types import ChatMessage
+
+    def m(conv: int, cseq: int) -> ChatMessage:
+        return ChatMessage(5, 1, "a", "x", conv=conv, cseq=cseq)
+
+    seen = Seen()
+    seen.start(3, 2)  # the server's delivered cursor
+    assert [seen.first(m(3, q)) for q in (1, 2, 3, 5, 3, 5, 4)] == [False, False, True, True, False, False, True]
+    assert seen.to_ack() == []  # arrived, but the application has not taken them
+    seen.took(m(3, 5))
+    assert seen.to_ack() == [(3, 5)] and seen.to_ack() == []
+    assert seen.first(m(8, 40)) and not seen.first(m(8, 39))  # joined later: nothing below is owed
+    assert seen.first(ChatMessage(5, 1, "a", "classic"))  # no place in a log: always shown
+
+
+def test_a_sync_client_gets_again_what_it_did_not_acknowledge_once_each(make_server) -> None:  # type: ignore[no-untyped-def]
+    from gchat.client import Client
+    from tests.support import user
+
+    node = make_server()
+    a, _ = user(node.address)
+    with Client.connect(*node.address) as c:
+        b_id = c.register(unique(), "pw")
+        c.login(b_id, "pw", sync=True)
+        for i in range(20):
+            assert a.request({"msgid": 5, "to": b_id, "msg": f"m{i}", "seq": i})["errno"] == 0
+        # the application takes 5; 15 arrived but are still in the library's queue
+        first = [c.next_message(10) for _ in range(5)]
+        assert [x.text for x in first if x is not None] == [f"m{i}" for i in range(5)]
+        deadline = time.monotonic() + 10
+        while c._messages.qsize() < 15 and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.05)
+    # the connection is gone with 15 not acknowledged: the next sync has them
+    with Client.connect(*node.address) as c:
+        result = c.login(b_id, "pw", sync=True)
+        (conv,) = result.convs
+        assert [x.text for x in conv.messages] == [f"m{i}" for i in range(5, 20)]
+        assert conv.unread == 20
+        # acknowledged at login: not again
+        assert a.request({"msgid": 5, "to": b_id, "msg": "live", "seq": 99})["errno"] == 0
+        got = c.next_message(10)
+        assert got is not None and (got.text, got.cseq) == ("live", 21)
+    with Client.connect(*node.address) as c:
+        (conv,) = c.login(b_id, "pw", sync=True).convs
+        assert conv.messages == () and conv.delivered == 21
+    a.close()
