@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from gchat.protocol import Errno
 from gchat.service import Services
 from tests import test_service
@@ -182,3 +184,26 @@ def test_a_sync_client_gets_again_what_it_did_not_acknowledge_once_each(make_ser
         (conv,) = c.login(b_id, "pw", sync=True).convs
         assert conv.messages == () and conv.delivered == 21
     a.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_retention_by_count_while_the_node_serves(make_server, tmp_path, backend, request) -> None:  # type: ignore[no-untyped-def]
+    from tests.cluster_support import admin
+    from tests.support import user
+
+    url = f"sqlite:///{tmp_path / 'kept.db'}" if backend == "sqlite" else request.getfixturevalue("mariadb").create()
+    node = make_server(database_url=url)
+    a, _ = user(node.address)
+    b, b_id = user(node.address)
+    for i in range(30):
+        assert a.request({"msgid": 5, "to": b_id, "msg": f"r{i}", "seq": i})["errno"] == 0
+    assert [b.recv()["msg"] for _ in range(30)] == [f"r{i}" for i in range(30)]
+    assert admin("prune", env={"GCHAT_DATABASE_URL": url}).returncode == 1  # no retention set: refused
+    done = admin("--database-url", url, "--retention-keep", "10", "prune")
+    assert done.returncode == 0 and "pruned 20 message(s)" in done.stdout, done.stdout + done.stderr
+    page = a.request({"msgid": 16, "to": b_id, "limit": 200, "seq": 100})
+    assert [json.loads(m)["msg"] for m in page["msgs"]] == [f"r{i}" for i in range(20, 30)]
+    # numbers are never reused, and the node goes on
+    ack = a.request({"msgid": 5, "to": b_id, "msg": "after", "seq": 101})
+    assert ack["cseq"] == 31 and b.recv()["msg"] == "after"
+    a.close(), b.close()
