@@ -12,11 +12,37 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from gchat.models import Conversation, Cursor, GroupUser, Message
+
+# The hot statements run on the session's Connection with the Core tables:
+# the ORM's bulk paths (per-row state, identity map) cost more CPU than the
+# database round trips they wrap.
+CONV = cast(Table, Conversation.__table__)
+MESSAGE = cast(Table, Message.__table__)
+# built once: an expanding IN list is one bound parameter, so a batch of any
+# size reuses one compiled statement
+_LOCK = (
+    select(CONV.c.id, CONV.c.last_seq, CONV.c.member_epoch)
+    .where(CONV.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(CONV.c.id)
+    .with_for_update()
+)
+_ADVANCE = (
+    update(CONV)
+    .where(CONV.c.id.in_(bindparam("ids", expanding=True)))
+    .values(last_seq=CONV.c.last_seq + bindparam("n"))
+)
+_ADVANCE_IF = (
+    update(CONV)
+    .where(tuple_(CONV.c.id, CONV.c.last_seq, CONV.c.member_epoch).in_(bindparam("keys", expanding=True)))
+    .values(last_seq=CONV.c.last_seq + bindparam("n"))
+)
+_APPEND = insert(MESSAGE)
 
 PAIR = "pair"
 GROUP = "group"
@@ -127,13 +153,7 @@ def lock_conversations(s: Session, conv_ids: Iterable[int]) -> dict[int, tuple[i
     the commit. Locked in id order, so two nodes locking overlapping sets
     wait for each other instead of deadlocking."""
     ids = sorted(set(conv_ids))
-    q = (
-        select(Conversation.id, Conversation.last_seq, Conversation.member_epoch)
-        .where(Conversation.id.in_(ids))
-        .order_by(Conversation.id)
-        .with_for_update()
-    )
-    return {r.id: (int(r.last_seq), int(r.member_epoch)) for r in s.execute(q)}
+    return {i: (int(last), int(epoch)) for i, last, epoch in s.connection().execute(_LOCK, {"ids": ids})}
 
 
 def group_members(s: Session, group_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
@@ -146,20 +166,41 @@ def group_members(s: Session, group_ids: Iterable[int]) -> dict[int, tuple[int, 
     return {g: tuple(m) for g, m in out.items()}
 
 
-def advance(s: Session, last: Mapping[int, int]) -> None:
-    """Set each conversation's last_seq: one statement for the batch."""
-    if not last:
-        return
-    value = case(dict(last), value=Conversation.id) if len(last) > 1 else next(iter(last.values()))
-    q = update(Conversation).where(Conversation.id.in_(list(last))).values(last_seq=value)
-    s.execute(q.execution_options(synchronize_session=False))
+def advance(s: Session, added: Mapping[int, int]) -> None:
+    """Raise each conversation's last_seq by the number of messages added
+    (its row is locked: lock_conversations). One statement per distinct
+    count: one for the batch when each conversation got as many (pingpong)."""
+    by_count: dict[int, list[int]] = {}
+    for conv, n in added.items():
+        if n:
+            by_count.setdefault(n, []).append(conv)
+    conn = s.connection()
+    for n, ids in by_count.items():
+        conn.execute(_ADVANCE, {"ids": sorted(ids), "n": n})
+
+
+def advance_if(s: Session, expected: Mapping[int, tuple[int, int, int]]) -> bool:
+    """The writer's fast path: conv -> (last_seq, member_epoch, n) as this
+    node last wrote them; raise each last_seq by n where both still hold.
+    False when some conversation moved (another node wrote to it, a member
+    joined): the caller rolls back and takes the locking path. The UPDATE
+    takes the same row locks as lock_conversations, so two nodes still take
+    turns, and one statement (per distinct n) replaces the lock's SELECT."""
+    by_count: dict[int, list[tuple[int, int, int]]] = {}
+    for conv, (last, epoch, n) in expected.items():
+        by_count.setdefault(n, []).append((conv, last, epoch))
+    conn = s.connection()
+    matched = 0
+    for n, keys in by_count.items():
+        matched += conn.execute(_ADVANCE_IF, {"keys": sorted(keys), "n": n}).rowcount
+    return matched == len(expected)
 
 
 def append(s: Session, rows: Sequence[Mapping[str, object]]) -> None:
     """Insert messages (conversation_id, seq, sender, created, body): one
     multi-row INSERT (the driver's executemany) for the batch."""
     if rows:
-        s.execute(insert(Message), list(rows))
+        s.connection().execute(_APPEND, list(rows))
 
 
 # --- reading the log -------------------------------------------------------

@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,10 @@ class Connection:
         self._hold_until = 0.0
         self.close_reason = ""
         self._deadline: gevent.Greenlet[[], None] | None = None
+        # replies in request order, some waiting for the log's commit
+        # (service.Pending): pushes are held behind them as behind any reply
+        self._waiting: deque[list[Reply] | service.Pending] = deque()
+        self._sequencer: gevent.Greenlet[[], None] | None = None
         self._guard = FloodGuard(settings.rate, settings.rate_burst) if settings.rate > 0 else None
 
     # --- Peer, as the service layer sees it --------------------------------
@@ -212,6 +216,7 @@ class Connection:
         outbox = self.outbox
         outbox.hold()
         req = None
+        replies: list[Reply] | service.Pending
         try:
             req = parse_request(frame, self.svc.limits)
             replies = service.handle(self.svc, self, req)
@@ -220,11 +225,45 @@ class Connection:
         except Exception:
             log.exception("%s: request failed", self.who())
             replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
+        if isinstance(replies, service.Pending) or self._waiting:
+            # a chat's ACK comes after the log's commit: the reader goes on
+            # with the next frames (their messages share the writer's batch)
+            # and the sequencer writes the replies in request order; the
+            # outbox keeps holding pushes until then
+            self._waiting.append(replies)
+            if self._sequencer is None:
+                self._sequencer = gevent.spawn(self._sequence)
+            return
         try:
             for reply in replies:
                 self._reply(reply)
         finally:
             outbox.release()
+
+    def _sequence(self) -> None:
+        """Write the replies of pipelined requests in their order, each once
+        its commit is done; what was pushed meanwhile follows each."""
+        outbox = self.outbox
+        try:
+            while self._waiting:
+                item = self._waiting[0]
+                try:
+                    replies = item.get() if isinstance(item, service.Pending) else item
+                except Exception:
+                    log.exception("%s: request failed", self.who())
+                    req = item.req if isinstance(item, service.Pending) else None
+                    replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0,
+                                       req.seq if req else None)]
+                self._waiting.popleft()
+                for reply in replies:
+                    self._reply(reply)
+                # what was pushed while it waited goes after its replies (a
+                # steady sender always has a next request waiting)
+                outbox.release()
+                if self._waiting:
+                    outbox.hold()
+        finally:
+            self._sequencer = None
 
     def _refuse(self, frame: bytes) -> None:
         """errno 10, addressed to the request (msgid, seq) when it can be read."""

@@ -156,7 +156,30 @@ class Services:
         self.cache.invalidate_group(group_id)
 
 
-Handler = Callable[[Services, Peer, Request], list[Reply]]
+@dataclass
+class Pending:
+    """Replies that exist once the log has committed (a chat's ACK): the
+    connection goes on with its next frames meanwhile and writes these in
+    order, so a client's pipelined messages share the writer's batches
+    instead of waiting for one commit each."""
+
+    wait: Callable[[], list[Reply]]
+    req: Request | None = None
+
+    def get(self) -> list[Reply]:
+        """The replies; a refusal or a failure becomes the error reply
+        addressed to the request, as in handle()."""
+        req = self.req
+        assert req is not None  # set by handle()
+        try:
+            return self.wait()
+        except ProtocolError as e:
+            return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
+        except GchatError as e:
+            return [refusal(ERRNO_OF[type(e)], str(e), req.msgid, req.seq)]
+
+
+Handler = Callable[[Services, Peer, Request], "list[Reply] | Pending"]
 
 
 def _err(errno: Errno, msg: str) -> ProtocolError:
@@ -404,17 +427,22 @@ def _delivery(peer: Peer, req: Request) -> dict[str, Any]:
     return body
 
 
-def one_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     user_id = _session_user(peer, req)
     to = req["to"]
     if not svc.user_exists(to):
         raise _err(Errno.NOT_FOUND, f"no user {to}")
-    # returns once the message is committed to the log (docs/protocol.md, section D)
-    w, reached = svc.writer.append(Outgoing(user_id, _delivery(peer, req), to=to))
-    return _acked(req, delivered="online" if reached else "offline", conv=w.conv, cseq=w.seq, ts=w.ts)
+    # answered once the message is committed to the log (docs/protocol.md, section D)
+    pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), to=to))
+
+    def ack_after_commit() -> list[Reply]:
+        w, reached = svc.writer.result(pending)
+        return _acked(req, delivered="online" if reached else "offline", conv=w.conv, cseq=w.seq, ts=w.ts)
+
+    return Pending(ack_after_commit)
 
 
-def group_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     user_id = _session_user(peer, req)
     group_id = req["groupid"]
     members = svc.members(group_id)
@@ -422,8 +450,13 @@ def group_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         raise _err(Errno.NOT_FOUND, f"no group {group_id}")
     if user_id not in members:
         raise _err(Errno.FORBIDDEN, f"not a member of group {group_id}")
-    w, _ = svc.writer.append(Outgoing(user_id, _delivery(peer, req), group=group_id))
-    return _acked(req, members=len(w.recipients), conv=w.conv, cseq=w.seq, ts=w.ts)
+    pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), group=group_id))
+
+    def ack_after_commit() -> list[Reply]:
+        w, _ = svc.writer.result(pending)
+        return _acked(req, members=len(w.recipients), conv=w.conv, cseq=w.seq, ts=w.ts)
+
+    return Pending(ack_after_commit)
 
 
 # --- friends and groups ----------------------------------------------------
@@ -509,11 +542,15 @@ from gchat import loghandlers  # noqa: E402
 HANDLERS.update(loghandlers.HANDLERS)
 
 
-def handle(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+def handle(svc: Services, peer: Peer, req: Request) -> list[Reply] | Pending:
     """Run the request's handler; a refusal or a failure becomes the error
-    reply addressed to this request (its msgid and seq)."""
+    reply addressed to this request (its msgid and seq), now or from
+    Pending.get once the log has committed."""
     try:
-        return HANDLERS[req.msgid](svc, peer, req)
+        out = HANDLERS[req.msgid](svc, peer, req)
+        if isinstance(out, Pending):
+            out.req = req
+        return out
     except ProtocolError as e:
         return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
     except GchatError as e:

@@ -24,6 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gevent.event import AsyncResult
+from sqlalchemy.orm import Session
+
 from gchat import convlog
 from gchat.batch import Batcher
 from gchat.errors import Conflict
@@ -31,6 +34,10 @@ from gchat.protocol import ProtocolError, dumps
 from gchat.store import Database
 
 log = logging.getLogger(__name__)
+
+
+class _Moved(Exception):
+    """A conversation moved since this node last wrote it: take the locking path."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +74,31 @@ class LogWriter:
         self._groups: dict[int, int] = {}
         # conversation -> (member epoch, member ids) as last read under the lock
         self._members: dict[int, tuple[int, tuple[int, ...]]] = {}
+        # conversation -> (last_seq, member_epoch) as this node's last commit
+        # left it: the fast path's expectation (see convlog.advance_if)
+        self._last: dict[int, tuple[int, int]] = {}
+        self._epochs: dict[int, int] = {}
 
     def append(self, msg: Outgoing) -> tuple[Written, int]:
         """Log one message; returns it as written and how many recipients
         were reached live. Raises Unavailable when it is not in the log."""
+        return self.result(self.submit(msg))
+
+    def submit(self, msg: Outgoing) -> AsyncResult[tuple[Written, int]]:
+        """Queue one message for the next batch; `result()` waits for it. A
+        connection's pipelined messages then share batches instead of each
+        waiting for the commit of the one before."""
         conv = self._conv_of(msg)  # cached after the first message: no I/O
+        return self._batcher.submit((msg, conv))
+
+    @staticmethod
+    def result(pending: AsyncResult[tuple[Written, int]]) -> tuple[Written, int]:
         try:
-            return self._batcher((msg, conv))
+            done = pending.get()
         except ProtocolError as e:  # re-raised as this caller's own (service.handle fills msgid, seq)
             raise ProtocolError(e.errno, e.errmsg) from e
+        assert done is not None
+        return done
 
     # --- conversations -------------------------------------------------------
 
@@ -123,38 +146,18 @@ class LogWriter:
         return conv
 
     def _write(self, items: list[tuple[Outgoing, int]]) -> Sequence[tuple[Written, int]]:
-        batch = [m for m, _ in items]
-        convs = [c for _, c in items]
-        now = int(time.time() * 1000)
-        written: list[Written] = []
-        with self.db.transaction() as s:
-            locked = convlog.lock_conversations(s, convs)
-            stale = [
-                m.group for m, c in zip(batch, convs, strict=True)
-                if m.group is not None and self._members.get(c, (-1, ()))[0] != locked[c][1]
-            ]
-            if stale:
-                fresh = convlog.group_members(s, set(stale))
-                for gid, members in fresh.items():
-                    c = self._groups[gid]
-                    self._members[c] = (locked[c][1], members)
-            last = {c: locked[c][0] for c in locked}
-            rows = []
-            for m, c in zip(batch, convs, strict=True):
-                last[c] += 1
-                seq = last[c]
-                body = dict(m.body)
-                body["conv"], body["cseq"], body["ts"] = c, seq, now
-                text = dumps(body)
-                if m.to is not None:
-                    recipients: tuple[int, ...] = (m.to,)
-                else:
-                    recipients = tuple(u for u in self._members[c][1] if u != m.sender)
-                written.append(Written(c, seq, now, m.sender, text, recipients))
-                rows.append({"conversation_id": c, "seq": seq, "sender": m.sender, "created": now,
-                             "body": text.decode()})
-            convlog.advance(s, {c: n for c, n in last.items() if n != locked[c][0]})
-            convlog.append(s, rows)
+        written: list[Written] | None = None
+        if all(c in self._last for _, c in items):
+            try:
+                with self.db.transaction() as s:
+                    written = self._number(s, items, fast=True)
+            except _Moved:
+                written = None
+        if written is None:
+            with self.db.transaction() as s:
+                written = self._number(s, items, fast=False)
+        for w in written:  # committed: what this node wrote is where each conversation is
+            self._last[w.conv] = (w.seq, self._epochs[w.conv])
         # committed: now, and only now, anyone may hear of it
         out = []
         for w in written:
@@ -166,3 +169,53 @@ class LogWriter:
                     log.exception("delivery of %d:%d failed; it stays in the log", w.conv, w.seq)
             out.append((w, reached))
         return out
+
+    def _number(self, s: Session, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written]:
+        """Number and insert a batch in the caller's transaction. fast: from
+        where this node last left each conversation, checked by the UPDATE
+        (_Moved when another node or a join moved it); else under the rows'
+        locks, read first."""
+        batch = [m for m, _ in items]
+        convs = [c for _, c in items]
+        now = int(time.time() * 1000)
+        written: list[Written] = []
+        if fast:
+            state = {c: self._last[c] for c in convs}
+            if any(m.group is not None and self._members.get(c, (-1, ()))[0] != state[c][1]
+                   for m, c in zip(batch, convs, strict=True)):
+                raise _Moved
+        else:
+            state = convlog.lock_conversations(s, convs)
+            stale = [
+                m.group for m, c in zip(batch, convs, strict=True)
+                if m.group is not None and self._members.get(c, (-1, ()))[0] != state[c][1]
+            ]
+            if stale:
+                fresh = convlog.group_members(s, set(stale))
+                for gid, members in fresh.items():
+                    c = self._groups[gid]
+                    self._members[c] = (state[c][1], members)
+        self._epochs.update({c: epoch for c, (_, epoch) in state.items()})
+        last = {c: state[c][0] for c in state}
+        rows = []
+        for m, c in zip(batch, convs, strict=True):
+            last[c] += 1
+            seq = last[c]
+            body = dict(m.body)
+            body["conv"], body["cseq"], body["ts"] = c, seq, now
+            text = dumps(body)
+            if m.to is not None:
+                recipients: tuple[int, ...] = (m.to,)
+            else:
+                recipients = tuple(u for u in self._members[c][1] if u != m.sender)
+            written.append(Written(c, seq, now, m.sender, text, recipients))
+            rows.append({"conversation_id": c, "seq": seq, "sender": m.sender, "created": now,
+                         "body": text.decode()})
+        added = {c: n - state[c][0] for c, n in last.items()}
+        if fast:
+            if not convlog.advance_if(s, {c: (state[c][0], state[c][1], n) for c, n in added.items()}):
+                raise _Moved
+        else:
+            convlog.advance(s, added)
+        convlog.append(s, rows)
+        return written

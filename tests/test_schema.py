@@ -105,6 +105,7 @@ def test_upgrading_to_the_log_keeps_stored_messages_and_groups(backend: str, tmp
                 ack = wa.request({"msgid": 9, "groupid": g, "msg": "after", "seq": 1})
                 assert (ack["errno"], ack["members"], ack["cseq"]) == (0, 1, 1)
                 assert wb.recv()["msg"] == "after"
+            assert wb.request({"msgid": 10, "seq": 9})["errno"] == 0
         with Wire(node.address) as again:  # handed over once
             assert "offlinemsg" not in again.login(b)
     finally:
