@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gchat.protocol import Errno
+from gchat.protocol import Errno, ProtocolError, parse_request
 from gchat.service import Services
 from tests import test_service
 from tests.support import unique
@@ -84,7 +84,9 @@ def test_receipt_and_history_errnos(svc: Services) -> None:
     mallory, _ = new_user(svc, "mallory")
     conv = call(svc, a, msgid=5, to=b_id, msg="x", seq=1)[0]["conv"]
     assert refused(svc, a, msgid=12, conv=conv, cseq=2) == Errno.BAD_REQUEST  # beyond the end
-    assert refused(svc, a, msgid=12, conv=conv, cseq=-1) == Errno.BAD_REQUEST
+    with pytest.raises(ProtocolError) as negative:  # refused by the parser, before any handler
+        parse_request(json.dumps({"msgid": 12, "conv": conv, "cseq": -1}).encode())
+    assert negative.value.errno == Errno.BAD_REQUEST
     assert refused(svc, mallory, msgid=12, conv=conv, cseq=1) == Errno.FORBIDDEN  # another's conversation
     assert refused(svc, mallory, msgid=16, conv=conv) == Errno.FORBIDDEN
     assert refused(svc, a, msgid=16, conv=conv, limit=201) == Errno.BAD_REQUEST
