@@ -21,7 +21,7 @@ from gchat import store
 from gchat.cluster.bus import Bus
 from gchat.errors import GchatError, Unavailable
 from gchat.registry import Registry
-from gchat.sessions import Sessions
+from gchat.sessions import NOT_STORED, Sessions
 from gchat.store import Database
 from gchat.writer import Written
 
@@ -105,7 +105,7 @@ class Router:
         for uid in user_ids:
             peer = self.registry.get(uid)
             if peer is not None:
-                peer.push(body)
+                peer.push(body, NOT_STORED)
             else:
                 elsewhere.append(uid)
         if elsewhere:
@@ -123,7 +123,7 @@ class Router:
             for uid in user_ids:
                 peer = self.registry.get(uid)
                 if peer is not None:
-                    peer.push(text)
+                    peer.push(text, NOT_STORED)
             return True
         conv, sep, seq = head.partition(b",")
         if not sep or not conv.isdigit() or not seq.isdigit():

@@ -37,6 +37,10 @@ from gchat.store import Database
 log = logging.getLogger(__name__)
 
 Mark = tuple[int, int]  # (conversation id, seq)
+# the mark of a push that is not a chat message (a read receipt): never stored
+# offline if it is not written (its state is in the cursors, shown at the next
+# sync), and in no conversation a session tracks
+NOT_STORED: Mark = (0, 0)
 
 # a repair reads the log in pages of this many messages, and sends the next
 # page once the connection holds less than DRAINED bytes: a gap of thousands

@@ -246,3 +246,21 @@ def test_closing_writes_what_is_queued_then_the_writer_ends() -> None:
     gevent.spawn_later(0.01, h.sink.drain, 100)
     h.outbox.finish(timeout=5)
     assert h.sink.messages() == [b"bye"] and h.stored == [] and not h.outbox.writing
+
+
+def test_log_entries_never_written_are_not_stored_but_hold_the_delivered_cursor_back() -> None:
+    """A delivery from the conversation log (its mark: conversation, seq) is
+    kept by the log: unwritten, it is not stored offline, and unsent() keeps
+    the user's delivered cursor below it; a read receipt is neither."""
+    h = Harness(room=0)  # the kernel takes nothing
+    h.outbox.push(b"legacy", 7)
+    h.outbox.push(b"c3s5", 7, (3, 5))
+    h.outbox.push(b"c3s6", 7, (3, 6))
+    h.outbox.hold()
+    h.outbox.push(b"c4s2", 7, (4, 2))  # held behind a reply
+    assert h.outbox.unsent() == {3: 5, 4: 2}
+    h.outbox.release()
+    h.outbox.push(b"receipt", 7, (0, 0))
+    h.outbox.finish(timeout=0.1)
+    assert h.stored == [(7, b"legacy")]
+    assert h.outbox.unsent() == {3: 5, 4: 2, 0: 0}  # conversation 0 is no one's
