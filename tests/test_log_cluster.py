@@ -154,3 +154,21 @@ def test_kill_9_right_after_an_ack_loses_nothing(cluster: Cluster) -> None:
         doomed.kill()
 
 
+
+
+def test_a_read_receipt_reaches_the_sender_on_the_other_node(cluster: Cluster) -> None:
+    a, ua = user(cluster.nodes[0].address)
+    b, ub = user(cluster.nodes[1].address)
+    ack = a.request({"msgid": 5, "to": ub, "msg": "read me", "seq": 1})
+    assert b.recv()["msg"] == "read me"
+    assert b.request({"msgid": 13, "conv": ack["conv"], "cseq": ack["cseq"], "seq": 2})["errno"] == 0
+    assert a.recv() == {"msgid": 14, "conv": ack["conv"], "id": ub, "cseq": ack["cseq"]}
+    # and a member of a group can ask how many have read
+    gid = a.request({"msgid": 7, "groupname": unique("g"), "seq": 3})["groupid"]
+    assert b.request({"msgid": 8, "groupid": gid, "seq": 4})["errno"] == 0
+    g = a.request({"msgid": 9, "groupid": gid, "msg": "all", "seq": 5})
+    assert b.recv()["msg"] == "all"
+    b.request({"msgid": 13, "conv": g["conv"], "cseq": g["cseq"], "seq": 6})
+    count = a.request({"msgid": 15, "conv": g["conv"], "cseq": g["cseq"], "seq": 7})
+    assert (count["readers"], count["members"]) == (1, 1)
+    a.close(), b.close()
