@@ -137,6 +137,24 @@ class Outbox:
                 low[mark[0]] = mark[1]
         return low
 
+    def settle_log_entries(self, timeout: float) -> dict[int, int]:
+        """The user's session ends (a log-out) and its delivered cursor is
+        about to be written: log entries held behind the request's reply are
+        withdrawn (the next login hands them over), and those queued get up
+        to `timeout` seconds to be written, so that none is handed to this
+        connection after the cursor was written below it (twice, then).
+        Returns the withdrawn ones as unsent() does: the cursor stays below."""
+        withdrawn: dict[int, int] = {}
+        for _, _, mark in self._held:
+            if mark is not None and mark[1] < withdrawn.get(mark[0], mark[1] + 1):
+                withdrawn[mark[0]] = mark[1]
+        self._held = [h for h in self._held if h[2] is None]
+        deadline = time.monotonic() + timeout
+        while (self._writer_g is not None and not self.cut and any(marks for *_, marks in self._q)
+               and time.monotonic() < deadline):
+            gevent.sleep(0.005)
+        return withdrawn
+
     def queued(self) -> int:
         """Bytes of deliveries queued or held."""
         return self._bytes + sum(len(body) for body, _, _ in self._held)

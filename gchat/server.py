@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# how long a log-out waits for the log entries queued to its client to be
+# written before its delivered cursor is (gchat/outbox.py, settle_log_entries)
+SETTLE_TIMEOUT = 1.0
 # how long a closing connection may take to hand its last replies to the kernel
 FLUSH_TIMEOUT = 5.0
 # a connection that wrote nothing for between one and two of these periods
@@ -119,6 +122,9 @@ class Connection:
 
     def unsent(self) -> dict[int, int]:
         return self.outbox.unsent()
+
+    def settle(self) -> dict[int, int]:
+        return self.outbox.settle_log_entries(SETTLE_TIMEOUT)
 
     def queued(self) -> int:
         return self.outbox.queued()

@@ -60,6 +60,11 @@ class LogPeer(Protocol):
     def queued(self) -> int:
         """Bytes queued, not yet handed to the kernel."""
 
+    def settle(self) -> dict[int, int]:
+        """Before the session's cursor is written: log entries held behind
+        a reply are withdrawn (returned as unsent() does), those queued
+        written first (bounded)."""
+
 
 @dataclass
 class Track:
@@ -150,8 +155,9 @@ class Sessions:
         del self._by_user[user_id]
         sess.closed = True
         if sess.ready and not sess.sync:
+            withdrawn = sess.peer.settle()
             unsent = sess.peer.unsent()
-            self._write(self._delivered([sess]))
+            self._write(self._delivered([sess], withdrawn))
             if unsent:
                 log.info("user %d: messages of %d conversation(s) not handed over stay in the log for its next login",
                          user_id, len(unsent))
@@ -290,12 +296,15 @@ class Sessions:
 
     # --- classic clients' delivered cursors ---------------------------------------
 
-    def _delivered(self, sessions: Iterable[Session]) -> list[tuple[int, int, int]]:
+    def _delivered(self, sessions: Iterable[Session], withdrawn: dict[int, int] | None = None,
+                   ) -> list[tuple[int, int, int]]:
         """(user, conv, seq) for the cursors that moved: up to the track's
-        high, but below anything the connection still holds."""
+        high, but below anything the connection still holds (or withdrew)."""
         marks = []
         for sess in sessions:
             unsent = sess.peer.unsent()
+            for conv, seq in (withdrawn or {}).items():
+                unsent[conv] = min(seq, unsent.get(conv, seq))
             for conv, track in sess.tracks.items():
                 upto = track.high
                 if conv in unsent:

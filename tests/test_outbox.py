@@ -264,3 +264,15 @@ def test_log_entries_never_written_are_not_stored_but_hold_the_delivered_cursor_
     h.outbox.finish(timeout=0.1)
     assert h.stored == [(7, b"legacy")]
     assert h.outbox.unsent() == {3: 5, 4: 2, 0: 0}  # conversation 0 is no one's
+
+
+def test_a_log_out_withdraws_held_log_entries_and_they_still_hold_the_cursor_back() -> None:
+    h = Harness()
+    h.outbox.hold()
+    h.outbox.push(b"c3s7", 7, (3, 7))
+    h.outbox.push(b"plain", 7)
+    assert h.outbox.settle_log_entries(timeout=1) == {3: 7}  # the cursor stays below it
+    h.outbox.release()
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"plain"]  # the log entry comes at the next login instead
+    assert h.outbox.unsent() == {}

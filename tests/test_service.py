@@ -40,6 +40,9 @@ class FakePeer:
     def queued(self) -> int:
         return 0
 
+    def settle(self) -> dict[int, int]:
+        return {}
+
     def close(self, reason: str) -> None:
         self.closed = reason
 
