@@ -20,6 +20,7 @@ from gchat.registry import Registry
 from gchat.router import Router
 from gchat.server import Listener
 from gchat.service import Services
+from gchat.sessions import Sessions
 from gchat.store import Database
 from gchat.throttle import LoginThrottle
 from gchat.web.listener import WebListener
@@ -72,9 +73,12 @@ class App:
             peer.close("logged in on another node")
 
     def _forget_cache(self) -> None:
-        """The bus was down: invalidations may have been missed, so every
-        cached group membership goes."""
+        """The bus was down or Redis cut its subscriber: invalidations may
+        have been missed, so every cached group membership goes; deliveries
+        may have been dropped, so every local session is checked against the
+        conversation log (gchat/sessions.py)."""
         self.services.cache.forget_groups()
+        self.services.sessions.repair_all()
 
 
 def build(settings: Settings) -> App:
@@ -88,11 +92,12 @@ def build(settings: Settings) -> App:
     mirror = StateMirror(db)
     presence: Presence
     bus: Bus
+    reclaimed: Any = None  # RedisPresence: the hook for users re-claimed after a reap
     if settings.redis_url:
         from gchat.cluster.redis_bus import RedisBus
         from gchat.cluster.redis_presence import RedisPresence
 
-        presence = RedisPresence(settings.node, mirror, settings)
+        presence = reclaimed = RedisPresence(settings.node, mirror, settings)
         bus = RedisBus(settings.node, settings)
     else:
         presence, bus = LocalPresence(settings.node, mirror), LocalBus()
@@ -101,7 +106,7 @@ def build(settings: Settings) -> App:
         db=db,
         registry=registry,
         presence=presence,
-        router=Router(registry, bus, db),
+        router=Router(registry, bus, db, Sessions(db, flush_interval=settings.cursor_flush)),
         passwords=Passwords(settings.hash_time_cost, settings.hash_memory_kib, offload=_offload),
         limits=settings.limits,
         throttle=LoginThrottle(
@@ -115,7 +120,12 @@ def build(settings: Settings) -> App:
         ),
         resume_ttl=settings.resume_ttl,
         cache=Cache(settings.cache_groups),
+        sync_max=settings.sync_max,
     )
+    if reclaimed is not None:
+        # a node reaped while it could not heartbeat: deliveries to its users
+        # were counted missed meanwhile
+        reclaimed.on_reclaimed = services.sessions.repair_all
     listener = Listener(settings, services)
     web = WebListener(listener) if settings.web_address else None
     return App(settings, db, presence, bus, services, listener, web)

@@ -85,6 +85,13 @@ class Settings:
     web_ping_interval: float = _opt(
         20.0, "seconds of WebSocket silence before a ping; a peer silent for two of these is dropped")
 
+    # the conversation log (docs/architecture.md)
+    cursor_flush: float = _opt(1.0, "seconds between writes of classic clients' delivered cursors "
+                                    "(a node killed loses at most this much: those messages come again)")
+    sync_max: int = _opt(100, "messages per conversation in a sync login's reply (the rest through history)")
+    retention_days: float = _opt(0.0, "gchat-admin prune: delete messages older than this many days; 0 = keep")
+    retention_keep: int = _opt(0, "gchat-admin prune: keep at most this many messages per conversation; 0 = all")
+
     # cluster presence
     heartbeat_interval: float = _opt(2.0, "seconds between this node's heartbeats")
     node_ttl: float = _opt(10.0, "seconds after its last heartbeat that a silent node counts as dead")

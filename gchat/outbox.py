@@ -25,6 +25,8 @@ from gevent.event import Event
 from gchat.errors import Unavailable
 from gchat.transport import Transport
 
+Mark = tuple[int, int]  # a log entry: (conversation id, seq)
+
 log = logging.getLogger(__name__)
 
 # bytes joined for one send: a burst goes out in few system calls, without
@@ -70,7 +72,8 @@ class Outbox:
     """
 
     __slots__ = ("transport", "owner", "max_messages", "max_bytes", "_q", "_bytes", "_head_sent", "_wake",
-                 "_writer_g", "_wrote", "_retire", "_closing", "_flushed", "cut", "_holding", "_held")
+                 "_writer_g", "_wrote", "_retire", "_closing", "_flushed", "cut", "_holding", "_held",
+                 "_unsent_at_end")
 
     def __init__(self, transport: Transport, owner: Owner, max_messages: int, max_bytes: int) -> None:
         self.transport = transport
@@ -78,8 +81,12 @@ class Outbox:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         # (JSON body, bytes counted against max_bytes, user id, what to store
-        # for that user if the body is never written: None for the body itself)
-        self._q: deque[tuple[bytes, int, int, Sequence[bytes] | None]] = deque()
+        # for that user if the body is never written: None for the body
+        # itself, the log's (conversation, seq) entries it hands over). What
+        # came from the conversation log is not stored again: the user's
+        # delivered cursor stays below it until it is written (unsent()).
+        self._q: deque[tuple[bytes, int, int, Sequence[bytes] | None, Sequence[Mark]]] = deque()
+        self._unsent_at_end: dict[int, int] = {}
         self._bytes = 0
         self._head_sent = 0  # bytes of the head message _send_now handed to the kernel
         self._wake = Event()
@@ -91,7 +98,7 @@ class Outbox:
         self.cut = False  # cut off as a slow reader: nothing more is written
         # pushes wait here while the client's own request is handled
         self._holding = False
-        self._held: list[tuple[bytes, int]] = []
+        self._held: list[tuple[bytes, int, Mark | None]] = []
 
     def __len__(self) -> int:
         return len(self._q)
@@ -108,19 +115,57 @@ class Outbox:
 
     # --- what goes in --------------------------------------------------------
 
-    def push(self, body: bytes, user_id: int) -> None:
-        """A delivery for `user_id`; stored for it if never written."""
+    def push(self, body: bytes, user_id: int, mark: Mark | None = None) -> None:
+        """A delivery for `user_id`: a log entry (`mark`: conversation, seq),
+        or else stored for it if never written."""
         if self._holding:
-            self._held.append((body, user_id))
+            self._held.append((body, user_id, mark))
         else:
-            self._enqueue(body, len(body), user_id, None)
+            self._enqueue(body, len(body), user_id, None if mark is None else (), (mark,) if mark else ())
 
-    def reply(self, body: bytes, user_id: int = 0, restore: Sequence[bytes] = ()) -> None:
+    def unsent(self) -> dict[int, int]:
+        """conversation -> the lowest seq of the log not handed to the kernel
+        (queued, held, or left when the connection ended): a classic client's
+        delivered cursor stays below it (gchat/sessions.py)."""
+        low = dict(self._unsent_at_end)
+        for *_, marks in self._q:
+            for conv, seq in marks:
+                if seq < low.get(conv, seq + 1):
+                    low[conv] = seq
+        for _, _, mark in self._held:
+            if mark is not None and mark[1] < low.get(mark[0], mark[1] + 1):
+                low[mark[0]] = mark[1]
+        return low
+
+    def settle_log_entries(self, timeout: float) -> dict[int, int]:
+        """The user's session ends (a log-out) and its delivered cursor is
+        about to be written: log entries held behind the request's reply are
+        withdrawn (the next login hands them over), and those queued get up
+        to `timeout` seconds to be written, so that none is handed to this
+        connection after the cursor was written below it (twice, then).
+        Returns the withdrawn ones as unsent() does: the cursor stays below."""
+        withdrawn: dict[int, int] = {}
+        for _, _, mark in self._held:
+            if mark is not None and mark[1] < withdrawn.get(mark[0], mark[1] + 1):
+                withdrawn[mark[0]] = mark[1]
+        self._held = [h for h in self._held if h[2] is None]
+        deadline = time.monotonic() + timeout
+        while (self._writer_g is not None and not self.cut and any(marks for *_, marks in self._q)
+               and time.monotonic() < deadline):
+            gevent.sleep(0.005)
+        return withdrawn
+
+    def queued(self) -> int:
+        """Bytes of deliveries queued or held."""
+        return self._bytes + sum(len(body) for body, _, _ in self._held)
+
+    def reply(self, body: bytes, user_id: int = 0, restore: Sequence[bytes] = (),
+              marks: Sequence[Mark] = ()) -> None:
         """A reply to the client's own request. `restore`: messages it hands
         over, already taken from the store, stored again for `user_id` if it
         is never written. Written at once, without a writer, when the kernel
         takes it whole (a client that only logs in never needs a writer)."""
-        self._enqueue(body, 0, user_id, restore, direct=True)
+        self._enqueue(body, 0, user_id, restore, marks, direct=True)
 
     def hold(self) -> None:
         """From now, pushes wait behind the replies of the request being
@@ -132,13 +177,13 @@ class Outbox:
         self._holding = False
         if self._held:
             held, self._held = self._held, []
-            for body, user_id in held:
-                self._enqueue(body, len(body), user_id, None)
+            for body, user_id, mark in held:
+                self._enqueue(body, len(body), user_id, None if mark is None else (), (mark,) if mark else ())
 
     def _enqueue(self, body: bytes, counted: int, user_id: int, keep: Sequence[bytes] | None,
-                 direct: bool = False) -> None:
+                 marks: Sequence[Mark] = (), direct: bool = False) -> None:
         q = self._q
-        q.append((body, counted, user_id, keep))
+        q.append((body, counted, user_id, keep, marks))
         self._bytes += counted
         # a lone message may exceed the byte bound: it is in memory already, and must get out
         if len(q) > self.max_messages or (self._bytes > self.max_bytes and len(q) > 1):
@@ -157,7 +202,7 @@ class Outbox:
         """Write the lone head at once if the kernel takes it whole. Anything
         else (would block, partly sent, an error) is left to a writer, which
         meets the error again and reports it."""
-        body, counted, _, _ = self._q[0]
+        body, counted, *_ = self._q[0]
         try:
             data = self.transport.frame(body)
             sent = self.transport.send_nowait(data)
@@ -213,7 +258,7 @@ class Outbox:
         parts: list[bytes] = []
         ends: list[int] = []
         size = 0
-        for body, _, _, _ in self._q:
+        for body, *_ in self._q:
             wire = frame(body)
             parts.append(wire)
             size += len(wire)
@@ -267,9 +312,11 @@ class Outbox:
         while a batch is being stored. Replies keep only what they hand over."""
         stored = 0
         while self._q:
+            # the log keeps its entries: only the delivered cursor must stay below them
+            self._unsent_at_end = self.unsent()
             items = [
                 (uid, text)
-                for body, _, uid, keep in self._q
+                for body, _, uid, keep, _ in self._q
                 if uid
                 for text in (keep if keep is not None else (body,))
             ]

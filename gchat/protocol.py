@@ -48,6 +48,12 @@ class MsgId(enum.IntEnum):
     GROUP_CHAT = 9
     LOGINOUT = 10
     ACK = 11
+    # the conversation log (docs/protocol.md section D)
+    RECEIVED = 12  # client: received up to cseq (cumulative)
+    READ = 13  # client: read up to cseq
+    READ_RECEIPT = 14  # server: the other side of a pair read up to cseq
+    READERS = 15  # client: how many members read up to cseq
+    HISTORY = 16  # client: a page of a conversation's messages
 
 
 class Errno(enum.IntEnum):
@@ -248,7 +254,8 @@ _BOOL = "bool"
 # session is the identity); the service checks that it matches when present.
 _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
     # password or, in its place, a resume token (section C): one of them is required
-    MsgId.LOGIN: {"id": (_INT, True), "password": (_STR, False), "token": (_STR, False), "resume": (_BOOL, False)},
+    MsgId.LOGIN: {"id": (_INT, True), "password": (_STR, False), "token": (_STR, False), "resume": (_BOOL, False),
+                  "sync": (_BOOL, False)},
     MsgId.REG: {"name": (_STR, True), "password": (_STR, True)},
     MsgId.ONE_CHAT: {
         "id": (_INT, False),
@@ -272,6 +279,20 @@ _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
         "time": (_STR, False),
     },
     MsgId.LOGINOUT: {"id": (_INT, False)},
+    # section D: a conversation is named by `conv`, or for history also by
+    # `to` (a pair) or `groupid`; sequence numbers fit the same range as ids
+    MsgId.RECEIVED: {"id": (_INT, False), "conv": (_INT, True), "cseq": (_INT, True)},
+    MsgId.READ: {"id": (_INT, False), "conv": (_INT, True), "cseq": (_INT, True)},
+    MsgId.READERS: {"id": (_INT, False), "conv": (_INT, True), "cseq": (_INT, True)},
+    MsgId.HISTORY: {
+        "id": (_INT, False),
+        "conv": (_INT, False),
+        "to": (_INT, False),
+        "groupid": (_INT, False),
+        "before": (_INT, False),
+        "after": (_INT, False),
+        "limit": (_INT, False),
+    },
 }
 
 # Strings whose length docs/protocol.md limits, and the limit that applies.

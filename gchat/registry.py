@@ -15,8 +15,10 @@ class Peer(Protocol):
     user_name: str
     address: tuple[str, int]  # the client's (host, port)
 
-    def push(self, body: bytes) -> None:
-        """Queue a delivered chat message (JSON text, no terminator)."""
+    def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
+        """Queue a delivered message (JSON text, no terminator); `mark`: the
+        conversation log's (conversation, seq) it is, for the delivered
+        cursor (gchat/sessions.py)."""
 
     def close(self, reason: str) -> None: ...
 

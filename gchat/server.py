@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# how long a log-out waits for the log entries queued to its client to be
+# written before its delivered cursor is (gchat/outbox.py, settle_log_entries)
+SETTLE_TIMEOUT = 1.0
 # how long a closing connection may take to hand its last replies to the kernel
 FLUSH_TIMEOUT = 5.0
 # a connection that wrote nothing for between one and two of these periods
@@ -83,6 +86,10 @@ class Connection:
         self._hold_until = 0.0
         self.close_reason = ""
         self._deadline: gevent.Greenlet[[], None] | None = None
+        # replies in request order, some waiting for the log's commit
+        # (service.Pending): pushes are held behind them as behind any reply
+        self._waiting: deque[list[Reply] | service.Pending] = deque()
+        self._sequencer: gevent.Greenlet[[], None] | None = None
         self._guard = FloodGuard(settings.rate, settings.rate_burst) if settings.rate > 0 else None
 
     # --- Peer, as the service layer sees it --------------------------------
@@ -110,8 +117,17 @@ class Connection:
             if wait > 0:
                 self._closed.wait(wait)
 
-    def push(self, body: bytes) -> None:
-        self.outbox.push(body, self._user_id or 0)
+    def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
+        self.outbox.push(body, self._user_id or 0, mark)
+
+    def unsent(self) -> dict[int, int]:
+        return self.outbox.unsent()
+
+    def settle(self) -> dict[int, int]:
+        return self.outbox.settle_log_entries(SETTLE_TIMEOUT)
+
+    def queued(self) -> int:
+        return self.outbox.queued()
 
     def close(self, reason: str) -> None:
         if self._closing:
@@ -136,7 +152,7 @@ class Connection:
 
     def _reply(self, reply: Reply) -> None:
         if type(reply) is Handover:
-            self.outbox.reply(dumps(reply), reply.user_id, [m.encode() for m in reply.restore])
+            self.outbox.reply(dumps(reply), reply.user_id, [m.encode() for m in reply.restore], reply.marks)
         else:
             self.outbox.reply(dumps(reply))
 
@@ -206,6 +222,7 @@ class Connection:
         outbox = self.outbox
         outbox.hold()
         req = None
+        replies: list[Reply] | service.Pending
         try:
             req = parse_request(frame, self.svc.limits)
             replies = service.handle(self.svc, self, req)
@@ -214,11 +231,45 @@ class Connection:
         except Exception:
             log.exception("%s: request failed", self.who())
             replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
+        if isinstance(replies, service.Pending) or self._waiting:
+            # a chat's ACK comes after the log's commit: the reader goes on
+            # with the next frames (their messages share the writer's batch)
+            # and the sequencer writes the replies in request order; the
+            # outbox keeps holding pushes until then
+            self._waiting.append(replies)
+            if self._sequencer is None:
+                self._sequencer = gevent.spawn(self._sequence)
+            return
         try:
             for reply in replies:
                 self._reply(reply)
         finally:
             outbox.release()
+
+    def _sequence(self) -> None:
+        """Write the replies of pipelined requests in their order, each once
+        its commit is done; what was pushed meanwhile follows each."""
+        outbox = self.outbox
+        try:
+            while self._waiting:
+                item = self._waiting[0]
+                try:
+                    replies = item.get() if isinstance(item, service.Pending) else item
+                except Exception:
+                    log.exception("%s: request failed", self.who())
+                    req = item.req if isinstance(item, service.Pending) else None
+                    replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0,
+                                       req.seq if req else None)]
+                self._waiting.popleft()
+                for reply in replies:
+                    self._reply(reply)
+                # what was pushed while it waited goes after its replies (a
+                # steady sender always has a next request waiting)
+                outbox.release()
+                if self._waiting:
+                    outbox.hold()
+        finally:
+            self._sequencer = None
 
     def _refuse(self, frame: bytes) -> None:
         """errno 10, addressed to the request (msgid, seq) when it can be read."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from gchat import store
+from gchat import convlog, store
 from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.cluster.presence import Presence
@@ -30,8 +30,10 @@ from gchat.passwords import Passwords
 from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, refusal, valid_name
 from gchat.registry import Peer, Registry
 from gchat.router import Router
+from gchat.sessions import Sessions
 from gchat.store import Database
 from gchat.throttle import LoginThrottle
+from gchat.writer import LogWriter, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +45,27 @@ class Handover(Reply):
     (a login's `offlinemsg`): if it never reaches the peer, the connection
     stores `restore` again for `user_id`, so nothing accepted is lost."""
 
-    __slots__ = ("user_id", "restore")
+    __slots__ = ("user_id", "restore", "marks")
 
-    def __init__(self, body: Reply, user_id: int, restore: list[str]) -> None:
+    def __init__(self, body: Reply, user_id: int, restore: list[str],
+                 marks: list[tuple[int, int]] | None = None) -> None:
         super().__init__(body)
         self.user_id = user_id
         self.restore = restore
+        # the log's (conversation, seq) it hands over: the user's delivered
+        # cursor stays below them until the reply is written (sessions.py)
+        self.marks = marks or []
 
 
 # a login's session to open: user id, and (token hash, expiry) when it asked for one
 SessionOpen = tuple[int, tuple[str, int] | None]
-# what its reply carries: friends, groups with their members, stored messages
-SessionData = tuple[list[tuple[int, str]], list[store.GroupEntry], list[str]]
+# what its reply carries: friends, groups with their members, legacy stored
+# messages, the log's backlog (what the user has not been handed), and its
+# conversations: conv -> (delivered, read, joined, last_seq)
+SessionData = tuple[
+    list[tuple[int, str]], list[store.GroupEntry], list[str], list[convlog.Logged],
+    dict[int, tuple[int, int, int, int]],
+]
 
 
 @dataclass
@@ -65,6 +76,11 @@ class Services:
     router: Router
     passwords: Passwords
     limits: Limits = field(default_factory=Limits)
+    # a sync login's messages per conversation (docs/protocol.md section D)
+    sync_max: int = 100
+    writer: LogWriter = field(init=False, repr=False)
+    # modern clients' cumulative receipts, written in batches
+    receipts: Batcher[tuple[int, int, int], None] = field(init=False, repr=False)
     cache: Cache = field(default_factory=Cache)
     # how long a resume token is accepted after the login that issued it
     resume_ttl: int = 24 * 3600
@@ -73,11 +89,22 @@ class Services:
     # concurrent logins share their units of work (gchat/batch.py):
     # a reconnect storm costs a few statements per batch, not per user
     users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
-    sessions: Batcher[SessionOpen, SessionData] = field(init=False, repr=False)
+    session_data: Batcher[SessionOpen, SessionData] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.users_by_id = Batcher(self._load_users)
-        self.sessions = Batcher(self._open_sessions)
+        self.session_data = Batcher(self._open_sessions)
+        self.writer = LogWriter(self.db, self.router.deliver_logged)
+        self.receipts = Batcher(self._write_receipts)
+
+    @property
+    def sessions(self) -> Sessions:
+        return self.router.sessions
+
+    def _write_receipts(self, marks: list[tuple[int, int, int]]) -> list[None]:
+        with self.db.transaction() as s:
+            convlog.set_delivered(s, marks)
+        return [None] * len(marks)
 
     def _load_users(self, user_ids: list[int]) -> list[User | None]:
         with self.db.transaction() as s:
@@ -96,7 +123,9 @@ class Services:
             friends = store.friends_of_many(s, ids)
             groups = store.groups_of_many(s, ids)
             offline = store.take_offline_many(s, ids)
-            return [(friends[uid], groups[uid], offline[uid]) for uid in ids]
+            cursors = convlog.cursors_of(s, ids)
+            backlog = convlog.backlog(s, ids)
+            return [(friends[uid], groups[uid], offline[uid], backlog[uid], cursors[uid]) for uid in ids]
 
         return self.db.run(work)
 
@@ -127,7 +156,30 @@ class Services:
         self.cache.invalidate_group(group_id)
 
 
-Handler = Callable[[Services, Peer, Request], list[Reply]]
+@dataclass
+class Pending:
+    """Replies that exist once the log has committed (a chat's ACK): the
+    connection goes on with its next frames meanwhile and writes these in
+    order, so a client's pipelined messages share the writer's batches
+    instead of waiting for one commit each."""
+
+    wait: Callable[[], list[Reply]]
+    req: Request | None = None
+
+    def get(self) -> list[Reply]:
+        """The replies; a refusal or a failure becomes the error reply
+        addressed to the request, as in handle()."""
+        req = self.req
+        assert req is not None  # set by handle()
+        try:
+            return self.wait()
+        except ProtocolError as e:
+            return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
+        except GchatError as e:
+            return [refusal(ERRNO_OF[type(e)], str(e), req.msgid, req.seq)]
+
+
+Handler = Callable[[Services, Peer, Request], "list[Reply] | Pending"]
 
 
 def _err(errno: Errno, msg: str) -> ProtocolError:
@@ -224,9 +276,14 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # after it is undone if it fails, so the user is never left claimed.
     if not svc.presence.claim(user_id):
         raise _err(Errno.ONLINE, "id is online")
-    if not svc.registry.bind(user_id, peer):
+    if svc.registry.get(user_id) not in (None, peer):
         svc.presence.release(user_id)
         raise _err(Errno.ONLINE, "id is online")
+    # deliveries that come before the read below are parked, then sorted
+    # against it: none is missed, none handed twice
+    sync = req.get("sync") is True
+    svc.sessions.begin(user_id, peer, sync)  # type: ignore[arg-type]
+    svc.registry.bind(user_id, peer)
     peer.user_id, peer.user_name = user_id, user.name
     # bound: from here on messages to the user are pushed (after this reply);
     # those found offline before are stored first, so the take below has them
@@ -235,7 +292,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # a new token replaces (so revokes) any earlier one
     token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None
     try:
-        friends, groups, offline = svc.sessions((user_id, token))
+        friends, groups, offline, backlog, cursors = svc.session_data((user_id, token))
         if password is not None and svc.passwords.needs_rehash(user.password):
             new_hash = svc.passwords.hash(password)
             with svc.db.transaction() as s:
@@ -243,10 +300,29 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     except GchatError:
         _leave(svc, peer)
         raise
-    reply = _login_reply(svc, user_id, user.name, friends, groups, offline)
+    svc.sessions.open(user_id, {c: last for c, (_d, _r, _j, last) in cursors.items()})
+    # the backlog oldest first across conversations, after the legacy rows
+    # (stored before the log existed)
+    if sync:
+        # section D: the log's messages by conversation, the client acknowledges them
+        try:
+            convs = loghandlers.sync_reply(svc, user_id, cursors, backlog)
+        except GchatError:
+            _leave(svc, peer)
+            raise
+        reply = _login_reply(svc, user_id, user.name, friends, groups, offline)
+        reply["convs"] = convs
+        marks: list[tuple[int, int]] = []
+    else:
+        backlog.sort(key=lambda m: (m.created, m.conv, m.seq))
+        handed = [*offline, *(m.body for m in backlog)]
+        reply = _login_reply(svc, user_id, user.name, friends, groups, handed)
+        marks = [(m.conv, m.seq) for m in backlog]
     if new_token is not None:
         reply["token"], reply["token_ttl"] = new_token, svc.resume_ttl
-    return [Handover(_with_seq(reply, req), user_id, offline) if offline else _with_seq(reply, req)]
+    if offline or marks:
+        return [Handover(_with_seq(reply, req), user_id, offline, marks)]
+    return [_with_seq(reply, req)]
 
 
 def _token_hash(token: str) -> str:
@@ -311,6 +387,10 @@ def _leave(svc: Services, peer: Peer) -> None:
     if user_id is None:
         return
     peer.user_id, peer.user_name = None, ""
+    # the delivered cursors are written before the user can log in again
+    # (here, after the unbind; elsewhere, after the release): a new session
+    # starts from them
+    svc.sessions.end(user_id, peer)  # type: ignore[arg-type]
     svc.registry.unbind(user_id, peer)
     try:
         svc.presence.release(user_id)  # and mirrors user.state
@@ -336,26 +416,33 @@ def logout(svc: Services, peer: Peer, req: Request) -> list[Reply]:
 # --- chat ------------------------------------------------------------------
 
 
-def _delivery(peer: Peer, req: Request) -> bytes:
+def _delivery(peer: Peer, req: Request) -> dict[str, Any]:
     """The delivered object: the request as sent, with the sender's real id
-    and name set by the server, and the sender's own seq removed."""
+    and name set by the server, and the sender's own seq removed. The writer
+    adds the log's conv, cseq and ts."""
     body = dict(req.body)
     body.pop("seq", None)
     body["id"], body["name"] = peer.user_id, peer.user_name
     body.setdefault("time", _now())
-    return dumps(body)
+    return body
 
 
-def one_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    _session_user(peer, req)
+def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
+    user_id = _session_user(peer, req)
     to = req["to"]
     if not svc.user_exists(to):
         raise _err(Errno.NOT_FOUND, f"no user {to}")
-    delivered = svc.router.deliver(to, _delivery(peer, req))
-    return _acked(req, delivered=delivered)
+    # answered once the message is committed to the log (docs/protocol.md, section D)
+    pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), to=to))
+
+    def ack_after_commit() -> list[Reply]:
+        w, reached = svc.writer.result(pending)
+        return _acked(req, delivered="online" if reached else "offline", conv=w.conv, cseq=w.seq, ts=w.ts)
+
+    return Pending(ack_after_commit)
 
 
-def group_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     user_id = _session_user(peer, req)
     group_id = req["groupid"]
     members = svc.members(group_id)
@@ -363,9 +450,13 @@ def group_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         raise _err(Errno.NOT_FOUND, f"no group {group_id}")
     if user_id not in members:
         raise _err(Errno.FORBIDDEN, f"not a member of group {group_id}")
-    others = [m for m in members if m != user_id]
-    svc.router.deliver_many(others, _delivery(peer, req))
-    return _acked(req, members=len(others))
+    pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), group=group_id))
+
+    def ack_after_commit() -> list[Reply]:
+        w, _ = svc.writer.result(pending)
+        return _acked(req, members=len(w.recipients), conv=w.conv, cseq=w.seq, ts=w.ts)
+
+    return Pending(ack_after_commit)
 
 
 # --- friends and groups ----------------------------------------------------
@@ -401,6 +492,9 @@ def create_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if store.group_name_taken(s, name):
             raise _err(Errno.CONFLICT, f"group name {name!r} is taken")
         group_id = store.create_group(s, name, desc, user_id)
+        conv = convlog.create_group_conversation(s, group_id, user_id)
+    svc.writer.known_group(group_id, conv)
+    svc.sessions.joined(user_id, conv, 0)
     return _acked(req, groupid=group_id)
 
 
@@ -413,6 +507,10 @@ def add_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if store.is_member(s, group_id, user_id):
             raise _err(Errno.CONFLICT, f"already a member of group {group_id}")
         store.add_member(s, group_id, user_id)
+        # the writers of every node see this join under the conversation's
+        # lock: every message numbered after it reaches the new member
+        conv, joined = convlog.join_group(s, group_id, user_id)
+    svc.sessions.joined(user_id, conv, joined)
     # after the commit, so a node that reloads sees the new member
     svc.invalidate_group(group_id)
     svc.router.invalidate_group(group_id)
@@ -438,12 +536,21 @@ ERRNO_OF: dict[type[GchatError], Errno] = {
     Conflict: Errno.CONFLICT,
 }
 
+# section D's handlers live in their own module, which builds on this one
+from gchat import loghandlers  # noqa: E402
 
-def handle(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+HANDLERS.update(loghandlers.HANDLERS)
+
+
+def handle(svc: Services, peer: Peer, req: Request) -> list[Reply] | Pending:
     """Run the request's handler; a refusal or a failure becomes the error
-    reply addressed to this request (its msgid and seq)."""
+    reply addressed to this request (its msgid and seq), now or from
+    Pending.get once the log has committed."""
     try:
-        return HANDLERS[req.msgid](svc, peer, req)
+        out = HANDLERS[req.msgid](svc, peer, req)
+        if isinstance(out, Pending):
+            out.req = req
+        return out
     except ProtocolError as e:
         return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
     except GchatError as e:

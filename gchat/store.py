@@ -130,6 +130,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")  # readers (admin scripts) do not block the node
     cur.execute("PRAGMA synchronous=NORMAL")
+    # the conversation log grows with every message: each pooled connection's
+    # page cache (2 MiB by default) would fill with it, up to the pool's size
+    # times that; the OS's file cache already holds the hot pages
+    cur.execute("PRAGMA cache_size=-256")
     cur.close()
 
 

@@ -328,3 +328,33 @@ def test_a_burst_larger_than_one_send_chunk_is_all_written() -> None:
         h.outbox.push(m, 7)
     until(lambda: len(h.outbox) == 0)
     assert h.sink.messages() == burst and h.sink.sends >= 2
+
+
+def test_log_entries_never_written_are_not_stored_but_hold_the_delivered_cursor_back() -> None:
+    """A delivery from the conversation log (its mark: conversation, seq) is
+    kept by the log: unwritten, it is not stored offline, and unsent() keeps
+    the user's delivered cursor below it; a read receipt is neither."""
+    h = Harness(room=0)  # the kernel takes nothing
+    h.outbox.push(b"legacy", 7)
+    h.outbox.push(b"c3s5", 7, (3, 5))
+    h.outbox.push(b"c3s6", 7, (3, 6))
+    h.outbox.hold()
+    h.outbox.push(b"c4s2", 7, (4, 2))  # held behind a reply
+    assert h.outbox.unsent() == {3: 5, 4: 2}
+    h.outbox.release()
+    h.outbox.push(b"receipt", 7, (0, 0))
+    h.outbox.finish(timeout=0.1)
+    assert h.stored == [(7, b"legacy")]
+    assert h.outbox.unsent() == {3: 5, 4: 2, 0: 0}  # conversation 0 is no one's
+
+
+def test_a_log_out_withdraws_held_log_entries_and_they_still_hold_the_cursor_back() -> None:
+    h = Harness()
+    h.outbox.hold()
+    h.outbox.push(b"c3s7", 7, (3, 7))
+    h.outbox.push(b"plain", 7)
+    assert h.outbox.settle_log_entries(timeout=1) == {3: 7}  # the cursor stays below it
+    h.outbox.release()
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"plain"]  # the log entry comes at the next login instead
+    assert h.outbox.unsent() == {}

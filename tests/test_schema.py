@@ -3,14 +3,18 @@ nodes migrate themselves, and a node refuses a MySQL schema that is behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gchat import schema
+from gchat.passwords import Passwords
 from tests.conftest import MariaDB
-from tests.support import ROOT, ServerProcess, free_port
+from tests.support import ROOT, ServerProcess, Wire, free_port
 
 
 def alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -69,3 +73,53 @@ def test_a_sqlite_node_brings_its_own_database_to_head(tmp_path: Path) -> None:
     check = alembic(url, "check")
     assert check.returncode == 0 and "No new upgrade operations detected" in check.stdout + check.stderr
     assert not any("Traceback" in line for line in node.lines), node.log()
+
+
+def _fill_at_0002(url: str) -> tuple[int, int, int]:
+    """A database as the release before the log left it: two users, a group
+    of both, and messages stored for the second user. Returns (a, b, group)."""
+    from sqlalchemy import create_engine, text
+
+    assert alembic(url, "upgrade", "0002").returncode == 0
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for name in ("old_a", "old_b"):
+            conn.execute(text("INSERT INTO user (name, password, state) VALUES (:n, :p, 'online')"),
+                         {"n": name, "p": Passwords(time_cost=1, memory_kib=8).hash("pw")})
+        a, b = (conn.execute(text("SELECT id FROM user WHERE name = :n"), {"n": n}).scalar_one()
+                for n in ("old_a", "old_b"))
+        conn.execute(text("INSERT INTO allgroup (groupname, groupdesc) VALUES ('old_g', '')"))
+        g = conn.execute(text("SELECT id FROM allgroup WHERE groupname = 'old_g'")).scalar_one()
+        conn.execute(text("INSERT INTO groupuser (groupid, userid, grouprole) VALUES (:g, :a, 'creator'), "
+                          "(:g, :b, 'normal')"), {"g": g, "a": a, "b": b})
+        for i in range(3):
+            body = json.dumps({"msgid": 5, "id": a, "name": "old_a", "to": b, "msg": f"stored {i}",
+                               "time": "2026-11-26 10:00:00"})
+            conn.execute(text("INSERT INTO offlinemessage (userid, message) VALUES (:u, :m)"), {"u": b, "m": body})
+    engine.dispose()
+    return a, b, g
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_upgrading_to_the_log_keeps_stored_messages_and_groups(backend: str, tmp_path: Path,
+                                                               request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else \
+        request.getfixturevalue("mariadb").create(migrate=False)
+    a, b, g = _fill_at_0002(url)
+    assert alembic(url, "upgrade", "head").returncode == 0
+    node = ServerProcess(url).start()
+    try:
+        with Wire(node.address) as wb:
+            stored = [json.loads(m)["msg"] for m in wb.login(b).get("offlinemsg", [])]
+            assert stored == ["stored 0", "stored 1", "stored 2"]  # oldest first, as before the upgrade
+            with Wire(node.address) as wa:
+                wa.login(a)
+                # the group kept its members: the log's conversation reaches them
+                ack = wa.request({"msgid": 9, "groupid": g, "msg": "after", "seq": 1})
+                assert (ack["errno"], ack["members"], ack["cseq"]) == (0, 1, 1)
+                assert wb.recv()["msg"] == "after"
+            assert wb.request({"msgid": 10, "seq": 9})["errno"] == 0
+        with Wire(node.address) as again:  # handed over once
+            assert "offlinemsg" not in again.login(b)
+    finally:
+        node.stop()

@@ -263,3 +263,21 @@ def test_terminal_mode_offers_to_reconnect(make_server):
     finally:
         t.close()
     assert t.exitstatus == 0
+
+
+def test_unread_counts_at_login_and_history_on_request(server):
+    ida, idb, bob_name = users(server)
+    with Client.connect(server.host, server.port) as bob:
+        bob.login(idb, "pb")
+        for i in range(3):
+            bob.chat(ida, f"waiting {i}")
+        gid = bob.create_group(unique("g"), "")
+        assert gid is not None
+    done = run_tui(server.host, str(server.port), "--login", str(ida), "--password", "pa",
+                   stdin=f"history:{idb}\naddgroup:{gid}\ngrouphistory:{gid}\n")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"user {idb}: 3" in out  # the unread count at login
+    # the login shows the three, history shows them again, in order
+    assert out.count("waiting 0") == 2 and out.index("waiting 0") < out.index("waiting 2")
+    assert "no messages" in out  # a group's history before anything was said

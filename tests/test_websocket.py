@@ -32,8 +32,10 @@ def node(mariadb: Any) -> Iterator[ServerProcess]:
 def test_register_login_and_chat_with_a_tcp_user(node: ServerProcess) -> None:
     ws, ws_id = ws_user(node.web_address)
     tcp, tcp_id = user(node.address)
-    assert ws.request({"msgid": 5, "to": tcp_id, "msg": "hi from the browser", "seq": 1}) == {
-        "msgid": 11, "ack": 5, "seq": 1, "errno": 0, "delivered": "online"}
+    ack = ws.request({"msgid": 5, "to": tcp_id, "msg": "hi from the browser", "seq": 1})
+    # the log's place of the message and the server's time (docs/protocol.md section D)
+    assert ack.pop("cseq") == 1 and isinstance(ack.pop("conv"), int) and ack.pop("ts") > 0
+    assert ack == {"msgid": 11, "ack": 5, "seq": 1, "errno": 0, "delivered": "online"}
     got = tcp.recv()
     assert (got["msg"], got["id"]) == ("hi from the browser", ws_id)
     tcp.send({"msgid": 5, "to": ws_id, "msg": "hi from the terminal ✓"})

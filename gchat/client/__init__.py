@@ -55,11 +55,12 @@ from gchat.client.errors import (
     Unavailable,
     error_from_reply,
 )
-from gchat.client.types import ChatMessage, Friend, Group, GroupMember, LoginResult
+from gchat.client.types import ChatMessage, Conversation, Friend, Group, GroupMember, LoginResult
 from gchat.client.wire import RawClient
 from gchat.protocol import TIME_FORMAT
 
 __all__ = [
+    "Conversation",
     "TIME_FORMAT",
     "AlreadyOnline",
     "AuthError",

@@ -21,6 +21,7 @@ from gchat.client.errors import (
     error_from_reply,
 )
 from gchat.client.framing import TERMINATOR, ReplySplitter, ReplyTo
+from gchat.client.seen import Seen
 from gchat.client.types import ChatMessage, Friend, LoginResult
 from gchat.protocol import TIME_FORMAT, Errno, MsgId, ProtocolError, dumps, loads
 
@@ -77,6 +78,11 @@ class Client:
         self.on_reply = on_reply
         self.on_close = on_close
         self.user: LoginResult | None = None
+        # a sync session (docs/protocol.md section D): deliveries are
+        # de-duplicated by (conv, cseq) and acknowledged once the application
+        # has them
+        self.seen = Seen()
+        self._sync = False
         self._messages: queue.Queue[Any] = queue.Queue()
         self._seq = itertools.count(1)
         self._request_lock = threading.Lock()
@@ -214,8 +220,11 @@ class Client:
         msgid = obj.get("msgid")
         if msgid in _DELIVERIES:
             message = ChatMessage.from_obj(obj)
+            if not self.seen.first(message):
+                return  # at least once from the server: each shown once
             if self.on_message is not None:
                 self.on_message(message)
+                self._received(message)
             else:
                 self._messages.put(message)
             return
@@ -246,6 +255,7 @@ class Client:
                 return None
             raise self._error or ConnectionLost()
         assert isinstance(item, ChatMessage)
+        self._received(item)
         return item
 
     def messages(self, timeout: float | None = None) -> Iterator[ChatMessage]:
@@ -266,14 +276,67 @@ class Client:
         self._learn_acks(obj, reply)
         return int(reply["id"])
 
-    def login(self, user_id: int, password: str) -> LoginResult:
+    def login(self, user_id: int, password: str, sync: bool = False) -> LoginResult:
         """Log in; returns the user, friends, groups and offline messages.
-        AuthError (wrong id or password), AlreadyOnline."""
-        obj = {"msgid": int(MsgId.LOGIN), "id": user_id, "password": password, **self._seq_field()}
+        With sync (docs/protocol.md section D): the conversations, with their
+        unread counts and the messages not acknowledged yet (`convs`), which
+        are acknowledged here; later deliveries are acknowledged as the
+        application takes them. AuthError (wrong id or password), AlreadyOnline."""
+        obj: dict[str, Any] = {"msgid": int(MsgId.LOGIN), "id": user_id, "password": password,
+                               **self._seq_field()}
+        if sync:
+            obj["sync"] = True
         reply = self.request(obj)
         self._learn_acks(obj, reply)
         self.user = LoginResult.from_reply(reply)
+        self._sync = sync
+        if sync:
+            for c in self.user.convs:
+                self.seen.start(c.conv, c.delivered)
+                for m in c.messages:
+                    self.seen.first(m)
+                    self.seen.took(m)
+            self.ack_received()
         return self.user
+
+    # --- the conversation log (section D) -----------------------------------
+
+    def _received(self, message: ChatMessage) -> None:
+        """The application has the message: a sync session acknowledges it
+        (cumulative, one small frame without seq: no reply)."""
+        if self._sync and message.conv is not None:
+            self.seen.took(message)
+            self.ack_received(message.conv)
+
+    def ack_received(self, conv: int | None = None) -> None:
+        """Tell the server what this client has, up to the first gap, for one
+        conversation or all; what is not acknowledged comes at the next sync."""
+        frames = [{"msgid": int(MsgId.RECEIVED), "conv": c, "cseq": q} for c, q in self.seen.to_ack(conv)]
+        if frames:
+            self.send_many(frames)
+
+    def history(self, *, to: int | None = None, groupid: int | None = None, conv: int | None = None,
+                before: int | None = None, after: int | None = None, limit: int | None = None,
+                ) -> list[ChatMessage]:
+        """A page of a conversation (with a user, a group, or by id), oldest
+        first: after a cseq, before one, or the newest."""
+        obj: dict[str, Any] = {"msgid": int(MsgId.HISTORY)}
+        for key, value in (("to", to), ("groupid", groupid), ("conv", conv), ("before", before),
+                           ("after", after), ("limit", limit)):
+            if value is not None:
+                obj[key] = value
+        reply = self.request(obj)
+        return [ChatMessage.from_obj(m) for m in reply.get("msgs") or ()]
+
+    def mark_read(self, conv: int, cseq: int) -> None:
+        """Read up to cseq; the other side of a pair gets a receipt (msgid 14,
+        through on_reply)."""
+        self.request({"msgid": int(MsgId.READ), "conv": conv, "cseq": cseq})
+
+    def readers(self, conv: int, cseq: int) -> tuple[int, int]:
+        """(members who read up to cseq, other members)."""
+        reply = self.request({"msgid": int(MsgId.READERS), "conv": conv, "cseq": cseq})
+        return int(reply["readers"]), int(reply["members"])
 
     def _learn_acks(self, obj: dict[str, Any], reply: dict[str, Any]) -> None:
         if self._acks_wanted is None:

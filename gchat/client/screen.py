@@ -98,9 +98,17 @@ def format_login(me: LoginResult) -> str:
         lines.append(f"  [{g.id}] {g.name}" + (f" - {g.desc}" if g.desc else ""))
         for u in g.members:
             lines.append(f"    {u.id:>6}  {u.name:<20} {u.role:<8} {u.state}")
-    if me.offline:
-        lines.append(f"offline messages ({len(me.offline)}):")
-        lines.extend("  " + format_message(m) for m in me.offline)
+    # a sync login (docs/protocol.md section D): what waits comes by conversation
+    waiting = [*me.offline, *(m for c in me.convs for m in c.messages)]
+    if waiting:
+        lines.append(f"offline messages ({len(waiting)}):")
+        lines.extend("  " + format_message(m) for m in waiting)
+    unread = [c for c in me.convs if c.unread]
+    if unread:
+        lines.append("unread:")
+        for c in unread:
+            where = f"group {c.groupid}" if c.kind == "group" else f"user {c.with_user}"
+            lines.append(f"  {where}: {c.unread}" + (" (more in history)" if c.more else ""))
     lines.append(RULE)
     lines.append("type help for the commands")
     return "\n".join(lines)

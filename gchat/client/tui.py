@@ -183,7 +183,8 @@ class TerminalClient:
     def login(self, user_id: int, password: str) -> None:
         assert self.client is not None
         client = self.client
-        me = self.call(lambda: client.login(user_id, password), "login")
+        sync = not self.args.classic  # section D: unread counts, at-least-once with de-duplication
+        me = self.call(lambda: client.login(user_id, password, sync=sync), "login")
         if me is not None:
             self.credentials = (user_id, password)
             self.io.show(format_login(me))
@@ -311,6 +312,14 @@ def _groupchat(t: TerminalClient, c: Client, rest: str) -> None:
         t.call(lambda: c.group_chat(gid, msg))
 
 
+def _history(t: TerminalClient, c: Client, rest: str, key: str, usage: str) -> None:
+    ident = t.number(rest, usage)
+    if ident is not None:
+        page = t.call(lambda: c.history(**{key: ident}))
+        if page is not None:
+            t.io.show("\n".join(format_message(m) for m in page) if page else "no messages")
+
+
 class Command(NamedTuple):
     usage: str
     help: str
@@ -324,6 +333,10 @@ COMMANDS: dict[str, Command] = {
     "creategroup": Command("creategroup:name:desc", "create a group", _creategroup),
     "addgroup": Command("addgroup:groupid", "join a group", _addgroup),
     "groupchat": Command("groupchat:groupid:message", "send a message to a group", _groupchat),
+    "history": Command("history:userid", "the last messages with a user",
+                       lambda t, c, rest: _history(t, c, rest, "to", "history:userid")),
+    "grouphistory": Command("grouphistory:groupid", "the last messages of a group",
+                            lambda t, c, rest: _history(t, c, rest, "groupid", "grouphistory:groupid")),
     "loginout": Command("loginout", "log out (back to the menu)", _loginout),
     "quit": Command("quit", "log out and leave", _quit),
 }

@@ -6,20 +6,23 @@ the users it holds (one PUBLISH per target node per message, made by the
 ROUTE script that also looks the owners up), and to the channel of group
 invalidations, each prefixed with its origin so a node skips its own.
 
-Order: a sender's requests are handled one after another and each PUBLISH
-waits for Redis's answer, so Redis sees a sender's messages in order; one
-subscriber connection per node hands them to the outboxes in that order.
+Order: a node's writer publishes the messages of a batch in seq order, each
+PUBLISH waiting for Redis's answer; one subscriber connection per node hands
+them on in that order.
 
-Nothing is lost: PUBLISH answers how many subscribers got the message, and 0
-(the node died, or its subscriber is reconnecting) makes the sender store
-it. A node that received a delivery for a user who just left stores it
-(Router.on_bus_delivery).
+The bus is not the record (docs/architecture.md, "The conversation log"): a
+chat message is committed to the log before it is published, and whatever
+the bus drops (Redis cut the subscriber past its output buffer limit, the
+node was paused, Redis restarted) is found missing by its sequence number and
+brought from the log. So the node must hear of every re-subscription, also
+the ones redis-py makes by itself (`_resubscribed`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import gevent
 import redis
@@ -111,7 +114,18 @@ class RedisBus:
         except BaseException:
             pubsub.close()
             raise
+        # redis-py reconnects and re-subscribes by itself when Redis closes
+        # the subscriber (past its output buffer limit: the node was paused
+        # or slow), silently: whatever was published meanwhile is gone, so
+        # the node must hear of it and repair from the log
+        assert pubsub.connection is not None
+        pubsub.connection.register_connect_callback(self._resubscribed)
         return pubsub
+
+    def _resubscribed(self, _connection: Any) -> None:
+        log.warning("bus: Redis dropped the subscription (output buffer limit, or a pause); re-subscribed")
+        if self._on_resubscribed is not None:
+            gevent.spawn(self._on_resubscribed)
 
     def _listen(self) -> None:
         """Blocks on the subscription and hands what arrives to the local

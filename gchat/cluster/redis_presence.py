@@ -18,7 +18,7 @@ gone; the node then re-registers and re-claims its connected users.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
@@ -49,6 +49,10 @@ class RedisPresence:
         self._heartbeat = Heartbeat(settings.redis_url, node, interval=self.interval, ttl=self.ttl,
                                     timeout=settings.redis_timeout, on_gone=self._key_gone)
         self._on_lost: LostHandler | None = None
+        # called with the users re-claimed after this node was reaped (it
+        # could not heartbeat): deliveries to them were counted missed
+        # meanwhile, so they are checked against the conversation log
+        self.on_reclaimed: Callable[[list[int]], None] | None = None
         self._local: set[int] = set()  # users held here
         self._pending: set[int] = set()  # claims in flight
         self._resync = True
@@ -212,6 +216,8 @@ class RedisPresence:
         if reclaimed:
             log.info("re-claimed %d user(s) held here", len(reclaimed))
             self._mirror.online_many([u for u in reclaimed if u in self._local])
+            if self.on_reclaimed is not None:
+                self.on_reclaimed(reclaimed)
 
     def _sweep(self) -> None:
         for node, freed in self._reaper.sweep(self.node).items():

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 import redis
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from gchat import config, store
+from gchat import config, convlog, store
 from gchat.cluster.mirror import StateMirror
 from gchat.cluster.reaper import Reaper
 from gchat.cluster.redis_client import connect
@@ -143,12 +144,41 @@ def groups(settings: Settings, args: argparse.Namespace) -> None:
     print(f"{len(rows)} group(s)" + (f" (first {args.limit})" if len(rows) == args.limit else ""))
 
 
+# messages deleted per transaction: a node writing to the same conversations
+# waits at most for one such batch
+PRUNE_BATCH = 2000
+
+
+def prune(settings: Settings, args: argparse.Namespace) -> None:
+    """Retention (docs/architecture.md, "The conversation log"): delete the
+    messages past the configured age or count, in small transactions, so it
+    is safe while nodes serve. Sequence numbers and cursors stay: numbers are
+    never reused, and what was pruned is simply absent from history."""
+    if settings.retention_days <= 0 and settings.retention_keep <= 0:
+        raise Refused("nothing to prune by: set --retention-days and/or --retention-keep "
+                      "(GCHAT_RETENTION_DAYS, GCHAT_RETENTION_KEEP)")
+    older = int((time.time() - settings.retention_days * 86400) * 1000) if settings.retention_days > 0 else None
+    keep = settings.retention_keep if settings.retention_keep > 0 else None
+    db = _db(settings)
+    total = 0
+    try:
+        while True:
+            with db.transaction() as s:
+                n = convlog.prune(s, older_than_ms=older, keep_last=keep, limit=PRUNE_BATCH)
+            total += n
+            if n < PRUNE_BATCH:
+                break
+    finally:
+        db.dispose()
+    print(f"pruned {total} message(s)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gchat-admin",
         description="Inspect a gchat cluster and repair its online states.",
     )
-    config.add_arguments(parser, names=["database_url", "redis_url"])
+    config.add_arguments(parser, names=["database_url", "redis_url", "retention_days", "retention_keep"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("reset-online", help="set users offline: those of one dead node, or everyone "
                        "when no node runs")
@@ -159,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --node: the node is dead although its heartbeat has not expired yet")
     p.set_defaults(run=reset_online)
     sub.add_parser("nodes", help="the nodes, alive or dead, and how many users each holds").set_defaults(run=nodes)
+    sub.add_parser("prune", help="delete messages past the retention (--retention-days, --retention-keep); "
+                   "safe while nodes serve").set_defaults(run=prune)
     for name, run, what in (("users", users, "users, their state and node"), ("groups", groups, "groups")):
         p = sub.add_parser(name, help=f"list {what}")
         p.add_argument("--limit", type=_positive, default=1000, help="at most this many (default 1000)")
