@@ -15,6 +15,7 @@ from gevent.event import Event
 from gchat import store
 from gchat.cluster.bus import Bus
 from gchat.errors import Unavailable
+from gchat.metrics import Counts
 from gchat.registry import Registry
 from gchat.store import Database
 
@@ -26,7 +27,7 @@ STORE_WAIT = 30.0
 
 
 class Router:
-    def __init__(self, registry: Registry, bus: Bus, db: Database) -> None:
+    def __init__(self, registry: Registry, bus: Bus, db: Database, counts: Counts | None = None) -> None:
         self.registry = registry
         self.bus = bus
         self.db = db
@@ -34,6 +35,7 @@ class Router:
         # stored yet; and the logins waiting for that count to reach zero
         self._storing: dict[int, int] = {}
         self._settled: dict[int, Event] = {}
+        self.counts = counts if counts is not None else Counts()
 
     @contextlib.contextmanager
     def _deciding(self, user_ids: list[int]) -> Iterator[None]:
@@ -83,6 +85,7 @@ class Router:
                 reached += 1
             else:
                 elsewhere.append(uid)
+        self.counts.delivered_local += reached
         if elsewhere:
             with self._deciding(elsewhere):
                 try:
@@ -92,7 +95,9 @@ class Router:
                     # lost, only late
                     log.warning("bus unavailable (%s); storing %d message(s)", e, len(elsewhere))
                     offline = elsewhere
-                reached += len(elsewhere) - len(offline)
+                routed = len(elsewhere) - len(offline)
+                self.counts.routed += routed
+                reached += routed
                 if offline:
                     self.store_offline(offline, body)
         return reached
@@ -109,11 +114,13 @@ class Router:
     def store_offline(self, user_ids: list[int], body: bytes) -> None:
         text = body.decode()
         self.db.run(lambda s: store.store_offline(s, [(uid, text) for uid in user_ids]))
+        self.counts.stored += len(user_ids)
 
     def store_offline_batch(self, items: list[tuple[int, bytes]]) -> None:
         """Store (user id, body) pairs in one unit of work, in order: what a
         closing connection could not write (its order is kept at next login)."""
         self.db.run(lambda s: store.store_offline(s, [(uid, body.decode()) for uid, body in items]))
+        self.counts.stored += len(items)
 
     def on_bus_delivery(self, user_ids: list[int], body: bytes) -> None:
         """A delivery another node routed here. The user may have left since
@@ -125,6 +132,7 @@ class Router:
                 peer.push(body)
             else:
                 gone.append(uid)
+        self.counts.delivered_local += len(user_ids) - len(gone)
         if gone:
             try:
                 with self._deciding(gone):

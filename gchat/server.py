@@ -155,6 +155,7 @@ class Connection:
                 except FrameTooLarge as e:
                     self._handle_frames(e.frames)
                     if not self._closing:
+                        self.svc.counts.error(e.errno)
                         self._reply(error_reply(e))
                         self.close("frame too large")
                         log.info("%s: frame over %d bytes, closed", self.who(), self.settings.frame_max)
@@ -210,9 +211,11 @@ class Connection:
             req = parse_request(frame, self.svc.limits)
             replies = service.handle(self.svc, self, req)
         except ProtocolError as e:
+            self.svc.counts.error(e.errno)
             replies = [error_reply(e)]
         except Exception:
             log.exception("%s: request failed", self.who())
+            self.svc.counts.error(Errno.UNAVAILABLE)
             replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
         try:
             for reply in replies:
@@ -227,6 +230,7 @@ class Connection:
             msgid, seq = int(req.msgid), req.seq
         except ProtocolError as e:
             msgid, seq = e.msgid, e.seq
+        self.svc.counts.error(Errno.RATE_LIMITED)
         self._reply(error_reply(ProtocolError(Errno.RATE_LIMITED, "rate limited, slow down", msgid, seq)))
 
     def _log_dropped(self, incoming: Sequence[Incoming]) -> None:
@@ -345,6 +349,7 @@ class Listener:
                     "connections until one closes", ip, self.settings.max_per_ip,
                 )
             self._refused[ip] = self._refused.get(ip, 0) + 1
+            self.services.counts.error(Errno.RATE_LIMITED)
             return ProtocolError(Errno.RATE_LIMITED, f"too many connections from {ip}")
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         if self.pool.full() and not self._at_limit:
