@@ -78,6 +78,9 @@ class Settings:
     outbox_max_bytes: int = _opt(
         8 * 1024 * 1024, "bytes of delivered messages queued for one slow reader before it is cut off "
         "(replies, such as a login's backlog, are not counted)")
+    classic_gap: float = _opt(
+        0.005, "seconds between two frames written to a client that speaks only part A (the original "
+        "ChatClient reads one frame per recv and drops the rest); 0 = no pacing")
     rate: float = _opt(0.0, "requests per second per connection; 0 = no limit")
     rate_burst: int = _opt(200, "requests a connection may send at once above the rate")
     keepalive_idle: int = _opt(60, "TCP keepalive: idle seconds before the first probe")

@@ -78,6 +78,12 @@ class Connection:
         self.logged_in_once = False
         self.user_name = ""
         self.outbox = Outbox(transport, self, settings.outbox_max_messages, settings.outbox_max_bytes)
+        # Classic until a request uses part B or C (seq, a resume token): the
+        # original ChatClient sees one frame per recv, so its frames are paced
+        # (Outbox._write_paced). A client that asks for acks reads a stream,
+        # and a WebSocket client gets each frame as a message of its own.
+        self.classic = transport.stream
+        self.outbox.pace = settings.classic_gap if transport.stream else 0.0
         self._closing = False
         self._closed = Event()  # wakes a reader that holds off reading
         self._hold_until = 0.0
@@ -209,6 +215,9 @@ class Connection:
         req = None
         try:
             req = parse_request(frame, self.svc.limits)
+            if self.classic and (req.seq is not None or "resume" in req.body or "token" in req.body):
+                self.classic = False
+                outbox.pace = 0.0
             replies = service.handle(self.svc, self, req)
         except ProtocolError as e:
             self.svc.counts.error(e.errno)
