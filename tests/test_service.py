@@ -26,7 +26,6 @@ class FakePeer:
     def __init__(self) -> None:
         self.user_id: int | None = None
         self.user_name = ""
-        self.address = ("127.0.0.1", 0)
         self.pushed: list[dict] = []  # type: ignore[type-arg]
         self.closed = ""
         self.address = ("127.0.0.1", 40000)
