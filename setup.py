@@ -30,6 +30,8 @@ setup(
         # Sans-I/O layer: bytes in, frames out, like our protocol module; gevent does the I/O)
         "h11>=0.14",
         "websockets>=14",
+        # /metrics in Prometheus's format (gchat/metrics.py), and the process's CPU, memory and files
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [

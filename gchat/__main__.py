@@ -13,20 +13,9 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 
-from gchat import config  # noqa: E402
+from gchat import config, logs  # noqa: E402
 
 log = logging.getLogger("gchat")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if logging.getLogger().level > logging.DEBUG:
-        # alembic narrates every plugin it loads; the node logs the migration itself
-        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.from_sources(args)
     except ValueError as e:
         parser.error(str(e))
-    setup_logging(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
 
     from gchat import app as app_module
     from gchat.schema import SchemaBehind

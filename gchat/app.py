@@ -10,11 +10,13 @@ from typing import Any
 from gevent import get_hub
 
 from gchat import schema
+from gchat.audit import FailedLogins
 from gchat.cache import Cache
 from gchat.cluster.bus import Bus, LocalBus
 from gchat.cluster.mirror import StateMirror
 from gchat.cluster.presence import LocalPresence, Presence
 from gchat.config import Settings
+from gchat.metrics import Counts, Health, MetricsServer, NodeCollector, registry_for
 from gchat.passwords import Passwords
 from gchat.registry import Registry
 from gchat.router import Router
@@ -43,6 +45,7 @@ class App:
     services: Services
     listener: Listener
     web: WebListener | None = None
+    metrics: MetricsServer | None = None
 
     def start(self) -> None:
         self.presence.start(self._lost)
@@ -50,14 +53,29 @@ class App:
         if self.web is not None:  # before the TCP listener's "ready" line, which tests wait for
             self.web.start()
         self.listener.start()
+        if self.metrics is not None:
+            try:
+                self.metrics.start()
+            except OSError as e:
+                # the chat is what users need; a missing endpoint shows at
+                # the first scrape, and this line says why
+                log.warning("metrics: cannot listen on %s (%s); serving chat without /metrics",
+                            self.settings.metrics_bind, e)
+                self.metrics = None
+            else:
+                host, port = self.metrics.address
+                log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", host, port)
 
     def stop(self) -> None:
         log.info("stopping: %d connection(s)", len(self.listener.connections))
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.web is not None:
             self.web.close()
         self.listener.stop()  # every connection, TCP and WebSocket
         if self.web is not None:
             self.web.stop()
+        self.services.failed_logins.flush()  # the summary of a storm cut short by the stop
         self.bus.stop()
         self.presence.stop()
         self.db.dispose()
@@ -77,6 +95,7 @@ class App:
         have been missed, so every cached group membership goes; deliveries
         may have been dropped, so every local session is checked against the
         conversation log (gchat/sessions.py)."""
+        self.services.counts.bus_reconnects += 1
         self.services.cache.forget_groups()
         self.services.sessions.repair_all()
 
@@ -102,11 +121,12 @@ def build(settings: Settings) -> App:
     else:
         presence, bus = LocalPresence(settings.node, mirror), LocalBus()
     registry = Registry()
+    counts = Counts()
     services = Services(
         db=db,
         registry=registry,
         presence=presence,
-        router=Router(registry, bus, db, Sessions(db, flush_interval=settings.cursor_flush)),
+        router=Router(registry, bus, db, Sessions(db, flush_interval=settings.cursor_flush), counts),
         passwords=Passwords(settings.hash_time_cost, settings.hash_memory_kib, offload=_offload),
         limits=settings.limits,
         throttle=LoginThrottle(
@@ -121,6 +141,8 @@ def build(settings: Settings) -> App:
         resume_ttl=settings.resume_ttl,
         cache=Cache(settings.cache_groups),
         sync_max=settings.sync_max,
+        counts=counts,
+        failed_logins=FailedLogins(settings.login_failures_logged, settings.login_failures_window),
     )
     if reclaimed is not None:
         # a node reaped while it could not heartbeat: deliveries to its users
@@ -128,4 +150,9 @@ def build(settings: Settings) -> App:
         reclaimed.on_reclaimed = services.sessions.repair_all
     listener = Listener(settings, services)
     web = WebListener(listener) if settings.web_address else None
-    return App(settings, db, presence, bus, services, listener, web)
+    metrics = None
+    if settings.metrics_address is not None:
+        collector = NodeCollector(counts, lambda: len(listener.connections), lambda: len(registry), db)
+        metrics = MetricsServer(*settings.metrics_address, registry_for(collector),
+                                Health(db, settings.redis_url))
+    return App(settings, db, presence, bus, services, listener, web, metrics)

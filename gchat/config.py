@@ -20,6 +20,9 @@ def _opt(default: Any, help: str, *, flag: bool = True) -> Any:
     return field(default=default, metadata={"help": help, "flag": flag})
 
 
+LOG_FORMATS = ("text", "json")
+
+
 @dataclass(frozen=True)
 class Settings:
     bind: str = _opt("0.0.0.0:6000", "HOST:PORT to listen on")
@@ -30,6 +33,12 @@ class Settings:
     redis_url: str = _opt("", "redis://HOST:PORT/DB of the cluster bus; empty = single node, in-process bus")
     node_id: str = _opt("", "this node's name in the cluster (default: HOSTNAME:PORT)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _opt("text", "text (one readable line per event) or json (one JSON object per line)")
+    login_failures_logged: int = _opt(10, "failed logins logged one by one per window; the rest are summarised")
+    login_failures_window: float = _opt(60.0, "seconds of the window that failed logins are summarised over")
+    metrics_bind: str = _opt(
+        "127.0.0.1:9600", "HOST:PORT of the HTTP endpoint for /metrics (Prometheus), /healthz and /readyz; "
+        "empty = none. Loopback by default: the counts are for the operator, not the world")
 
     # database
     pool_size: int = _opt(10, "database connection pool size")
@@ -69,6 +78,9 @@ class Settings:
     outbox_max_bytes: int = _opt(
         8 * 1024 * 1024, "bytes of delivered messages queued for one slow reader before it is cut off "
         "(replies, such as a login's backlog, are not counted)")
+    classic_gap: float = _opt(
+        0.005, "seconds between two frames written to a client that speaks only part A (the original "
+        "ChatClient reads one frame per recv and drops the rest); 0 = no pacing")
     rate: float = _opt(0.0, "requests per second per connection; 0 = no limit")
     rate_burst: int = _opt(200, "requests a connection may send at once above the rate")
     keepalive_idle: int = _opt(60, "TCP keepalive: idle seconds before the first probe")
@@ -127,6 +139,13 @@ class Settings:
     @property
     def origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.web_origins.split(",") if o.strip())
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        if not self.metrics_bind:
+            return None
+        host, _, port = self.metrics_bind.rpartition(":")
+        return host or "127.0.0.1", int(port)
 
     @property
     def node(self) -> str:
@@ -188,4 +207,8 @@ def from_sources(
         raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT")
     if settings.web_bind and not settings.web_bind.rpartition(":")[2].isdigit():
         raise ValueError(f"web_bind: {settings.web_bind!r} is not HOST:PORT (or empty for no web app)")
+    if settings.metrics_bind and not settings.metrics_bind.rpartition(":")[2].isdigit():
+        raise ValueError(f"metrics_bind: {settings.metrics_bind!r} is not HOST:PORT (or empty: none)")
+    if settings.log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format: {settings.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     return settings

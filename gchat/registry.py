@@ -13,7 +13,7 @@ class Peer(Protocol):
 
     user_id: int | None
     user_name: str
-    address: tuple[str, int]  # the client's (host, port)
+    address: tuple[str, int]  # the client's (host, port): the throttle's and the audit log's
 
     def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
         """Queue a delivered message (JSON text, no terminator); `mark`: the

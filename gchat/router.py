@@ -20,6 +20,7 @@ from gevent.event import Event
 from gchat import store
 from gchat.cluster.bus import Bus
 from gchat.errors import GchatError, Unavailable
+from gchat.metrics import Counts
 from gchat.registry import Registry
 from gchat.sessions import NOT_STORED, Sessions
 from gchat.store import Database
@@ -33,7 +34,8 @@ STORE_WAIT = 30.0
 
 
 class Router:
-    def __init__(self, registry: Registry, bus: Bus, db: Database, sessions: Sessions | None = None) -> None:
+    def __init__(self, registry: Registry, bus: Bus, db: Database, sessions: Sessions | None = None,
+                 counts: Counts | None = None) -> None:
         self.registry = registry
         self.bus = bus
         self.db = db
@@ -42,6 +44,7 @@ class Router:
         self._storing: dict[int, int] = {}
         self._settled: dict[int, Event] = {}
         self.sessions = sessions if sessions is not None else Sessions(db)
+        self.counts = counts if counts is not None else Counts()
 
     @contextlib.contextmanager
     def _deciding(self, user_ids: list[int]) -> Iterator[None]:
@@ -85,6 +88,8 @@ class Router:
                 reached += 1
             else:
                 elsewhere.append(uid)
+        counts = self.counts
+        counts.delivered_local += reached
         if elsewhere:
             try:
                 missed = self.bus.route(elsewhere, b"%d,%d %s" % (w.conv, w.seq, w.body))
@@ -94,7 +99,10 @@ class Router:
                 log.warning("bus unavailable (%s); %d recipient(s) of %d:%d get it from the log",
                             e, len(elsewhere), w.conv, w.seq)
                 missed = elsewhere
-            reached += len(elsewhere) - len(missed)
+            routed = len(elsewhere) - len(missed)
+            counts.routed += routed
+            counts.stored += len(missed)  # kept for them in the log, handed over at their next login
+            reached += routed
         return reached
 
     def tell(self, user_ids: list[int], body: bytes) -> None:
@@ -129,10 +137,12 @@ class Router:
         if not sep or not conv.isdigit() or not seq.isdigit():
             return False
         c, q = int(conv), int(seq)
+        offered = 0
         for uid in user_ids:
             # a user gone since the routing decision: the log keeps it for
             # its next login
-            self.sessions.offer(uid, c, q, text)
+            offered += self.sessions.offer(uid, c, q, text)
+        self.counts.delivered_local += offered
         return True
 
     def deliver(self, user_id: int, body: bytes) -> str:
@@ -153,6 +163,7 @@ class Router:
                 reached += 1
             else:
                 elsewhere.append(uid)
+        self.counts.delivered_local += reached
         if elsewhere:
             with self._deciding(elsewhere):
                 try:
@@ -162,7 +173,9 @@ class Router:
                     # lost, only late
                     log.warning("bus unavailable (%s); storing %d message(s)", e, len(elsewhere))
                     offline = elsewhere
-                reached += len(elsewhere) - len(offline)
+                routed = len(elsewhere) - len(offline)
+                self.counts.routed += routed
+                reached += routed
                 if offline:
                     self.store_offline(offline, body)
         return reached
@@ -179,11 +192,13 @@ class Router:
     def store_offline(self, user_ids: list[int], body: bytes) -> None:
         text = body.decode()
         self.db.run(lambda s: store.store_offline(s, [(uid, text) for uid in user_ids]))
+        self.counts.stored += len(user_ids)
 
     def store_offline_batch(self, items: list[tuple[int, bytes]]) -> None:
         """Store (user id, body) pairs in one unit of work, in order: what a
         closing connection could not write (its order is kept at next login)."""
         self.db.run(lambda s: store.store_offline(s, [(uid, body.decode()) for uid, body in items]))
+        self.counts.stored += len(items)
 
     def on_bus_delivery(self, user_ids: list[int], body: bytes) -> None:
         """A delivery another node routed here. The user may have left since
@@ -197,6 +212,7 @@ class Router:
                 peer.push(body)
             else:
                 gone.append(uid)
+        self.counts.delivered_local += len(user_ids) - len(gone)
         if gone:
             try:
                 with self._deciding(gone):

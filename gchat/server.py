@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_MODERN_KEYS = frozenset(("resume", "token", "sync"))
+
 # how long a log-out waits for the log entries queued to its client to be
 # written before its delivered cursor is (gchat/outbox.py, settle_log_entries)
 SETTLE_TIMEOUT = 1.0
@@ -81,6 +83,12 @@ class Connection:
         self.logged_in_once = False
         self.user_name = ""
         self.outbox = Outbox(transport, self, settings.outbox_max_messages, settings.outbox_max_bytes)
+        # Classic until a request uses part B or C (seq, a resume token): the
+        # original ChatClient sees one frame per recv, so its frames are paced
+        # (Outbox._write_paced). A client that asks for acks reads a stream,
+        # and a WebSocket client gets each frame as a message of its own.
+        self.classic = transport.stream
+        self.outbox.pace = settings.classic_gap if transport.stream else 0.0
         self._closing = False
         self._closed = Event()  # wakes a reader that holds off reading
         self._hold_until = 0.0
@@ -171,6 +179,7 @@ class Connection:
                 except FrameTooLarge as e:
                     self._handle_frames(e.frames)
                     if not self._closing:
+                        self.svc.counts.error(e.errno)
                         self._reply(error_reply(e))
                         self.close("frame too large")
                         log.info("%s: frame over %d bytes, closed", self.who(), self.settings.frame_max)
@@ -225,11 +234,18 @@ class Connection:
         replies: list[Reply] | service.Pending
         try:
             req = parse_request(frame, self.svc.limits)
+            # any extension of docs/protocol.md (seq, a resume token, a sync
+            # login) says the client reads frames whole: no pacing for it
+            if self.classic and (req.seq is not None or not _MODERN_KEYS.isdisjoint(req.body)):
+                self.classic = False
+                outbox.pace = 0.0
             replies = service.handle(self.svc, self, req)
         except ProtocolError as e:
+            self.svc.counts.error(e.errno)
             replies = [error_reply(e)]
         except Exception:
             log.exception("%s: request failed", self.who())
+            self.svc.counts.error(Errno.UNAVAILABLE)
             replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
         if isinstance(replies, service.Pending) or self._waiting:
             # a chat's ACK comes after the log's commit: the reader goes on
@@ -278,6 +294,7 @@ class Connection:
             msgid, seq = int(req.msgid), req.seq
         except ProtocolError as e:
             msgid, seq = e.msgid, e.seq
+        self.svc.counts.error(Errno.RATE_LIMITED)
         self._reply(error_reply(ProtocolError(Errno.RATE_LIMITED, "rate limited, slow down", msgid, seq)))
 
     def _log_dropped(self, incoming: Sequence[Incoming]) -> None:
@@ -396,6 +413,7 @@ class Listener:
                     "connections until one closes", ip, self.settings.max_per_ip,
                 )
             self._refused[ip] = self._refused.get(ip, 0) + 1
+            self.services.counts.error(Errno.RATE_LIMITED)
             return ProtocolError(Errno.RATE_LIMITED, f"too many connections from {ip}")
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         if self.pool.full() and not self._at_limit:

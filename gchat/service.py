@@ -20,11 +20,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from gchat import convlog, store
+from gchat import audit, convlog, store
 from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.cluster.presence import Presence
 from gchat.errors import Conflict, GchatError, Unavailable
+from gchat.metrics import Counts
 from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
 from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, refusal, valid_name
@@ -82,6 +83,8 @@ class Services:
     # modern clients' cumulative receipts, written in batches
     receipts: Batcher[tuple[int, int, int], None] = field(init=False, repr=False)
     cache: Cache = field(default_factory=Cache)
+    counts: Counts = field(default_factory=Counts)
+    failed_logins: audit.FailedLogins = field(default_factory=audit.FailedLogins)
     # how long a resume token is accepted after the login that issued it
     resume_ttl: int = 24 * 3600
     # failed logins slow their next tries down (gchat/throttle.py)
@@ -202,6 +205,10 @@ def _session_user(peer: Peer, req: Request) -> int:
     return peer.user_id
 
 
+def _ip(peer: Peer) -> str:
+    return str(peer.address[0])
+
+
 def _now() -> str:
     return time.strftime(TIME_FORMAT)
 
@@ -232,6 +239,7 @@ def register(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     except Conflict as e:  # lost a race for the name
         raise _err(Errno.AUTH, "name is taken") from e
     svc.cache.known_user(user_id)
+    audit.event("register", user=user_id, name=name, ip=_ip(peer))
     reply: Reply = {"msgid": int(MsgId.REG_ACK), "errno": 0, "id": user_id}
     return [_with_seq(reply, req)]
 
@@ -242,13 +250,45 @@ def _with_seq(reply: Reply, req: Request) -> Reply:
     return reply
 
 
+class _LoginRefused(ProtocolError):
+    """A refused login, with the reason the audit log gets; the peer sees
+    only errmsg (which ids exist is not its business)."""
+
+    def __init__(self, errno: Errno, errmsg: str, why: str) -> None:
+        super().__init__(errno, errmsg)
+        self.why = why
+
+
 def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    """A login, timed (gchat_login_seconds) and audited: success, or failure
+    with its reason (a storm of failures is summarised)."""
+    start = time.perf_counter()
+    result = "refused"
+    try:
+        replies = _login(svc, peer, req)
+        result = "ok"
+    except ProtocolError as e:
+        svc.failed_logins.failed(getattr(e, "why", e.errmsg), _ip(peer), user=req.get("id"))
+        raise
+    except GchatError as e:
+        result = "unavailable"
+        svc.failed_logins.failed(str(e), _ip(peer), user=req.get("id"))
+        raise
+    finally:
+        svc.counts.login_seconds.labels(result).observe(time.perf_counter() - start)
+    audit.event("login", user=peer.user_id, name=peer.user_name, ip=_ip(peer),
+                method="password" if req.get("password") is not None else "resume token")
+    return replies
+
+
+def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # parse_request made sure one of password and token is there
     user_id, password, token = req["id"], req.get("password"), req.get("token")
     if peer.user_id is not None:
         if peer.user_id == user_id:
-            raise _err(Errno.ONLINE, "id is online")
-        raise _err(Errno.FORBIDDEN, "log out before logging in as another user")
+            raise _LoginRefused(Errno.ONLINE, "id is online", "already logged in on this connection")
+        raise _LoginRefused(Errno.FORBIDDEN, "log out before logging in as another user",
+                            "another user is logged in on this connection")
     address = peer.address[0]
     wait = svc.throttle.admit(user_id, address)
     if wait > 0:
@@ -256,7 +296,8 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         # connection until then: a guesser that ignores the wait costs the
         # node nothing either
         peer.hold(wait)
-        raise _err(Errno.RATE_LIMITED, f"too many failed logins, retry in {math.ceil(wait)} s")
+        raise _LoginRefused(Errno.RATE_LIMITED, f"too many failed logins, retry in {math.ceil(wait)} s",
+                            "throttled after failed logins")
     try:
         user = svc.users_by_id(user_id)
         if password is not None:
@@ -268,17 +309,18 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         svc.throttle.cancel(user_id, address)
         raise
     if not ok or user is None:
-        raise _err(Errno.AUTH, "id or password error")
+        why = "no such user" if user is None else "wrong password" if password is not None else "bad resume token"
+        raise _LoginRefused(Errno.AUTH, "id or password error", why)
     svc.throttle.succeeded(user_id, address)
 
     # Online is claimed in the presence store first: it is the one atomic
     # step across nodes (a racing login elsewhere finds it taken). Everything
     # after it is undone if it fails, so the user is never left claimed.
     if not svc.presence.claim(user_id):
-        raise _err(Errno.ONLINE, "id is online")
+        raise _LoginRefused(Errno.ONLINE, "id is online", "online elsewhere")
     if svc.registry.get(user_id) not in (None, peer):
         svc.presence.release(user_id)
-        raise _err(Errno.ONLINE, "id is online")
+        raise _LoginRefused(Errno.ONLINE, "id is online", "online elsewhere")
     # deliveries that come before the read below are parked, then sorted
     # against it: none is missed, none handed twice
     sync = req.get("sync") is True
@@ -410,6 +452,7 @@ def logout(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     with svc.db.transaction() as s:
         store.set_token(s, user_id, None, None)
     _leave(svc, peer)
+    audit.event("logout", user=user_id, ip=_ip(peer))
     return _acked(req)
 
 
@@ -552,6 +595,9 @@ def handle(svc: Services, peer: Peer, req: Request) -> list[Reply] | Pending:
             out.req = req
         return out
     except ProtocolError as e:
+        svc.counts.error(e.errno)
         return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
     except GchatError as e:
-        return [refusal(ERRNO_OF[type(e)], str(e), req.msgid, req.seq)]
+        errno = ERRNO_OF[type(e)]
+        svc.counts.error(errno)
+        return [refusal(errno, str(e), req.msgid, req.seq)]

@@ -7,6 +7,7 @@ import itertools
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time as _time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +43,24 @@ class _Pending:
 
 
 _CLOSED = object()  # ends messages() once the connection is gone
+
+
+def tls_context(ca: str | None = None) -> ssl.SSLContext:
+    """A client context that verifies the server: its certificate chains to
+    the system's CAs (or to the CA in the PEM file `ca`) and names the host."""
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as e:
+        raise ConnectionLost(f"cannot read the CA file {ca}: {e.strerror or e}") from e
+
+
+def _tls_reason(e: Exception) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (f"the server's certificate was not verified: {e.verify_message} "
+                "(a private CA: pass its certificate with --ca)")
+    if isinstance(e, ssl.SSLError):
+        return e.reason or str(e)
+    return str(e)
 
 
 class Client:
@@ -95,12 +114,24 @@ class Client:
         self._reader.start()
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float = 10.0, **kwargs: Any) -> Client:
+    def connect(cls, host: str, port: int, timeout: float = 10.0, *, tls: bool | ssl.SSLContext = False,
+                ca: str | None = None, **kwargs: Any) -> Client:
+        """Connect, over TLS when `tls` (nginx terminates it in front of the
+        nodes; docs/operations.md). The server's certificate is verified
+        against the system's CAs, or `ca` (a PEM file: a private CA), and
+        must name `host`; pass an SSLContext of your own to decide otherwise."""
+        context = tls if isinstance(tls, ssl.SSLContext) else tls_context(ca) if tls else None
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as e:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {e.strerror or e}") from e
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if context is not None:
+            try:
+                sock = context.wrap_socket(sock, server_hostname=host)
+            except (ssl.SSLError, OSError) as e:
+                sock.close()
+                raise ConnectionLost(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from e
         return cls(sock, timeout=timeout, **kwargs)
 
     def __enter__(self) -> Self:

@@ -67,6 +67,8 @@ class TerminalClient:
             self.args.host,
             self.args.port,
             timeout=self.args.timeout,
+            tls=self.args.tls or bool(self.args.ca),
+            ca=self.args.ca,
             acks=False if self.args.classic else None,
             on_message=lambda m: self.io.show(format_message(m)),
             on_reply=self._unrequested,
@@ -360,6 +362,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--password", help="password for --login / --register (asked for when absent)")
     p.add_argument("--classic", action="store_true", help="send only the original client's frames (no acks)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="connect and reply timeout (10)")
+    p.add_argument("--tls", action="store_true",
+                   help="connect over TLS (nginx's TLS port); the server's certificate is verified")
+    p.add_argument("--ca", metavar="PEM", help="with --tls: trust this CA certificate (a private CA) "
+                   "instead of the system's")
     p.add_argument(
         "--linger",
         type=float,
