@@ -13,7 +13,7 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 
-from gchat import config  # noqa: E402
+from gchat import __version__, config  # noqa: E402
 
 log = logging.getLogger("gchat")
 
@@ -35,12 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         description="A gchat chat node. With no flags: one node on SQLite (gchat.db here) "
         "with an in-process bus. Every flag has a GCHAT_* environment variable.",
     )
+    parser.add_argument("--version", action="version", version=f"gchat-server {__version__}")
     config.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         settings = config.from_sources(args)
-    except ValueError as e:
-        parser.error(str(e))
+    except ValueError as e:  # one line: the usage would bury it under 25 lines of flags
+        print(f"gchat-server: {e} (see gchat-server --help)", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level)
 
     from gchat import app as app_module
@@ -55,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("start-up failed", exc_info=True)
         print(f"gchat-server: cannot start: {e.__class__.__name__}: {e}", file=sys.stderr)
         return 1
+    from gchat.control import AdminSocketError
+
     try:
         app.start()
+    except AdminSocketError as e:
+        print(f"gchat-server: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         where = settings.bind + (f" or {settings.web_bind} (web_bind)" if settings.web_bind else "")
         print(f"gchat-server: cannot listen on {where}: {e}", file=sys.stderr)

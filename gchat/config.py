@@ -16,8 +16,11 @@ from sqlalchemy.engine import make_url
 from gchat.protocol import Limits
 
 
-def _opt(default: Any, help: str, *, flag: bool = True) -> Any:
-    return field(default=default, metadata={"help": help, "flag": flag})
+def _opt(default: Any, help: str, *, flag: bool = True, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,12 @@ class Settings:
     )
     redis_url: str = _opt("", "redis://HOST:PORT/DB of the cluster bus; empty = single node, in-process bus")
     node_id: str = _opt("", "this node's name in the cluster (default: HOSTNAME:PORT)")
-    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = _opt("INFO", "how much the node logs", choices=LOG_LEVELS)
+    admin_socket: str = _opt(
+        "",
+        "Unix socket (mode 0600) where gchat-admin reaches a node that has no Redis (kick, broadcast); "
+        "empty = none",
+    )
 
     # database
     pool_size: int = _opt(10, "database connection pool size")
@@ -154,8 +162,13 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None =
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env {_env_name(f.name)}; default {f.default!r})",
+            help=f"{f.metadata['help']}{_choices(f.metadata['choices'])} "
+            f"(env {_env_name(f.name)}; default {f.default!r})",
         )
+
+
+def _choices(choices: tuple[str, ...]) -> str:
+    return f": one of {', '.join(choices)}" if choices else ""
 
 
 def from_sources(
@@ -176,6 +189,11 @@ def from_sources(
             values[f.name] = kind(raw) if kind is not str else raw
         except ValueError:
             raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from None
+        choices = f.metadata["choices"]
+        if choices:
+            values[f.name] = raw.upper()
+            if values[f.name] not in choices:
+                raise ValueError(f"{f.name}: {raw!r} is not one of {', '.join(choices)}")
     settings = Settings(**values)
     if not settings.bind.rpartition(":")[2].isdigit():
         raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT")
