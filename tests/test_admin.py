@@ -81,7 +81,8 @@ def test_reset_online_all_is_refused_while_nodes_run(cluster: Cluster) -> None:
 @pytest.mark.parametrize("args", [
     ["reset-online"],
     ["reset-online", "--node", "x", "--all"],
-    ["reset-online", "--all", "--force"],
+    ["delete-user"],
+    ["delete-user", "x", "--prefix", "y"],
     ["frobnicate"],
     ["users", "--limit", "0"],
 ])
