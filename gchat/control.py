@@ -27,15 +27,11 @@ from typing import Any
 
 from gevent.server import StreamServer
 
-from gchat.protocol import MsgId, dumps, loads
+from gchat.protocol import SYSTEM_ID, SYSTEM_NAME, MsgId, dumps, loads
 from gchat.registry import Registry
 
 log = logging.getLogger(__name__)
 
-# A system message is a one-to-one message (msgid 5, so the original client
-# shows it) from id 0, which no user has (ids start at 1), named "system".
-SYSTEM_ID = 0
-SYSTEM_NAME = "system"
 # an admin request is a few hundred bytes; this bounds what a stray client costs
 REQUEST_MAX = 64 * 1024
 REQUEST_TIMEOUT = 5.0
@@ -45,6 +41,8 @@ Reply = dict[str, Any]
 
 
 def system_message(user_id: int, text: str) -> bytes:
+    """A one-to-one message (msgid 5, so the original client shows it too)
+    from the system; docs/protocol.md part C."""
     return dumps({
         "msgid": int(MsgId.ONE_CHAT), "id": SYSTEM_ID, "name": SYSTEM_NAME, "to": user_id, "msg": text,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "system": True,
