@@ -171,6 +171,27 @@ def _choices(choices: tuple[str, ...]) -> str:
     return f": one of {', '.join(choices)}" if choices else ""
 
 
+def read_env_file(path: str) -> dict[str, str]:
+    """The KEY=VALUE lines of an environment file as systemd's EnvironmentFile
+    reads the simple ones (deploy/gchat.env): blank lines and # comments
+    skipped, one pair of surrounding quotes removed. Raises OSError, or
+    ValueError naming the line that is not KEY=VALUE."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise ValueError(f"{path}:{n}: not KEY=VALUE: {line[:60]!r}")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[key.strip()] = value
+    return values
+
+
 def from_sources(
     args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:

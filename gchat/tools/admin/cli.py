@@ -1,8 +1,8 @@
 """gchat-admin: an operator's view of a node or a cluster, and its actions.
 
 It finds what it works on as the node does (--database-url, --redis-url,
---admin-socket, or their GCHAT_* variables: run it with the node's
-environment file). A cluster's nodes are reached through Redis; a lone node
+--admin-socket, or their GCHAT_* variables), or in the node's environment
+file (--env-file /etc/gchat/node0.env). A cluster's nodes are reached through Redis; a lone node
 through its admin socket (gchat/control.py). Exit status: 0 done, 1 a store
 or node could not be reached or the action was refused, 2 a wrong argument.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Inspect and run a gchat node or cluster: schema, nodes, users, groups, kicks, broadcasts.",
     )
     parser.add_argument("--version", action="version", version=f"gchat-admin {__version__}")
+    parser.add_argument("--env-file", metavar="PATH",
+                        help="read the GCHAT_* settings from the node's environment file (deploy/gchat.env); "
+                        "they take precedence over the environment, flags over them")
     config.add_arguments(parser, names=["database_url", "redis_url", "admin_socket"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -93,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        settings = config.from_sources(args)
+        environ = dict(os.environ)
+        if args.env_file:
+            environ.update(config.read_env_file(args.env_file))
+        settings = config.from_sources(args, environ)
+    except OSError as e:
+        parser.error(f"--env-file: {e}")
     except ValueError as e:
         parser.error(str(e))
     run: Command = args.run
