@@ -223,7 +223,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # step across nodes (a racing login elsewhere finds it taken). Everything
     # after it is undone if it fails, so the user is never left claimed.
     if not svc.presence.claim(user_id):
-        raise _err(Errno.ONLINE, "id is online")
+        raise _err(Errno.ONLINE, svc.presence.why_online(user_id))
     if not svc.registry.bind(user_id, peer):
         svc.presence.release(user_id)
         raise _err(Errno.ONLINE, "id is online")
