@@ -16,23 +16,14 @@ from gchat.config import Settings
 from gchat.models import User
 from gchat.passwords import Passwords
 from gchat.store import Database
-from gchat.tools.admin.stores import Refused, open_db, open_redis, show, text
+from gchat.tools.admin.reach import forget_users, kick_user
+from gchat.tools.admin.stores import Refused, find_user, open_db, open_redis, show, text
 
 # gchat-bench's accounts: "b" + 8 hex digits of its run, "_", a number
 # (gchat/bench/accounts.py register()); its groups say "gchat-bench"
 BENCH_NAME = re.compile(r"b[0-9a-f]{8}_[0-9]+")
 # the new password for `passwd`, for scripts (a flag would show in ps)
 PASSWORD_ENV = "GCHAT_NEW_PASSWORD"
-
-
-def find_user(db: Database, who: str) -> User:
-    """USER on the command line: an id, or a name (a name made only of
-    digits is given by its id)."""
-    with db.transaction() as s:
-        user = store.get_user(s, int(who)) if who.isdigit() else store.user_by_name(s, who)
-    if user is None:
-        raise Refused(f"no user {'with id ' + who if who.isdigit() else repr(who)}")
-    return user
 
 
 def users(settings: Settings, args: argparse.Namespace) -> None:
@@ -92,8 +83,6 @@ def _delete(settings: Settings, db: Database, doomed: Sequence[User], confirmed:
         raise Refused(f"{len(doomed)} user(s) match ({names}): add --yes to delete them")
     # connected users are kicked first, so that no node keeps a session of
     # someone who no longer exists
-    from gchat.tools.admin.reach import forget_users, kick_user
-
     for u in _online(settings, doomed):
         label = f"user {u.id} ({u.name})"
         try:

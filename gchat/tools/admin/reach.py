@@ -14,8 +14,7 @@ import redis
 from gchat.cluster.reaper import Reaper
 from gchat.cluster.redis_keys import ALL, node_channel, node_key, online_key, users_key
 from gchat.config import Settings
-from gchat.tools.admin.accounts import find_user
-from gchat.tools.admin.stores import Refused, ask_node, open_db, open_redis, text
+from gchat.tools.admin.stores import Refused, ask_node, find_user, open_db, open_redis, text
 
 # how long a kick may take: the node flushes the connection's queued
 # messages (up to 5 s for a client that does not read), then releases it

@@ -15,10 +15,11 @@ import redis
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from gchat import schema
+from gchat import schema, store
 from gchat.cluster.redis_client import connect
 from gchat.config import Settings
 from gchat.errors import Unavailable
+from gchat.models import User
 from gchat.store import Database
 
 # a request on the admin socket is answered at once; the node may be busy
@@ -72,6 +73,16 @@ def open_db(settings: Settings, *, must_exist: bool = True, at_head: bool = True
         raise Refused(f"the database at {where} has schema {have or 'none (not a gchat database?)'}, "
                       f"gchat needs {want}: run `gchat-admin migrate` with the same --database-url")
     return db
+
+
+def find_user(db: Database, who: str) -> User:
+    """USER on the command line: an id, or a name (a name made only of
+    digits is given by its id)."""
+    with db.transaction() as s:
+        user = store.get_user(s, int(who)) if who.isdigit() else store.user_by_name(s, who)
+    if user is None:
+        raise Refused(f"no user {'with id ' + who if who.isdigit() else repr(who)}")
+    return user
 
 
 def open_redis(settings: Settings, need: str) -> redis.Redis:
