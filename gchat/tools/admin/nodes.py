@@ -48,12 +48,14 @@ def nodes(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def reset_online(settings: Settings, args: argparse.Namespace) -> None:
+    if not args.node and not args.force:
+        _refuse_while_alive(settings)  # before the database: nothing is opened for a refusal
     db = open_db(settings)
     try:
         if args.node:
             _reset_node(settings, db, args.node, args.force)
         else:
-            _reset_all(settings, db, args.force)
+            _reset_all(settings, db)
     finally:
         db.dispose()
 
@@ -74,16 +76,23 @@ def _reset_node(settings: Settings, db: Database, node: str, force: bool) -> Non
     print(f"node {node}: {len(freed)} user(s) set offline")
 
 
-def _reset_all(settings: Settings, db: Database, force: bool) -> None:
-    """Every user offline: only when no node is running, as the original's
-    reset was meant (it ran it at the exit of one node, and so set the
-    users of every other node offline too)."""
+def _refuse_while_alive(settings: Settings) -> None:
+    if not settings.redis_url:
+        _refuse_if_lone_node_runs(settings)
+        return
+    r = open_redis(settings, "reset-online --all")
+    alive = sorted({n for n, up in Reaper(r).live_nodes().items() if up} | set(_heartbeats(r)))
+    if alive:
+        raise Refused(f"{len(alive)} node(s) alive ({', '.join(alive)}): stop them first, reset one dead "
+                      "node with --node, or add --force if you know they are dead")
+
+
+def _reset_all(settings: Settings, db: Database) -> None:
+    """Every user offline: only when no node is running (checked before,
+    unless forced), as the original's reset was meant (it ran it at the exit
+    of one node, and so set the users of every other node offline too)."""
     if settings.redis_url:
         r = open_redis(settings, "reset-online --all")
-        alive = sorted({n for n, up in Reaper(r).live_nodes().items() if up} | set(_heartbeats(r)))
-        if alive and not force:
-            raise Refused(f"{len(alive)} node(s) alive ({', '.join(alive)}): stop them first, reset one dead "
-                          "node with --node, or add --force if you know they are dead")
         reaper = Reaper(r)
         for node in [text(m) for m in r.smembers(NODES)]:
             reaper.reap(node, force=True)
@@ -93,8 +102,6 @@ def _reset_all(settings: Settings, db: Database, force: bool) -> None:
                  *r.scan_iter(users_key("*"))]
         if stray:
             r.delete(*stray)
-    elif not force:
-        _refuse_if_lone_node_runs(settings)
     with db.transaction() as s:
         n = store.reset_states(s)
     print(f"{n} user(s) set offline")
