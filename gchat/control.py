@@ -97,6 +97,7 @@ class Control:
             if not isinstance(ids, list) or not all(type(i) is int for i in ids):
                 return {"ok": False, "error": "forget needs a list of integer ids"}
             self.forget(ids)
+            log.info("forgot %d user(s) an operator deleted", len(ids))
             return {"ok": True, "node": self.node}
         return {"ok": False, "error": f"unknown action {action!r}"}
 

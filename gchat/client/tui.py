@@ -12,7 +12,8 @@ Interactive (standard input is a terminal): prompt_toolkit with
 above the prompt and the line is redrawn intact. readline cannot do that: it
 has no thread-safe way to print from the reader thread during `input()`.
 The connection being lost is announced at once; the next line entered offers
-to reconnect and log in again.
+to reconnect and log in again. Ctrl-C drops the line being typed and says so;
+a second one in a row logs out and leaves.
 
 The password comes from the GCHAT_PASSWORD environment variable, or is asked
 for (a --password flag would be visible to every user in `ps`).

@@ -23,7 +23,10 @@ def _heartbeats(r: redis.Redis) -> list[str]:
 
 def nodes(settings: Settings, args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]]
-    if settings.redis_url or not settings.admin_socket:
+    if not settings.redis_url and not settings.admin_socket:
+        raise Refused("nodes needs the cluster's Redis (--redis-url, GCHAT_REDIS_URL) or a lone node's admin "
+                      "socket (--admin-socket, GCHAT_ADMIN_SOCKET)")
+    if settings.redis_url:
         r = open_redis(settings, "nodes")
         known = Reaper(r).live_nodes()
         for n in _heartbeats(r):
