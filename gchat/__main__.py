@@ -59,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from gchat.control import AdminSocketError
 
+    # before start(), which logs "ready": a SIGTERM sent as soon as it is
+    # read (systemd, a test) must stop the node cleanly, not kill it with
+    # the default action (its users left online, its admin socket left behind)
+    stop = gevent.event.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(sig, stop.set)
+    # SIGUSR1 logs "stats connections=.. users=.. greenlets=.. fds=.. rss=.."
+    gevent.signal_handler(signal.SIGUSR1, app.listener.log_stats)
     try:
         app.start()
     except AdminSocketError as e:
@@ -68,12 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         where = settings.bind + (f" or {settings.web_bind} (web_bind)" if settings.web_bind else "")
         print(f"gchat-server: cannot listen on {where}: {e}", file=sys.stderr)
         return 1
-
-    stop = gevent.event.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(sig, stop.set)
-    # SIGUSR1 logs "stats connections=.. users=.. greenlets=.. fds=.. rss=.."
-    gevent.signal_handler(signal.SIGUSR1, app.listener.log_stats)
     stop.wait()
     log.info("signal received, shutting down")
     app.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.cluster_support import Cluster, RedisServer, admin, running_cluster, wait_until
-from tests.support import ServerProcess, Wire, unique, user
+from tests.support import ROOT, ServerProcess, Wire, unique, user
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +207,14 @@ def test_reset_online_all_on_a_lone_node_once_it_is_stopped(lone: tuple[ServerPr
     assert admin("reset-online", "--all", "--force", env=without_socket).returncode == 0
     kick = admin("kick", "1", env=without_socket)
     assert kick.returncode == 1
+
+
+def test_a_second_node_on_the_same_admin_socket_refuses_to_start(
+        lone: tuple[ServerProcess, dict[str, str]], tmp_path: Path) -> None:
+    node, e = lone
+    other = ServerProcess(f"sqlite:///{tmp_path / 'other.db'}", extra=["--admin-socket", e["GCHAT_ADMIN_SOCKET"]])
+    out = subprocess.run(other.command(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"gchat-server: admin socket {e['GCHAT_ADMIN_SOCKET']} is in use by a running node")
+    assert json.loads(admin("nodes", "--json", env=e).stdout)[0]["node"] == node.node_id  # the first one still answers

@@ -90,3 +90,14 @@ def test_version() -> None:
         out = subprocess.run([sys.executable, "-m", module, "--version"], cwd=ROOT, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 0 and out.stdout.strip().endswith(f" {__version__}"), out
+
+
+def test_a_stop_right_after_ready_is_clean(tmp_path: Path) -> None:
+    """SIGTERM as soon as "ready" is logged (systemd, a script): the handler
+    was installed after it, and the default action killed the node (status
+    -15, its admin socket left behind)."""
+    sock = tmp_path / "admin.sock"
+    for i in range(3):
+        node = ServerProcess(f"sqlite:///{tmp_path / 'n.db'}", extra=["--admin-socket", str(sock)]).start()
+        assert node.stop() == 0, node.log()
+        assert not sock.exists(), i
