@@ -20,7 +20,7 @@ from gchat.tools.admin.reach import forget_users, kick_user
 from gchat.tools.admin.stores import Refused, find_user, open_db, open_redis, show, text
 
 # gchat-bench's accounts: "b" + 8 hex digits of its run, "_", a number
-# (gchat/bench/accounts.py register()); its groups say "gchat-bench"
+# (gchat/tools/bench/accounts.py register()); its groups say "gchat-bench"
 BENCH_NAME = re.compile(r"b[0-9a-f]{8}_[0-9]+")
 # the new password for `passwd`, for scripts (a flag would show in ps)
 PASSWORD_ENV = "GCHAT_NEW_PASSWORD"

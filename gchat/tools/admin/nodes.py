@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from gchat import store
+from gchat.cluster.mirror import StateMirror
 from gchat.cluster.reaper import Reaper
 from gchat.cluster.redis_keys import NODES, node_key, online_key, users_key
 from gchat.config import Settings
@@ -74,8 +74,7 @@ def _reset_node(settings: Settings, db: Database, node: str, force: bool) -> Non
                       "cleanly sets its own users offline), or add --force if you know it is dead")
     if force:
         r.delete(node_key(node))  # dead for the cluster too, should it still be counted
-    with db.transaction() as s:
-        store.set_state(s, freed, "offline")
+    StateMirror(db).write(freed, "offline")
     print(f"node {node}: {len(freed)} user(s) set offline")
 
 
@@ -105,8 +104,7 @@ def _reset_all(settings: Settings, db: Database) -> None:
                  *r.scan_iter(users_key("*"))]
         if stray:
             r.delete(*stray)
-    with db.transaction() as s:
-        n = store.reset_states(s)
+    n = StateMirror(db).reset()
     print(f"{n} user(s) set offline")
 
 
