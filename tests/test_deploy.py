@@ -72,7 +72,8 @@ def test_a_node_runs_from_the_environment_file_and_admin_reads_it(tmp_path: Path
     env = config.read_env_file(str(ENV_FILE))
     # this test's stores and socket instead of /etc's: a lone node on SQLite
     env.update(GCHAT_DATABASE_URL=f"sqlite:///{tmp_path / 'node.db'}", GCHAT_REDIS_URL="",
-               GCHAT_ADMIN_SOCKET=str(tmp_path / "admin.sock"), GCHAT_BIND="127.0.0.1:0")
+               GCHAT_ADMIN_SOCKET=str(tmp_path / "admin.sock"), GCHAT_BIND="127.0.0.1:0",
+               GCHAT_WEB_BIND="127.0.0.1:0")
     env_file = tmp_path / "node0.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
