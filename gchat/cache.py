@@ -37,8 +37,7 @@ class Cache:
         group (rare enough to drop them all), or a group chat would try to
         store messages for them."""
         self._users.difference_update(user_ids)
-        self._epoch += 1
-        self._members.clear()
+        self.forget_groups()
 
     def members(self, group_id: int, load: Callable[[int], list[int]]) -> tuple[int, ...]:
         """The member ids of a group, empty for a group that does not exist
