@@ -16,6 +16,7 @@ from gchat.cluster.bus import Bus, LocalBus
 from gchat.cluster.mirror import StateMirror
 from gchat.cluster.presence import LocalPresence, Presence
 from gchat.config import Settings
+from gchat.control import AdminSocket, Control
 from gchat.metrics import Counts, Health, MetricsServer, NodeCollector, registry_for
 from gchat.passwords import Passwords
 from gchat.registry import Registry
@@ -44,12 +45,17 @@ class App:
     bus: Bus
     services: Services
     listener: Listener
+    control: Control
     web: WebListener | None = None
     metrics: MetricsServer | None = None
+    admin_socket: AdminSocket | None = None
 
     def start(self) -> None:
         self.presence.start(self._lost)
-        self.bus.start(self.services.router.on_bus_delivery, self.services.invalidate_group, self._forget_cache)
+        self.bus.start(self.services.router.on_bus_delivery, self.services.invalidate_group, self._forget_cache,
+                       self.control.on_bus)
+        if self.admin_socket is not None:
+            self.admin_socket.start()
         if self.web is not None:  # before the TCP listener's "ready" line, which tests wait for
             self.web.start()
         self.listener.start()
@@ -70,6 +76,8 @@ class App:
         log.info("stopping: %d connection(s)", len(self.listener.connections))
         if self.metrics is not None:
             self.metrics.stop()
+        if self.admin_socket is not None:
+            self.admin_socket.stop()
         if self.web is not None:
             self.web.close()
         self.listener.stop()  # every connection, TCP and WebSocket
@@ -155,4 +163,7 @@ def build(settings: Settings) -> App:
         collector = NodeCollector(counts, lambda: len(listener.connections), lambda: len(registry), db)
         metrics = MetricsServer(*settings.metrics_address, registry_for(collector),
                                 Health(db, settings.redis_url))
-    return App(settings, db, presence, bus, services, listener, web, metrics)
+    # gchat-admin's requests: over the bus in a cluster, on the admin socket when alone
+    control = Control(settings.node, registry, lambda ids: services.cache.forget_users(ids))
+    admin_socket = AdminSocket(settings.admin_socket, control.handle) if settings.admin_socket else None
+    return App(settings, db, presence, bus, services, listener, control, web, metrics, admin_socket)

@@ -16,8 +16,11 @@ from sqlalchemy.engine import make_url
 from gchat.protocol import Limits
 
 
-def _opt(default: Any, help: str, *, flag: bool = True) -> Any:
-    return field(default=default, metadata={"help": help, "flag": flag})
+def _opt(default: Any, help: str, *, flag: bool = True, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 LOG_FORMATS = ("text", "json")
@@ -32,13 +35,20 @@ class Settings:
     )
     redis_url: str = _opt("", "redis://HOST:PORT/DB of the cluster bus; empty = single node, in-process bus")
     node_id: str = _opt("", "this node's name in the cluster (default: HOSTNAME:PORT)")
-    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
-    log_format: str = _opt("text", "text (one readable line per event) or json (one JSON object per line)")
+    log_level: str = _opt("INFO", "how much the node logs", choices=LOG_LEVELS)
+    log_format: str = _opt(
+        "text", "text (one readable line per event) or json (one JSON object per line)", choices=("text", "json")
+    )
     login_failures_logged: int = _opt(10, "failed logins logged one by one per window; the rest are summarised")
     login_failures_window: float = _opt(60.0, "seconds of the window that failed logins are summarised over")
     metrics_bind: str = _opt(
         "127.0.0.1:9600", "HOST:PORT of the HTTP endpoint for /metrics (Prometheus), /healthz and /readyz; "
         "empty = none. Loopback by default: the counts are for the operator, not the world")
+    admin_socket: str = _opt(
+        "",
+        "Unix socket (mode 0600) where gchat-admin reaches a node that has no Redis (kick, broadcast); "
+        "empty = none",
+    )
 
     # database
     pool_size: int = _opt(10, "database connection pool size")
@@ -180,8 +190,34 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None =
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env {_env_name(f.name)}; default {f.default!r})",
+            help=f"{f.metadata['help']}{_choices(f.metadata['choices'])} "
+            f"(env {_env_name(f.name)}; default {f.default!r})",
         )
+
+
+def _choices(choices: tuple[str, ...]) -> str:
+    return f": one of {', '.join(choices)}" if choices else ""
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """The KEY=VALUE lines of an environment file as systemd's EnvironmentFile
+    reads the simple ones (deploy/gchat.env): blank lines and # comments
+    skipped, one pair of surrounding quotes removed. Raises OSError, or
+    ValueError naming the line that is not KEY=VALUE."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise ValueError(f"{path}:{n}: not KEY=VALUE: {line[:60]!r}")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[key.strip()] = value
+    return values
 
 
 def from_sources(
@@ -202,6 +238,11 @@ def from_sources(
             values[f.name] = kind(raw) if kind is not str else raw
         except ValueError:
             raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from None
+        choices = f.metadata["choices"]
+        if choices:
+            values[f.name] = raw.upper()
+            if values[f.name] not in choices:
+                raise ValueError(f"{f.name}: {raw!r} is not one of {', '.join(choices)}")
     settings = Settings(**values)
     if not settings.bind.rpartition(":")[2].isdigit():
         raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT")

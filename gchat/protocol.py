@@ -71,6 +71,11 @@ class Errno(enum.IntEnum):
     UNAVAILABLE = 11
 
 
+# An operator's system message (docs/protocol.md part C) is a one-to-one
+# message from this id, which no user has (ids start at 1), and this name.
+SYSTEM_ID = 0
+SYSTEM_NAME = "system"
+
 # Requests answered by a reply of their own id + 1 (part A); the others by ACK_MSG.
 REPLY_ID: dict[int, MsgId] = {MsgId.LOGIN: MsgId.LOGIN_ACK, MsgId.REG: MsgId.REG_ACK}
 

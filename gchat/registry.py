@@ -48,5 +48,10 @@ class Registry:
     def get(self, user_id: int) -> Peer | None:
         return self._peers.get(user_id)
 
+    def peers(self) -> list[tuple[int, Peer]]:
+        """Every logged-in user here with its peer (a copy: safe to iterate
+        while pushing)."""
+        return list(self._peers.items())
+
     def __len__(self) -> int:
         return len(self._peers)

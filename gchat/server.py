@@ -192,8 +192,12 @@ class Connection:
                     gevent.sleep(YIELD_PAUSE)
                 self._handle_frames(frames)
         except OSError as e:
-            # ETIMEDOUT here is TCP keepalive finding a peer that vanished
-            log.info("%s: connection lost (%s)", self.who(), e)
+            # Closed by this side (close() above): gevent wakes a reader
+            # blocked in recv by shutdown() with EBADF, "File descriptor was
+            # closed in another greenlet". The peer lost nothing: not logged.
+            # ETIMEDOUT here is TCP keepalive finding a peer that vanished.
+            if not self._closing:
+                log.info("%s: connection lost (%s)", self.who(), e)
         finally:
             deadline.kill(block=False)
             self._finish()

@@ -317,7 +317,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # step across nodes (a racing login elsewhere finds it taken). Everything
     # after it is undone if it fails, so the user is never left claimed.
     if not svc.presence.claim(user_id):
-        raise _LoginRefused(Errno.ONLINE, "id is online", "online elsewhere")
+        raise _LoginRefused(Errno.ONLINE, svc.presence.why_online(user_id), "online elsewhere")
     if svc.registry.get(user_id) not in (None, peer):
         svc.presence.release(user_id)
         raise _LoginRefused(Errno.ONLINE, "id is online", "online elsewhere")

@@ -198,6 +198,41 @@ def list_users(s: Session, limit: int = 1000) -> Sequence[User]:
     return s.scalars(select(User).order_by(User.id).limit(limit)).all()
 
 
+def user_by_name(s: Session, name: str) -> User | None:
+    return s.scalar(select(User).where(User.name == name))
+
+
+def users_named(s: Session, prefix: str) -> Sequence[User]:
+    """Users whose name starts with prefix (LIKE's wildcards in it are literal)."""
+    return s.scalars(select(User).where(User.name.startswith(prefix, autoescape=True)).order_by(User.id)).all()
+
+
+def delete_users(s: Session, user_ids: Sequence[int]) -> dict[str, int]:
+    """Remove users with their friendships (both ways), memberships and
+    stored messages, then the groups left without a member. Explicit
+    deletes, not the foreign keys' cascade: the counts are reported, and an
+    old SQLite file may lack the cascade. How many rows of each went."""
+    ids = list(user_ids)
+    if not ids:
+        return {"users": 0, "friendships": 0, "memberships": 0, "messages": 0, "groups": 0}
+
+    def count(result: Any) -> int:
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    groups = select(GroupUser.groupid).where(GroupUser.userid.in_(ids)).distinct()
+    touched = list(s.scalars(groups))
+    done = {
+        "messages": count(s.execute(delete(OfflineMessage).where(OfflineMessage.userid.in_(ids)))),
+        "friendships": count(s.execute(delete(Friend).where(or_(Friend.userid.in_(ids), Friend.friendid.in_(ids))))),
+        "memberships": count(s.execute(delete(GroupUser).where(GroupUser.userid.in_(ids)))),
+        "users": count(s.execute(delete(User).where(User.id.in_(ids)))),
+    }
+    empty = select(AllGroup.id).where(AllGroup.id.in_(touched), ~AllGroup.id.in_(select(GroupUser.groupid)))
+    gone = list(s.scalars(empty))
+    done["groups"] = count(s.execute(delete(AllGroup).where(AllGroup.id.in_(gone)))) if gone else 0
+    return done
+
+
 # --- friends ---------------------------------------------------------------
 
 

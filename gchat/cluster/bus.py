@@ -16,18 +16,22 @@ from typing import Protocol
 #                                   (built by the ROUTE script, in Redis:
 #                                   gchat/cluster/redis_keys.py)
 #   b"G" + b"42"                    group 42's membership changed
+#   b"C" + JSON object              a gchat-admin request (gchat/control.py)
 DeliverHandler = Callable[[list[int], bytes], None]
 InvalidateHandler = Callable[[int], None]
 # the bus was cut off and is back: invalidations published meanwhile were
 # missed, so every cached group membership must go
 ResubscribedHandler = Callable[[], None]
+# a gchat-admin request (the JSON after b"C"): gchat/control.py
+ControlHandler = Callable[[bytes], None]
 
 
 def encode_invalidation(group_id: int) -> bytes:
     return b"G" + str(group_id).encode()
 
 
-def dispatch(envelope: bytes, on_deliver: DeliverHandler, on_invalidate: InvalidateHandler) -> None:
+def dispatch(envelope: bytes, on_deliver: DeliverHandler, on_invalidate: InvalidateHandler,
+             on_control: ControlHandler | None = None) -> None:
     """Decode one envelope and hand it to its handler. Raises ValueError on
     an envelope no gchat node would send."""
     kind, rest = envelope[:1], envelope[1:]
@@ -36,6 +40,8 @@ def dispatch(envelope: bytes, on_deliver: DeliverHandler, on_invalidate: Invalid
         on_deliver([int(u) for u in ids.split(b",")], body)
     elif kind == b"G":
         on_invalidate(int(rest))
+    elif kind == b"C" and on_control is not None:
+        on_control(rest)
     else:
         raise ValueError(f"unknown bus envelope {envelope[:16]!r}")
 
@@ -46,9 +52,10 @@ class Bus(Protocol):
         on_deliver: DeliverHandler,
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
+        on_control: ControlHandler | None = None,
     ) -> None:
-        """Listen for what other nodes send here; the handlers run in this
-        node's event loop."""
+        """Listen for what other nodes (and gchat-admin) send here; the
+        handlers run in this node's event loop."""
 
     def stop(self) -> None: ...
 
@@ -72,8 +79,9 @@ class LocalBus:
         on_deliver: DeliverHandler,
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
+        on_control: ControlHandler | None = None,
     ) -> None:
-        pass
+        pass  # a lone node hears gchat-admin on its admin socket (gchat/control.py)
 
     def stop(self) -> None:
         pass

@@ -29,6 +29,7 @@ import redis
 from redis.backoff import EqualJitterBackoff
 
 from gchat.cluster.bus import (
+    ControlHandler,
     DeliverHandler,
     InvalidateHandler,
     ResubscribedHandler,
@@ -63,6 +64,7 @@ class RedisBus:
         self._on_deliver: DeliverHandler | None = None
         self._on_invalidate: InvalidateHandler | None = None
         self._on_resubscribed: ResubscribedHandler | None = None
+        self._on_control: ControlHandler | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._listener: gevent.Greenlet[[], None] | None = None
 
@@ -71,9 +73,10 @@ class RedisBus:
         on_deliver: DeliverHandler,
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
+        on_control: ControlHandler | None = None,
     ) -> None:
         self._on_deliver, self._on_invalidate = on_deliver, on_invalidate
-        self._on_resubscribed = on_resubscribed
+        self._on_resubscribed, self._on_control = on_resubscribed, on_control
         try:
             # subscribed before the node says ready, so a delivery routed
             # here right away finds a listener
@@ -164,7 +167,7 @@ class RedisBus:
                 return  # our own invalidation, already applied
             data = data.partition(b" ")[2]
         try:
-            dispatch(data, self._on_deliver, self._on_invalidate)
+            dispatch(data, self._on_deliver, self._on_invalidate, self._on_control)
         except Exception:
             log.exception("bus: could not handle %r", data[:64])
 
