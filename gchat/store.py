@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from gchat.errors import Conflict, Unavailable
-from gchat.models import AllGroup, Friend, GroupUser, OfflineMessage, User
+from gchat.models import AllGroup, Conversation, Cursor, Friend, GroupUser, Message, OfflineMessage, User
 
 log = logging.getLogger(__name__)
 
@@ -221,16 +221,35 @@ def delete_users(s: Session, user_ids: Sequence[int]) -> dict[str, int]:
 
     groups = select(GroupUser.groupid).where(GroupUser.userid.in_(ids)).distinct()
     touched = list(s.scalars(groups))
+    # their one-to-one conversations go whole (the other side's copy too: a
+    # conversation with a deleted account has no one to continue it); in
+    # groups their messages stay, part of the others' history
+    pairs = list(s.scalars(select(Conversation.id).where(
+        or_(Conversation.user_lo.in_(ids), Conversation.user_hi.in_(ids)))))
+    logged = _delete_conversations(s, pairs)
+    s.execute(delete(Cursor).where(Cursor.user_id.in_(ids)))
     done = {
-        "messages": count(s.execute(delete(OfflineMessage).where(OfflineMessage.userid.in_(ids)))),
+        "messages": logged + count(s.execute(delete(OfflineMessage).where(OfflineMessage.userid.in_(ids)))),
         "friendships": count(s.execute(delete(Friend).where(or_(Friend.userid.in_(ids), Friend.friendid.in_(ids))))),
         "memberships": count(s.execute(delete(GroupUser).where(GroupUser.userid.in_(ids)))),
         "users": count(s.execute(delete(User).where(User.id.in_(ids)))),
     }
     empty = select(AllGroup.id).where(AllGroup.id.in_(touched), ~AllGroup.id.in_(select(GroupUser.groupid)))
     gone = list(s.scalars(empty))
+    if gone:
+        _delete_conversations(s, list(s.scalars(select(Conversation.id).where(Conversation.groupid.in_(gone)))))
     done["groups"] = count(s.execute(delete(AllGroup).where(AllGroup.id.in_(gone)))) if gone else 0
     return done
+
+
+def _delete_conversations(s: Session, conv_ids: list[int]) -> int:
+    """Conversations with their messages and cursors; how many messages."""
+    if not conv_ids:
+        return 0
+    n = s.execute(delete(Message).where(Message.conversation_id.in_(conv_ids)))
+    s.execute(delete(Cursor).where(Cursor.conversation_id.in_(conv_ids)))
+    s.execute(delete(Conversation).where(Conversation.id.in_(conv_ids)))
+    return int(getattr(n, "rowcount", 0) or 0)
 
 
 # --- friends ---------------------------------------------------------------
