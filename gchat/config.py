@@ -85,6 +85,10 @@ class Settings:
     web_ping_interval: float = _opt(
         20.0, "seconds of WebSocket silence before a ping; a peer silent for two of these is dropped")
 
+    # friends (docs/protocol.md section E)
+    friend_requests: bool = _opt(False, "the classic ADD_FRIEND (msgid 6) sends a friend request instead of "
+                                 "adding at once (true/false)")
+
     # cluster presence
     heartbeat_interval: float = _opt(2.0, "seconds between this node's heartbeats")
     node_ttl: float = _opt(10.0, "seconds after its last heartbeat that a silent node counts as dead")
@@ -139,6 +143,15 @@ class Settings:
         return url.render_as_string(hide_password=False)
 
 
+def _bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 def _env_name(name: str) -> str:
     return "GCHAT_" + name.upper()
 
@@ -173,7 +186,7 @@ def from_sources(
             continue
         kind: type = type(f.default)
         try:
-            values[f.name] = kind(raw) if kind is not str else raw
+            values[f.name] = _bool(raw) if kind is bool else kind(raw) if kind is not str else raw
         except ValueError:
             raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from None
     settings = Settings(**values)

@@ -14,9 +14,16 @@ class Peer(Protocol):
     user_id: int | None
     user_name: str
     address: tuple[str, int]  # the client's (host, port)
+    # the session asked for notices (docs/protocol.md section E)
+    notices: bool
 
     def push(self, body: bytes) -> None:
         """Queue a delivered chat message (JSON text, no terminator)."""
+
+    def notify(self, body: bytes) -> None:
+        """Queue a notice: like a chat message, but never stored when it
+        cannot be written (it tells of a moment, the next login tells
+        the state)."""
 
     def close(self, reason: str) -> None: ...
 

@@ -77,6 +77,7 @@ class Connection:
         self._user_id: int | None = None
         self.logged_in_once = False
         self.user_name = ""
+        self.notices = False
         self.outbox = Outbox(transport, self, settings.outbox_max_messages, settings.outbox_max_bytes)
         self._closing = False
         self._closed = Event()  # wakes a reader that holds off reading
@@ -112,6 +113,9 @@ class Connection:
 
     def push(self, body: bytes) -> None:
         self.outbox.push(body, self._user_id or 0)
+
+    def notify(self, body: bytes) -> None:
+        self.outbox.push(body, 0)  # user 0: never stored offline
 
     def close(self, reason: str) -> None:
         if self._closing:

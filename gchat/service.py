@@ -16,27 +16,25 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.orm import Session
 
-from gchat import store
+from gchat import friends, groups, store
 from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.cluster.presence import Presence
 from gchat.errors import Conflict, GchatError, Unavailable
+from gchat.handling import Reply as Reply  # re-exported: the server's type of a reply
+from gchat.handling import acked, refuse, session_user
 from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
-from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, refusal, valid_name
+from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Request, dumps, refusal, valid_name
 from gchat.registry import Peer, Registry
 from gchat.router import Router
 from gchat.store import Database
 from gchat.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
-
-Reply = dict[str, Any]
-
 
 class Handover(Reply):
     """A reply that hands over stored messages, taken from the store for it
@@ -70,14 +68,26 @@ class Services:
     resume_ttl: int = 24 * 3600
     # failed logins slow their next tries down (gchat/throttle.py)
     throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(clock=time.monotonic))
+    # the classic ADD_FRIEND (msgid 6) sends a friend request instead of
+    # adding at once (docs/protocol.md section E)
+    friend_requests: bool = False
     # concurrent logins share their units of work (gchat/batch.py):
     # a reconnect storm costs a few statements per batch, not per user
     users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
     sessions: Batcher[SessionOpen, SessionData] = field(init=False, repr=False)
+    # who has a user as a friend, for presence: logins and disconnects in a
+    # storm share one query
+    watchers: Batcher[int, list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.users_by_id = Batcher(self._load_users)
         self.sessions = Batcher(self._open_sessions)
+        self.watchers = Batcher(self.load_watchers)
+
+    def load_watchers(self, user_ids: list[int]) -> list[list[int]]:
+        with self.db.transaction() as s:
+            found = store.watchers_of(s, user_ids)
+        return [found[uid] for uid in user_ids]
 
     def _load_users(self, user_ids: list[int]) -> list[User | None]:
         with self.db.transaction() as s:
@@ -126,28 +136,22 @@ class Services:
     def invalidate_group(self, group_id: int) -> None:
         self.cache.invalidate_group(group_id)
 
+    def blocks(self, user_id: int) -> frozenset[int]:
+        """Those the user blocked."""
+        def load(uid: int) -> list[int]:
+            with self.db.transaction() as s:
+                return store.blocked_by(s, uid)
+
+        return self.cache.blocks(user_id, load)
+
+    def invalidate_blocks(self, user_id: int) -> None:
+        self.cache.invalidate_blocks(user_id)
+
 
 Handler = Callable[[Services, Peer, Request], list[Reply]]
 
 
-def _err(errno: Errno, msg: str) -> ProtocolError:
-    return ProtocolError(errno, msg)
-
-
-def _acked(req: Request, **result: Any) -> list[Reply]:
-    """Requests 5 to 10 are silent in part A; answered only when they carry seq."""
-    return [ack(req.msgid, req.seq, **result)] if req.seq is not None else []
-
-
-def _session_user(peer: Peer, req: Request) -> int:
-    """The session is the identity: a request acts as the logged-in user, and
-    an `id` that names anyone else is refused."""
-    if peer.user_id is None:
-        raise _err(Errno.NOT_LOGGED_IN, "log in first")
-    claimed = req.get("id")
-    if claimed is not None and claimed != peer.user_id:
-        raise _err(Errno.FORBIDDEN, "id is not yours")
-    return peer.user_id
+_err, _acked, _session_user = refuse, acked, session_user
 
 
 def _now() -> str:
@@ -235,7 +239,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # a new token replaces (so revokes) any earlier one
     token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None
     try:
-        friends, groups, offline = svc.sessions((user_id, token))
+        friend_list, group_list, offline = svc.sessions((user_id, token))
         if password is not None and svc.passwords.needs_rehash(user.password):
             new_hash = svc.passwords.hash(password)
             with svc.db.transaction() as s:
@@ -243,9 +247,17 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     except GchatError:
         _leave(svc, peer)
         raise
-    reply = _login_reply(svc, user_id, user.name, friends, groups, offline)
+    reply = _login_reply(svc, user_id, user.name, friend_list, group_list, offline)
     if new_token is not None:
         reply["token"], reply["token_ttl"] = new_token, svc.resume_ttl
+    if req.get("notices"):
+        try:
+            reply.update(friends.login_extras(svc, user_id))
+        except GchatError:
+            _leave(svc, peer)
+            raise
+        peer.notices = True
+    friends.announce(svc, [user_id], "online")
     return [Handover(_with_seq(reply, req), user_id, offline) if offline else _with_seq(reply, req)]
 
 
@@ -310,12 +322,14 @@ def _leave(svc: Services, peer: Peer) -> None:
     user_id = peer.user_id
     if user_id is None:
         return
-    peer.user_id, peer.user_name = None, ""
+    peer.user_id, peer.user_name, peer.notices = None, "", False
     svc.registry.unbind(user_id, peer)
     try:
         svc.presence.release(user_id)  # and mirrors user.state
     except Unavailable:
         log.warning("presence store unavailable: user %d is released when this node's claim expires", user_id)
+        return  # its friends are told when a node sweeps the claim away
+    friends.announce(svc, [user_id], "offline")
 
 
 def disconnect(svc: Services, peer: Peer) -> None:
@@ -351,6 +365,8 @@ def one_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     to = req["to"]
     if not svc.user_exists(to):
         raise _err(Errno.NOT_FOUND, f"no user {to}")
+    if peer.user_id in svc.blocks(to):
+        raise _err(Errno.FORBIDDEN, f"user {to} does not take your messages")  # and nothing is stored
     delivered = svc.router.deliver(to, _delivery(peer, req))
     return _acked(req, delivered=delivered)
 
@@ -374,8 +390,12 @@ def group_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
 def add_friend(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     user_id = _session_user(peer, req)
     friend_id = req["friendid"]
+    if svc.friend_requests:
+        return _acked(req, **friends.ask(svc, peer, user_id, friend_id, ""))
     if friend_id == user_id:
         raise _err(Errno.BAD_REQUEST, "you cannot add yourself")
+    if user_id in svc.blocks(friend_id):
+        raise _err(Errno.FORBIDDEN, f"user {friend_id} does not take your requests")
     with svc.db.transaction() as s:
         friend = store.get_user(s, friend_id)
         if friend is None:
@@ -416,6 +436,7 @@ def add_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # after the commit, so a node that reloads sees the new member
     svc.invalidate_group(group_id)
     svc.router.invalidate_group(group_id)
+    groups.joined(svc, group_id, user_id, peer.user_name)
     return _acked(req, groupid=group_id)
 
 
@@ -428,6 +449,8 @@ HANDLERS: dict[MsgId, Handler] = {
     MsgId.ADD_GROUP: add_group,
     MsgId.GROUP_CHAT: group_chat,
     MsgId.LOGINOUT: logout,
+    **friends.HANDLERS,
+    **groups.HANDLERS,
 }
 
 

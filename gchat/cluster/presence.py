@@ -23,12 +23,15 @@ log = logging.getLogger(__name__)
 # was cut off from the presence store: its connection here must go (online
 # on one node only)
 LostHandler = Callable[[int], None]
+# called with the users of a dead node that this node reaped: they went
+# offline (their friends are told)
+FreedHandler = Callable[[list[int]], None]
 
 
 class Presence(Protocol):
     node: str
 
-    def start(self, on_lost: LostHandler) -> None: ...
+    def start(self, on_lost: LostHandler, on_freed: FreedHandler | None = None) -> None: ...
 
     def stop(self) -> None:
         """Release this node's users, and only them."""
@@ -58,7 +61,7 @@ class LocalPresence:
         self._mirror = mirror
         self._online: set[int] = set()
 
-    def start(self, on_lost: LostHandler) -> None:
+    def start(self, on_lost: LostHandler, on_freed: FreedHandler | None = None) -> None:
         # alone on its store: whoever the database still calls online was
         # left there by this node's previous life
         n = self._mirror.reset()
