@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_support import Cluster, RedisServer, running_cluster
+from tests.cluster_support import RedisServer, running_cluster, wait_until
 from tests.support import ServerProcess, Wire, unique
 
 Msg = dict[str, Any]
@@ -209,7 +209,9 @@ def test_a_blocked_user_cannot_chat_request_or_see_presence(where: Where) -> Non
     assert "offlinemsg" not in reply and reply["requests"]["in"] == [] and reply["blocked"] == [alice.id]
     alice.quiet()
     bob.ok(23, userid=alice.id, block=False)
-    assert alice.ok(5, to=bob.id, msg="again")["delivered"] == "online"
+    # another node learns of the unblock over the bus, a moment after bob's ACK
+    wait_until(lambda: alice.call(5, to=bob.id, msg="again")["errno"] == 0, what="chat after unblock")
+    assert bob.expect(lambda m: m["msgid"] == 5)["msg"] == "again"
 
 
 # --- search ----------------------------------------------------------------------
@@ -316,3 +318,134 @@ def test_a_request_before_login_is_errno_5(where: Where) -> None:
 def test_a_request_in_someone_elses_name_is_errno_6(where: Where) -> None:
     alice, bob = where.pair()
     assert alice.errno(20, id=bob.id, to=bob.id) == 6
+
+
+# --- groups ------------------------------------------------------------------------
+
+
+def group_of(where: Where, members: int = 2) -> tuple[int, list[Person]]:
+    """A group made by a person on node a, joined by others on node b."""
+    people = [where.person("a")] + [where.person("b") for _ in range(members - 1)]
+    gid = people[0].ok(7, groupname=unique("g"))["groupid"]
+    for p in people[1:]:
+        p.ok(8, groupid=gid)
+    return gid, people
+
+
+def test_members_are_told_of_joins_leaves_and_removals(where: Where) -> None:
+    gid, (owner, bob) = group_of(where)
+    assert owner.notice("group_join", groupid=gid)["user"] == {"id": bob.id, "name": bob.name}
+    carol = where.person("a")
+    carol.ok(8, groupid=gid)
+    owner.notice("group_join", groupid=gid)
+    bob.notice("group_join", groupid=gid)
+    carol.ok(25, groupid=gid)
+    for p in (owner, bob):
+        assert p.notice("group_leave", groupid=gid)["user"]["id"] == carol.id
+    owner.ok(26, groupid=gid, userid=bob.id)
+    assert bob.notice("group_remove", groupid=gid)["user"]["id"] == bob.id
+    assert bob.errno(9, groupid=gid, msg="still here?") == 6
+
+
+def test_the_member_list_shows_states_and_roles(where: Where) -> None:
+    gid, (owner, bob) = group_of(where)
+    bob.ok(10)
+    members = owner.ok(29, groupid=gid)["members"]
+    assert members == [{"id": owner.id, "name": owner.name, "state": "online", "role": "creator"},
+                       {"id": bob.id, "name": bob.name, "state": "offline", "role": "normal"}]
+
+
+def test_the_creator_hands_the_group_over_and_the_new_one_deletes_it(where: Where) -> None:
+    gid, (owner, bob, carol) = group_of(where, 3)
+    owner.ok(27, groupid=gid, userid=bob.id)
+    assert carol.notice("group_handover", groupid=gid)["creator"] == {"id": bob.id, "name": bob.name}
+    assert owner.errno(28, groupid=gid) == 6
+    owner.ok(25, groupid=gid)  # no longer the creator: may leave
+    bob.ok(28, groupid=gid)
+    assert carol.notice("group_delete", groupid=gid)["groupid"] == gid
+    assert carol.errno(9, groupid=gid, msg="anyone?") == 7
+
+
+def test_groups_are_found_by_name(where: Where) -> None:
+    stem = unique("G")
+    owner = where.person("a")
+    gids = [owner.ok(7, groupname=f"{stem}-{n}", groupdesc="d")["groupid"] for n in range(3)]
+    found = where.person("b").ok(30, name=stem.lower(), limit=2)
+    assert [g["id"] for g in found["groups"]] == gids[:2] and found["more"]
+    assert found["groups"][0] == {"id": gids[0], "groupname": f"{stem}-0", "groupdesc": "d", "members": 1}
+
+
+def test_removing_a_member_by_someone_not_the_creator_is_errno_6(where: Where) -> None:
+    gid, (owner, bob, carol) = group_of(where, 3)
+    assert bob.errno(26, groupid=gid, userid=carol.id) == 6
+
+
+def test_handing_over_to_someone_not_a_member_is_errno_7(where: Where) -> None:
+    gid, (owner, _) = group_of(where)
+    assert owner.errno(27, groupid=gid, userid=where.person("b").id) == 7
+
+
+def test_leaving_a_group_one_is_not_in_is_errno_6(where: Where) -> None:
+    gid, _ = group_of(where)
+    assert where.person("b").errno(25, groupid=gid) == 6
+
+
+def test_leaving_an_unknown_group_is_errno_7(where: Where) -> None:
+    assert where.person().errno(25, groupid=2_000_000_000) == 7
+
+
+def test_the_creator_leaving_is_errno_6(where: Where) -> None:
+    gid, (owner, _) = group_of(where)
+    assert owner.errno(25, groupid=gid) == 6
+
+
+def test_the_member_list_for_a_non_member_is_errno_6(where: Where) -> None:
+    gid, _ = group_of(where)
+    assert where.person("b").errno(29, groupid=gid) == 6
+
+
+def test_removing_yourself_as_creator_is_errno_3(where: Where) -> None:
+    gid, (owner, _) = group_of(where)
+    assert owner.errno(26, groupid=gid, userid=owner.id) == 3
+
+
+def test_joining_twice_is_errno_8(where: Where) -> None:
+    gid, (_, bob) = group_of(where)
+    assert bob.errno(8, groupid=gid) == 8
+
+
+# --- a node that dies ----------------------------------------------------------------
+
+
+def test_friends_on_other_nodes_see_a_dead_nodes_users_go_offline(mariadb: Any,
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    redis_server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        with running_cluster(mariadb.create(), redis_server, 2) as c:
+            where = Where(c.nodes[0].address, c.nodes[1].address, c.nodes)
+            alice, bob = where.friends()
+            c.nodes[0].kill()
+            bob.presence(alice.id, "offline")  # once the sweep finds the node dead
+    finally:
+        redis_server.stop()
+
+
+# --- the classic ADD_FRIEND, by setting ------------------------------------------------
+
+
+def test_classic_add_friend_is_one_way_at_once_by_default(where: Where) -> None:
+    alice, bob = where.pair()
+    assert alice.ok(6, friendid=bob.id)["friend"]["id"] == bob.id
+    bob.quiet()
+
+
+def test_a_setting_makes_classic_add_friend_a_request(make_server: Callable[..., ServerProcess]) -> None:
+    node = make_server("--friend-requests", "true")
+    where = Where(node.address, node.address, [node])
+    alice, bob = where.pair()
+    assert alice.ok(6, friendid=bob.id)["requested"]["id"] == bob.id
+    bob.notice("friend_request")
+    alice.ok(10)
+    assert "friends" not in alice.log_in()
+    for p in where.people:
+        p.close()
