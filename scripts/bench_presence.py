@@ -180,13 +180,15 @@ def main() -> int:
         if a.json:
             print(json.dumps(report))
         else:
-            print(f"{a.friends} friends on {len(targets)} node(s), the user on another; {a.rounds} rounds "
+            where = "another" if a.nodes > 1 else "the same"
+            print(f"{a.friends} friends on {len(targets)} node(s), the user on {where}; {a.rounds} rounds "
                   f"of login + logout (load {report['loadavg_before'][0]:.1f})")
             print(f"time until every friend saw it: median {report['time_to_all_ms']['median']:.1f} ms, "
                   f"max {report['time_to_all_ms']['max']:.1f} ms")
             print(f"CPU of all nodes per change (login or logout, including it): mean "
                   f"{report['cpu_ms_per_change']['mean']:.1f} ms, max {report['cpu_ms_per_change']['max']:.1f} ms")
             print(f"bus messages per change: {report['bus_messages_per_change']}")
+            print("time to all, ms, each change: " + " ".join(f"{r['time_to_all_ms']:.0f}" for r in rounds))
         for s in socks:
             s.close()
         return 0
