@@ -71,6 +71,8 @@ class Services:
     # the classic ADD_FRIEND (msgid 6) sends a friend request instead of
     # adding at once (docs/protocol.md section E)
     friend_requests: bool = False
+    # who blocked a user: hidden in its login reply's member lists (section E)
+    blockers: Batcher[int, set[int]] = field(init=False, repr=False)
     # concurrent logins share their units of work (gchat/batch.py):
     # a reconnect storm costs a few statements per batch, not per user
     users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
@@ -83,10 +85,16 @@ class Services:
         self.users_by_id = Batcher(self._load_users)
         self.sessions = Batcher(self._open_sessions)
         self.watchers = Batcher(self.load_watchers)
+        self.blockers = Batcher(self._load_blockers)
 
     def load_watchers(self, user_ids: list[int]) -> list[list[int]]:
         with self.db.transaction() as s:
             found = store.watchers_of(s, user_ids)
+        return [found[uid] for uid in user_ids]
+
+    def _load_blockers(self, user_ids: list[int]) -> list[set[int]]:
+        with self.db.transaction() as s:
+            found = store.blockers_of(s, user_ids)
         return [found[uid] for uid in user_ids]
 
     def _load_users(self, user_ids: list[int]) -> list[User | None]:
@@ -288,6 +296,10 @@ def _login_reply(
     except Unavailable:
         online = set()  # presence unknown: say offline rather than refuse the login
     online.add(user_id)
+    if groups and online:
+        # those who blocked the user show offline to it (docs/protocol.md
+        # section E); friends need no such care: a block ends the friendship
+        online -= svc.blockers(user_id)
 
     def state(uid: int) -> str:
         return "online" if uid in online else "offline"

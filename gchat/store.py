@@ -478,6 +478,15 @@ def remove_block(s: Session, user_id: int, blocked_id: int) -> bool:
     return bool(getattr(s.execute(q), "rowcount", 0))
 
 
+def blockers_of(s: Session, user_ids: Sequence[int]) -> dict[int, set[int]]:
+    """For each user, those who blocked it."""
+    out: dict[int, set[int]] = {u: set() for u in user_ids}
+    if out:
+        for blocker, uid in s.execute(select(Block.userid, Block.blockedid).where(Block.blockedid.in_(list(out)))):
+            out[uid].add(blocker)
+    return out
+
+
 def blocked_by(s: Session, user_id: int) -> list[int]:
     """Those the user blocked."""
     return list(s.scalars(select(Block.blockedid).where(Block.userid == user_id).order_by(Block.blockedid)))

@@ -6,6 +6,7 @@ exchange on different nodes."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -449,3 +450,15 @@ def test_a_setting_makes_classic_add_friend_a_request(make_server: Callable[...,
     assert "friends" not in alice.log_in()
     for p in where.people:
         p.close()
+
+
+def test_a_blocker_shows_offline_in_the_blocked_users_group_lists(where: Where) -> None:
+    gid, (owner, bob) = group_of(where)
+    owner.ok(23, userid=bob.id)
+    bob.ok(10)
+    (group,) = [json.loads(g) for g in bob.log_in()["groups"]]
+    states = {json.loads(u)["id"]: json.loads(u)["state"] for u in group["users"]}
+    assert states == {owner.id: "offline", bob.id: "online"}
+    # another node learns of the block over the bus, a moment after the ACK
+    wait_until(lambda: bob.ok(29, groupid=gid)["members"][0]["state"] == "offline", what="blocker offline")
+    assert owner.ok(29, groupid=gid)["members"][1]["state"] == "online"
