@@ -73,6 +73,8 @@ class Services:
     friend_requests: bool = False
     # who blocked a user: hidden in its login reply's member lists (section E)
     blockers: Batcher[int, set[int]] = field(init=False, repr=False)
+    # whom a user blocked: read by every chat to it, cached from its login
+    block_lists: Batcher[int, list[int]] = field(init=False, repr=False)
     # concurrent logins share their units of work (gchat/batch.py):
     # a reconnect storm costs a few statements per batch, not per user
     users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
@@ -86,6 +88,7 @@ class Services:
         self.sessions = Batcher(self._open_sessions)
         self.watchers = Batcher(self.load_watchers)
         self.blockers = Batcher(self._load_blockers)
+        self.block_lists = Batcher(self._load_block_lists)
 
     def load_watchers(self, user_ids: list[int]) -> list[list[int]]:
         with self.db.transaction() as s:
@@ -145,12 +148,13 @@ class Services:
         self.cache.invalidate_group(group_id)
 
     def blocks(self, user_id: int) -> frozenset[int]:
-        """Those the user blocked."""
-        def load(uid: int) -> list[int]:
-            with self.db.transaction() as s:
-                return store.blocked_by(s, uid)
+        """Those the user blocked (loads of concurrent logins share a query)."""
+        return self.cache.blocks(user_id, self.block_lists)
 
-        return self.cache.blocks(user_id, load)
+    def _load_block_lists(self, user_ids: list[int]) -> list[list[int]]:
+        with self.db.transaction() as s:
+            found = store.blocked_by_many(s, user_ids)
+        return [found[uid] for uid in user_ids]
 
     def invalidate_blocks(self, user_id: int) -> None:
         self.cache.invalidate_blocks(user_id)
@@ -265,6 +269,12 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
             _leave(svc, peer)
             raise
         peer.notices = True
+    try:
+        # cached while the user is online: a chat to it needs no database
+        # (docs/robustness.md: live chat goes on through a database outage)
+        svc.blocks(user_id)
+    except Unavailable:
+        log.warning("database unavailable: user %d's blocks load at the first chat to it", user_id)
     friends.announce(svc, [user_id], "online")
     return [Handover(_with_seq(reply, req), user_id, offline) if offline else _with_seq(reply, req)]
 
@@ -372,12 +382,24 @@ def _delivery(peer: Peer, req: Request) -> bytes:
     return dumps(body)
 
 
+def _blocks_or_none(svc: Services, user_id: int) -> frozenset[int]:
+    """Whom the user blocked; none when that cannot be read (its cache entry
+    lost while the database is down): live chat to an online user goes on
+    through an outage, as before blocks existed; a stored message fails on
+    the database anyway."""
+    try:
+        return svc.blocks(user_id)
+    except Unavailable:
+        log.warning("database unavailable: user %d's blocks unknown, a chat to it is let through", user_id)
+        return frozenset()
+
+
 def one_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     _session_user(peer, req)
     to = req["to"]
     if not svc.user_exists(to):
         raise _err(Errno.NOT_FOUND, f"no user {to}")
-    if peer.user_id in svc.blocks(to):
+    if peer.user_id in _blocks_or_none(svc, to):
         raise _err(Errno.FORBIDDEN, f"user {to} does not take your messages")  # and nothing is stored
     delivered = svc.router.deliver(to, _delivery(peer, req))
     return _acked(req, delivered=delivered)

@@ -489,7 +489,16 @@ def blockers_of(s: Session, user_ids: Sequence[int]) -> dict[int, set[int]]:
 
 def blocked_by(s: Session, user_id: int) -> list[int]:
     """Those the user blocked."""
-    return list(s.scalars(select(Block.blockedid).where(Block.userid == user_id).order_by(Block.blockedid)))
+    return blocked_by_many(s, [user_id])[user_id]
+
+
+def blocked_by_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {u: [] for u in user_ids}
+    if out:
+        q = select(Block.userid, Block.blockedid).where(Block.userid.in_(list(out))).order_by(Block.blockedid)
+        for uid, blocked in s.execute(q):
+            out[uid].append(blocked)
+    return out
 
 
 def delete_social(s: Session, user_ids: Sequence[int]) -> dict[str, int]:
