@@ -54,7 +54,7 @@ class Cache:
         self._blocks.clear()
 
     def blocks(self, user_id: int, load: Callable[[int], list[int]]) -> frozenset[int]:
-        """Those the user blocked (docs/protocol.md section E)."""
+        """Those the user blocked (docs/protocol.md section F)."""
         cached = self._blocks.get(user_id)
         if cached is None:
             epoch = self._epoch

@@ -85,7 +85,7 @@ class Settings:
     web_ping_interval: float = _opt(
         20.0, "seconds of WebSocket silence before a ping; a peer silent for two of these is dropped")
 
-    # friends (docs/protocol.md section E)
+    # friends (docs/protocol.md section F)
     friend_requests: bool = _opt(False, "the classic ADD_FRIEND (msgid 6) sends a friend request instead of "
                                  "adding at once (true/false)")
 

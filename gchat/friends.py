@@ -1,4 +1,4 @@
-"""Friends as people expect them (docs/protocol.md section E): requests and
+"""Friends as people expect them (docs/protocol.md section F): requests and
 their answers, removal, blocks, search by name, and presence pushed to the
 friends of whoever comes online or goes offline.
 

@@ -1,4 +1,4 @@
-"""Groups beyond create, join and chat (docs/protocol.md section E): leave;
+"""Groups beyond create, join and chat (docs/protocol.md section F): leave;
 the creator removes a member, hands the group over, deletes it; the member
 list with states; search by name. Members are told of joins, leaves,
 removals, handovers and deletions by a NOTICE (pushed to sessions that asked

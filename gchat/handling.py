@@ -21,7 +21,7 @@ def acked(req: Request, **result: Any) -> list[Reply]:
 
 
 def answered(req: Request, **result: Any) -> list[Reply]:
-    """The requests of section E are always answered (seq echoed when given)."""
+    """The requests of section F are always answered (seq echoed when given)."""
     reply: Reply = {"msgid": int(MsgId.ACK), "ack": int(req.msgid), "errno": 0, **result}
     if req.seq is not None:
         reply["seq"] = req.seq
@@ -40,5 +40,5 @@ def session_user(peer: Peer, req: Request) -> int:
 
 
 def notice(kind: str, **fields: Any) -> bytes:
-    """A NOTICE (docs/protocol.md section E), as pushed."""
+    """A NOTICE (docs/protocol.md section F), as pushed."""
     return dumps({"msgid": int(MsgId.NOTICE), "kind": kind, **fields})

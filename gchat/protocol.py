@@ -48,7 +48,7 @@ class MsgId(enum.IntEnum):
     GROUP_CHAT = 9
     LOGINOUT = 10
     ACK = 11
-    # section E of docs/protocol.md: friends, presence, groups (12 to 19 are
+    # section F of docs/protocol.md: friends, presence, groups (12 to 19 are
     # left to the conversation log's requests)
     FRIEND_REQUEST = 20
     FRIEND_ANSWER = 21

@@ -14,7 +14,7 @@ class Peer(Protocol):
     user_id: int | None
     user_name: str
     address: tuple[str, int]  # the client's (host, port)
-    # the session asked for notices (docs/protocol.md section E)
+    # the session asked for notices (docs/protocol.md section F)
     notices: bool
 
     def push(self, body: bytes) -> None:

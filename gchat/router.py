@@ -98,7 +98,7 @@ class Router:
         return reached
 
     def notify(self, user_ids: Iterable[int], body: bytes) -> None:
-        """Push a notice (docs/protocol.md section E) to those of the users
+        """Push a notice (docs/protocol.md section F) to those of the users
         online with sessions that asked for notices, here or on any node;
         never stored. Best effort: with the bus down, only this node's."""
         elsewhere: list[int] = []

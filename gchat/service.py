@@ -69,9 +69,9 @@ class Services:
     # failed logins slow their next tries down (gchat/throttle.py)
     throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(clock=time.monotonic))
     # the classic ADD_FRIEND (msgid 6) sends a friend request instead of
-    # adding at once (docs/protocol.md section E)
+    # adding at once (docs/protocol.md section F)
     friend_requests: bool = False
-    # who blocked a user: hidden in its login reply's member lists (section E)
+    # who blocked a user: hidden in its login reply's member lists (section F)
     blockers: Batcher[int, set[int]] = field(init=False, repr=False)
     # whom a user blocked: read by every chat to it, cached from its login
     block_lists: Batcher[int, list[int]] = field(init=False, repr=False)
@@ -308,7 +308,7 @@ def _login_reply(
     online.add(user_id)
     if groups and online:
         # those who blocked the user show offline to it (docs/protocol.md
-        # section E); friends need no such care: a block ends the friendship
+        # section F); friends need no such care: a block ends the friendship
         online -= svc.blockers(user_id)
 
     def state(uid: int) -> str:

@@ -365,7 +365,7 @@ def take_offline_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[str
     return out
 
 
-# --- friend requests, blocks, search (docs/protocol.md section E) -----------
+# --- friend requests, blocks, search (docs/protocol.md section F) -----------
 
 Person = tuple[int, str]  # (id, name)
 
@@ -516,7 +516,7 @@ def delete_social(s: Session, user_ids: Sequence[int]) -> dict[str, int]:
     }
 
 
-# --- group management (docs/protocol.md section E) --------------------------
+# --- group management (docs/protocol.md section F) --------------------------
 
 
 def group_of(s: Session, group_id: int) -> AllGroup | None:

@@ -1,4 +1,4 @@
-"""Presence fan-out, measured (docs/protocol.md section E, issue 12): one
+"""Presence fan-out, measured (docs/protocol.md section F, issue 12): one
 user with FRIENDS friends, all online with notices, spread over NODES nodes
 (one MariaDB database, one Redis of its own); the user logs in and out
 ROUNDS times. For each change: the time until every friend saw it, the

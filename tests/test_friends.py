@@ -1,5 +1,5 @@
 """Friends, presence and groups as people expect them (docs/protocol.md
-section E), on real nodes: every test runs on one node, and across two
+section F), on real nodes: every test runs on one node, and across two
 nodes of a cluster (one MariaDB, one Redis) with the two sides of each
 exchange on different nodes."""
 

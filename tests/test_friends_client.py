@@ -1,5 +1,5 @@
 """Friends, presence and groups through the client library's typed calls and
-events, and through gchat-client's commands (docs/protocol.md section E)."""
+events, and through gchat-client's commands (docs/protocol.md section F)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store side of section E on SQLite and MariaDB: a deleted user leaves
+"""The store side of section F on SQLite and MariaDB: a deleted user leaves
 no friend request or block behind (for gchat-admin delete-user), and the
 search's pattern takes names literally."""
 

@@ -82,7 +82,7 @@ def test_frames_up_to_the_cap_always_pass(bodies, term):
 # the integer fields of each request (others pass through untouched)
 INT_FIELDS = {1: ["id"], 3: [], 5: ["id", "to"], 6: ["id", "friendid"], 7: ["id"], 8: ["id", "groupid"],
               9: ["id", "groupid"], 10: ["id"],
-              # section E
+              # section F
               20: ["id", "to"], 21: ["id", "from"], 22: ["id", "friendid"], 23: ["id", "userid"],
               24: ["id", "page", "limit"], 25: ["id", "groupid"], 26: ["id", "groupid", "userid"],
               27: ["id", "groupid", "userid"], 28: ["id", "groupid"], 29: ["id", "groupid"],

@@ -1,4 +1,4 @@
-"""Friend requests and blocks (docs/protocol.md section E): a pending request
+"""Friend requests and blocks (docs/protocol.md section F): a pending request
 with its note, and who blocked whom. Both go with either user (ON DELETE
 CASCADE), so deleting a user leaves none of them behind.
 

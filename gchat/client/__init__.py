@@ -4,7 +4,7 @@ front of a cluster, or to the original C++ server), with typed calls.
     with Client.connect("127.0.0.1", 6000) as c:
         me = c.login(13, "secret")          # LoginResult: friends, groups, offline
         c.chat(15, "hello")                 # "online" / "offline", or None (classic)
-        c.request_friend(15, "hi")          # section E: friends, search, groups
+        c.request_friend(15, "hi")          # section F: friends, search, groups
         c.next_event(timeout=5)             # Notice / PresenceChange (login notices=True)
         for m in c.messages(timeout=5):      # ChatMessage pushed by the server
             print(m.sender_name, m.text)

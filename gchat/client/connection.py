@@ -54,7 +54,7 @@ class Client(SocialCalls):
         for (acks of `send()`, errors to silent classic requests); without it,
         those are logged and dropped.
     on_event(Notice or PresenceChange): called in the reader for each notice
-        of a login that asked for them (docs/protocol.md section E), instead
+        of a login that asked for them (docs/protocol.md section F), instead
         of queueing it for events().
     on_close(exc or None): called once in the reader when the connection
         ends (None when `close()` ended it), before `closed` turns true.

@@ -1,4 +1,4 @@
-"""The calls of docs/protocol.md section E (friends, presence, groups), typed.
+"""The calls of docs/protocol.md section F (friends, presence, groups), typed.
 They need a gchat node: each is always answered, so each returns its result
 or raises the GchatError of its errno. `Client` has them all."""
 

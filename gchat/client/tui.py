@@ -61,7 +61,7 @@ class TerminalClient:
         self.io = io
         self.client: Client | None = None
         self.credentials: tuple[int, str] | None = None  # to log in again after a reconnect
-        self.known = Known()  # friends, groups, requests as of now (docs/protocol.md section E)
+        self.known = Known()  # friends, groups, requests as of now (docs/protocol.md section F)
 
     # connection -------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """gchat-client's commands for friends, presence and groups (docs/protocol.md
-section E), what the client knows of them now, and how their notices look.
+section F), what the client knows of them now, and how their notices look.
 
 The client logs in with notices (unless --classic): it learns pending
 requests from the login reply, and keeps its lists up to date from the

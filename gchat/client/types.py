@@ -112,7 +112,7 @@ class LoginResult:
     friends: tuple[Friend, ...] = ()
     groups: tuple[Group, ...] = ()
     offline: tuple[ChatMessage, ...] = ()
-    # section E, for a login that asked for notices
+    # section F, for a login that asked for notices
     requests: Requests | None = None
     blocked: tuple[int, ...] = ()
 
@@ -129,7 +129,7 @@ class LoginResult:
         )
 
 
-# --- docs/protocol.md section E: friends, presence, groups --------------------
+# --- docs/protocol.md section F: friends, presence, groups --------------------
 
 
 @dataclass(frozen=True)

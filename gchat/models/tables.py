@@ -75,7 +75,7 @@ class OfflineMessage(Base):
 
 
 class FriendRequest(Base):
-    """A pending friend request (docs/protocol.md section E): gone once
+    """A pending friend request (docs/protocol.md section F): gone once
     accepted or declined."""
 
     __tablename__ = "friendrequest"
