@@ -1,11 +1,36 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+# one version, the package's own (gchat.__version__, shown by --version)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "gchat" / "__init__.py").read_text(), re.M)
 
 setup(
     name="gchat",
-    version="0.1.0",
+    version=VERSION.group(1) if VERSION else "0",
     description="Cluster chat server: gevent, SQLAlchemy, Redis pub/sub, nginx",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    author="the gchat maintainers",
+    license="MIT",
+    keywords="chat server cluster gevent redis nginx muduo",
+    platforms=["Linux"],
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Environment :: Console",
+        "Environment :: No Input/Output (Daemon)",
+        "Intended Audience :: Developers",
+        "Intended Audience :: System Administrators",
+        "License :: OSI Approved :: MIT License",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Communications :: Chat",
+        "Typing :: Typed",
+    ],
     python_requires=">=3.11",
     # The migrations live in alembic/ at the top (where `alembic upgrade head`
     # expects them) and ship inside the package as gchat.migrations, so that a
@@ -13,7 +38,7 @@ setup(
     packages=find_packages(include=["gchat", "gchat.*"]) + ["gchat.migrations", "gchat.migrations.versions"],
     package_dir={"gchat.migrations": "alembic"},
     # the web app is static files served by the node itself (gchat/web/static)
-    package_data={"gchat.migrations": ["script.py.mako"], "gchat.web": ["static/*"]},
+    package_data={"gchat.migrations": ["script.py.mako"], "gchat.web": ["static/*"], "gchat": ["py.typed"]},
     install_requires=[
         "gevent>=24.2",
         "SQLAlchemy>=2.0",
@@ -30,8 +55,12 @@ setup(
         # Sans-I/O layer: bytes in, frames out, like our protocol module; gevent does the I/O)
         "h11>=0.14",
         "websockets>=14",
+        # /metrics in Prometheus's format (gchat/metrics.py), and the process's CPU, memory and files
+        "prometheus_client>=0.20",
     ],
     extras_require={
+        # scripts/plot_bench.py: the figures of docs/benchmarks.md from gchat-bench's JSON
+        "plot": ["matplotlib>=3.7"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",

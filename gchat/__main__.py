@@ -13,20 +13,9 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 
-from gchat import config  # noqa: E402
+from gchat import __version__, config, logs  # noqa: E402
 
 log = logging.getLogger("gchat")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if logging.getLogger().level > logging.DEBUG:
-        # alembic narrates every plugin it loads; the node logs the migration itself
-        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +24,15 @@ def main(argv: list[str] | None = None) -> int:
         description="A gchat chat node. With no flags: one node on SQLite (gchat.db here) "
         "with an in-process bus. Every flag has a GCHAT_* environment variable.",
     )
+    parser.add_argument("--version", action="version", version=f"gchat-server {__version__}")
     config.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         settings = config.from_sources(args)
-    except ValueError as e:
-        parser.error(str(e))
-    setup_logging(settings.log_level)
+    except ValueError as e:  # one line: the usage would bury it under 25 lines of flags
+        print(f"gchat-server: {e} (see gchat-server --help)", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, settings.log_format)
 
     from gchat import app as app_module
     from gchat.schema import SchemaBehind
@@ -55,18 +46,25 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("start-up failed", exc_info=True)
         print(f"gchat-server: cannot start: {e.__class__.__name__}: {e}", file=sys.stderr)
         return 1
-    try:
-        app.start()
-    except OSError as e:
-        where = settings.bind + (f" or {settings.web_bind} (web_bind)" if settings.web_bind else "")
-        print(f"gchat-server: cannot listen on {where}: {e}", file=sys.stderr)
-        return 1
+    from gchat.control import AdminSocketError
 
+    # before start(), which logs "ready": a SIGTERM sent as soon as it is
+    # read (systemd, a test) must stop the node cleanly, not kill it with
+    # the default action (its users left online, its admin socket left behind)
     stop = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stop.set)
     # SIGUSR1 logs "stats connections=.. users=.. greenlets=.. fds=.. rss=.."
     gevent.signal_handler(signal.SIGUSR1, app.listener.log_stats)
+    try:
+        app.start()
+    except AdminSocketError as e:
+        print(f"gchat-server: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = settings.bind + (f" or {settings.web_bind} (web_bind)" if settings.web_bind else "")
+        print(f"gchat-server: cannot listen on {where}: {e}", file=sys.stderr)
+        return 1
     stop.wait()
     log.info("signal received, shutting down")
     app.stop()

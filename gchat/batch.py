@@ -39,11 +39,16 @@ class Batcher(Generic[K, V]):
         self._worker: gevent.Greenlet[[], None] | None = None
 
     def __call__(self, key: K) -> V:
+        return cast(V, self.submit(key).get())  # typed V | None as set() may pass nothing; _drain always passes a V
+
+    def submit(self, key: K) -> AsyncResult[V]:
+        """Queue key for the next batch without waiting: its result (or
+        exception) arrives in the AsyncResult."""
         result: AsyncResult[V] = AsyncResult()
         self._pending.append((key, result))
         if self._worker is None:
             self._worker = gevent.spawn(self._drain)
-        return cast(V, result.get())  # typed V | None as set() may pass nothing; _drain always passes a V
+        return result
 
     def _drain(self) -> None:
         try:

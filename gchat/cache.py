@@ -1,7 +1,8 @@
 """Hot reads kept in the node: which users exist, who is in which group.
 
-Users are never deleted, so a user id once seen stays valid: that set needs no
-invalidation. Group membership changes on join; the joining node drops its
+Users are deleted only by an operator (gchat-admin delete-user), who tells
+every node (gchat/control.py) to forget them; otherwise a user id once seen
+stays valid. Group membership changes on join; the joining node drops its
 entry and tells every other node through the bus to drop theirs, so a member
 is missed at most for the time an invalidation takes to cross the bus.
 """
@@ -32,6 +33,13 @@ class Cache:
 
     def known_user(self, user_id: int) -> None:
         self._users.add(user_id)
+
+    def forget_users(self, user_ids: list[int]) -> None:
+        """Deleted users: gone from the known users and from every cached
+        group (rare enough to drop them all), or a group chat would try to
+        store messages for them."""
+        self._users.difference_update(user_ids)
+        self.forget_groups()
 
     def members(self, group_id: int, load: Callable[[int], list[int]]) -> tuple[int, ...]:
         """The member ids of a group, empty for a group that does not exist

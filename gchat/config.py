@@ -16,8 +16,14 @@ from sqlalchemy.engine import make_url
 from gchat.protocol import Limits
 
 
-def _opt(default: Any, help: str, *, flag: bool = True) -> Any:
-    return field(default=default, metadata={"help": help, "flag": flag})
+def _opt(default: Any, help: str, *, flag: bool = True, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,20 @@ class Settings:
     )
     redis_url: str = _opt("", "redis://HOST:PORT/DB of the cluster bus; empty = single node, in-process bus")
     node_id: str = _opt("", "this node's name in the cluster (default: HOSTNAME:PORT)")
-    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = _opt("INFO", "how much the node logs", choices=LOG_LEVELS)
+    log_format: str = _opt(
+        "text", "text (one readable line per event) or json (one JSON object per line)", choices=("text", "json")
+    )
+    login_failures_logged: int = _opt(10, "failed logins logged one by one per window; the rest are summarised")
+    login_failures_window: float = _opt(60.0, "seconds of the window that failed logins are summarised over")
+    metrics_bind: str = _opt(
+        "127.0.0.1:9600", "HOST:PORT of the HTTP endpoint for /metrics (Prometheus), /healthz and /readyz; "
+        "empty = none. Loopback by default: the counts are for the operator, not the world")
+    admin_socket: str = _opt(
+        "",
+        "Unix socket (mode 0600) where gchat-admin reaches a node that has no Redis (kick, broadcast); "
+        "empty = none",
+    )
 
     # database
     pool_size: int = _opt(10, "database connection pool size")
@@ -69,6 +88,9 @@ class Settings:
     outbox_max_bytes: int = _opt(
         8 * 1024 * 1024, "bytes of delivered messages queued for one slow reader before it is cut off "
         "(replies, such as a login's backlog, are not counted)")
+    classic_gap: float = _opt(
+        0.005, "seconds between two frames written to a client that speaks only part A (the original "
+        "ChatClient reads one frame per recv and drops the rest); 0 = no pacing")
     rate: float = _opt(0.0, "requests per second per connection; 0 = no limit")
     rate_burst: int = _opt(200, "requests a connection may send at once above the rate")
     keepalive_idle: int = _opt(60, "TCP keepalive: idle seconds before the first probe")
@@ -88,6 +110,12 @@ class Settings:
     # friends (docs/protocol.md section F)
     friend_requests: bool = _opt(False, "the classic ADD_FRIEND (msgid 6) sends a friend request instead of "
                                  "adding at once (true/false)")
+    # the conversation log (docs/architecture.md)
+    cursor_flush: float = _opt(1.0, "seconds between writes of classic clients' delivered cursors "
+                                    "(a node killed loses at most this much: those messages come again)")
+    sync_max: int = _opt(100, "messages per conversation in a sync login's reply (the rest through history)")
+    retention_days: float = _opt(0.0, "gchat-admin prune: delete messages older than this many days; 0 = keep")
+    retention_keep: int = _opt(0, "gchat-admin prune: keep at most this many messages per conversation; 0 = all")
 
     # cluster presence
     heartbeat_interval: float = _opt(2.0, "seconds between this node's heartbeats")
@@ -124,6 +152,13 @@ class Settings:
     @property
     def origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.web_origins.split(",") if o.strip())
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        if not self.metrics_bind:
+            return None
+        host, _, port = self.metrics_bind.rpartition(":")
+        return host or "127.0.0.1", int(port)
 
     @property
     def node(self) -> str:
@@ -167,8 +202,34 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None =
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env {_env_name(f.name)}; default {f.default!r})",
+            help=f"{f.metadata['help']}{_choices(f.metadata['choices'])} "
+            f"(env {_env_name(f.name)}; default {f.default!r})",
         )
+
+
+def _choices(choices: tuple[str, ...]) -> str:
+    return f": one of {', '.join(choices)}" if choices else ""
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """The KEY=VALUE lines of an environment file as systemd's EnvironmentFile
+    reads the simple ones (deploy/gchat.env): blank lines and # comments
+    skipped, one pair of surrounding quotes removed. Raises OSError, or
+    ValueError naming the line that is not KEY=VALUE."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise ValueError(f"{path}:{n}: not KEY=VALUE: {line[:60]!r}")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[key.strip()] = value
+    return values
 
 
 def from_sources(
@@ -189,9 +250,18 @@ def from_sources(
             values[f.name] = _bool(raw) if kind is bool else kind(raw) if kind is not str else raw
         except ValueError:
             raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from None
+        choices = f.metadata["choices"]
+        if choices:
+            values[f.name] = raw.upper()
+            if values[f.name] not in choices:
+                raise ValueError(f"{f.name}: {raw!r} is not one of {', '.join(choices)}")
     settings = Settings(**values)
     if not settings.bind.rpartition(":")[2].isdigit():
         raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT")
     if settings.web_bind and not settings.web_bind.rpartition(":")[2].isdigit():
         raise ValueError(f"web_bind: {settings.web_bind!r} is not HOST:PORT (or empty for no web app)")
+    if settings.metrics_bind and not settings.metrics_bind.rpartition(":")[2].isdigit():
+        raise ValueError(f"metrics_bind: {settings.metrics_bind!r} is not HOST:PORT (or empty: none)")
+    if settings.log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format: {settings.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     return settings

@@ -25,11 +25,18 @@ from gevent.event import Event
 from gchat.errors import Unavailable
 from gchat.transport import Transport
 
+Mark = tuple[int, int]  # a log entry: (conversation id, seq)
+
 log = logging.getLogger(__name__)
 
 # bytes joined for one send: a burst goes out in few system calls, without
 # copying a whole (up to outbox_max_bytes) outbox at once
 WRITE_CHUNK = 256 * 1024
+# A paced client (see Outbox._write_paced) that is sent more than one frame
+# per gap falls behind for good: past this many queued frames (160 ms of
+# gaps at the default 5 ms) its outbox is written in bursts again, as any
+# client's, rather than grow until the client is cut off as a slow reader.
+PACED_MAX = 32
 
 
 class Owner(Protocol):
@@ -70,7 +77,8 @@ class Outbox:
     """
 
     __slots__ = ("transport", "owner", "max_messages", "max_bytes", "_q", "_bytes", "_head_sent", "_wake",
-                 "_writer_g", "_wrote", "_retire", "_closing", "_flushed", "cut", "_holding", "_held")
+                 "_writer_g", "_wrote", "_retire", "_closing", "_flushed", "cut", "_holding", "_held",
+                 "_unsent_at_end", "pace", "_last_sent")
 
     def __init__(self, transport: Transport, owner: Owner, max_messages: int, max_bytes: int) -> None:
         self.transport = transport
@@ -78,8 +86,12 @@ class Outbox:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         # (JSON body, bytes counted against max_bytes, user id, what to store
-        # for that user if the body is never written: None for the body itself)
-        self._q: deque[tuple[bytes, int, int, Sequence[bytes] | None]] = deque()
+        # for that user if the body is never written: None for the body
+        # itself, the log's (conversation, seq) entries it hands over). What
+        # came from the conversation log is not stored again: the user's
+        # delivered cursor stays below it until it is written (unsent()).
+        self._q: deque[tuple[bytes, int, int, Sequence[bytes] | None, Sequence[Mark]]] = deque()
+        self._unsent_at_end: dict[int, int] = {}
         self._bytes = 0
         self._head_sent = 0  # bytes of the head message _send_now handed to the kernel
         self._wake = Event()
@@ -91,7 +103,11 @@ class Outbox:
         self.cut = False  # cut off as a slow reader: nothing more is written
         # pushes wait here while the client's own request is handled
         self._holding = False
-        self._held: list[tuple[bytes, int]] = []
+        self._held: list[tuple[bytes, int, Mark | None]] = []
+        # seconds between two frames, for a client that reads one frame per
+        # recv (see _write_paced); 0 = write bursts whole
+        self.pace = 0.0
+        self._last_sent = 0.0  # when the last frame went out whole, while pacing
 
     def __len__(self) -> int:
         return len(self._q)
@@ -108,19 +124,57 @@ class Outbox:
 
     # --- what goes in --------------------------------------------------------
 
-    def push(self, body: bytes, user_id: int) -> None:
-        """A delivery for `user_id`; stored for it if never written."""
+    def push(self, body: bytes, user_id: int, mark: Mark | None = None) -> None:
+        """A delivery for `user_id`: a log entry (`mark`: conversation, seq),
+        or else stored for it if never written."""
         if self._holding:
-            self._held.append((body, user_id))
+            self._held.append((body, user_id, mark))
         else:
-            self._enqueue(body, len(body), user_id, None)
+            self._enqueue(body, len(body), user_id, None if mark is None else (), (mark,) if mark else ())
 
-    def reply(self, body: bytes, user_id: int = 0, restore: Sequence[bytes] = ()) -> None:
+    def unsent(self) -> dict[int, int]:
+        """conversation -> the lowest seq of the log not handed to the kernel
+        (queued, held, or left when the connection ended): a classic client's
+        delivered cursor stays below it (gchat/sessions.py)."""
+        low = dict(self._unsent_at_end)
+        for *_, marks in self._q:
+            for conv, seq in marks:
+                if seq < low.get(conv, seq + 1):
+                    low[conv] = seq
+        for _, _, mark in self._held:
+            if mark is not None and mark[1] < low.get(mark[0], mark[1] + 1):
+                low[mark[0]] = mark[1]
+        return low
+
+    def settle_log_entries(self, timeout: float) -> dict[int, int]:
+        """The user's session ends (a log-out) and its delivered cursor is
+        about to be written: log entries held behind the request's reply are
+        withdrawn (the next login hands them over), and those queued get up
+        to `timeout` seconds to be written, so that none is handed to this
+        connection after the cursor was written below it (twice, then).
+        Returns the withdrawn ones as unsent() does: the cursor stays below."""
+        withdrawn: dict[int, int] = {}
+        for _, _, mark in self._held:
+            if mark is not None and mark[1] < withdrawn.get(mark[0], mark[1] + 1):
+                withdrawn[mark[0]] = mark[1]
+        self._held = [h for h in self._held if h[2] is None]
+        deadline = time.monotonic() + timeout
+        while (self._writer_g is not None and not self.cut and any(marks for *_, marks in self._q)
+               and time.monotonic() < deadline):
+            gevent.sleep(0.005)
+        return withdrawn
+
+    def queued(self) -> int:
+        """Bytes of deliveries queued or held."""
+        return self._bytes + sum(len(body) for body, _, _ in self._held)
+
+    def reply(self, body: bytes, user_id: int = 0, restore: Sequence[bytes] = (),
+              marks: Sequence[Mark] = ()) -> None:
         """A reply to the client's own request. `restore`: messages it hands
         over, already taken from the store, stored again for `user_id` if it
         is never written. Written at once, without a writer, when the kernel
         takes it whole (a client that only logs in never needs a writer)."""
-        self._enqueue(body, 0, user_id, restore, direct=True)
+        self._enqueue(body, 0, user_id, restore, marks, direct=True)
 
     def hold(self) -> None:
         """From now, pushes wait behind the replies of the request being
@@ -132,13 +186,13 @@ class Outbox:
         self._holding = False
         if self._held:
             held, self._held = self._held, []
-            for body, user_id in held:
-                self._enqueue(body, len(body), user_id, None)
+            for body, user_id, mark in held:
+                self._enqueue(body, len(body), user_id, None if mark is None else (), (mark,) if mark else ())
 
     def _enqueue(self, body: bytes, counted: int, user_id: int, keep: Sequence[bytes] | None,
-                 direct: bool = False) -> None:
+                 marks: Sequence[Mark] = (), direct: bool = False) -> None:
         q = self._q
-        q.append((body, counted, user_id, keep))
+        q.append((body, counted, user_id, keep, marks))
         self._bytes += counted
         # a lone message may exceed the byte bound: it is in memory already, and must get out
         if len(q) > self.max_messages or (self._bytes > self.max_bytes and len(q) > 1):
@@ -157,7 +211,9 @@ class Outbox:
         """Write the lone head at once if the kernel takes it whole. Anything
         else (would block, partly sent, an error) is left to a writer, which
         meets the error again and reports it."""
-        body, counted, _, _ = self._q[0]
+        if self.pace and time.monotonic() - self._last_sent < self.pace:
+            return False  # too close behind the last frame: the writer waits out the gap
+        body, counted, *_ = self._q[0]
         try:
             data = self.transport.frame(body)
             sent = self.transport.send_nowait(data)
@@ -168,6 +224,8 @@ class Outbox:
             return False
         self._q.popleft()
         self._bytes -= counted
+        if self.pace:
+            self._last_sent = time.monotonic()
         return True
 
     def _cut_off(self) -> None:
@@ -209,11 +267,14 @@ class Outbox:
     def _write_some(self) -> None:
         """Send the head of the queue; a message leaves only when its last
         byte (and terminator, or WebSocket header) went to the kernel."""
+        if self.pace and len(self._q) <= PACED_MAX:
+            self._write_paced()
+            return
         frame = self.transport.frame
         parts: list[bytes] = []
         ends: list[int] = []
         size = 0
-        for body, _, _, _ in self._q:
+        for body, *_ in self._q:
             wire = frame(body)
             parts.append(wire)
             size += len(wire)
@@ -229,6 +290,31 @@ class Outbox:
             while done < len(ends) and ends[done] <= sent:
                 self._bytes -= self._q.popleft()[1]
                 done += 1
+
+    def _write_paced(self) -> None:
+        """One frame, in a send of its own, at least `pace` seconds after the
+        previous one. For a client that speaks only docs/protocol.md part A:
+        the original ChatClient reads with one recv of 1,024 bytes, parses up
+        to the first NUL and drops the rest of what that recv returned. TCP
+        keeps no boundaries: a recv returns everything that arrived since the
+        last one, however many segments it came in, so one segment per frame
+        (TCP_NODELAY, one send each) is not enough. What makes the reader see
+        frames apart is time: the next frame arrives after its reader went
+        back to recv. Nothing on the wire can tell when that is, so the gap
+        is a setting (classic_gap), measured in docs/benchmarks.md."""
+        wait = self._last_sent + self.pace - time.monotonic()
+        if wait > 0:
+            gevent.sleep(wait)
+            if self.cut:
+                return
+        body = self._q[0][0]
+        data = memoryview(self.transport.frame(body))
+        sent, self._head_sent = self._head_sent, 0
+        send = self.transport.send
+        while sent < len(data):
+            sent += send(data[sent:])
+        self._last_sent = time.monotonic()
+        self._bytes -= self._q.popleft()[1]
 
     def retire_if_idle(self) -> None:
         """Called once a sweep: a parked writer that wrote nothing since the
@@ -267,9 +353,11 @@ class Outbox:
         while a batch is being stored. Replies keep only what they hand over."""
         stored = 0
         while self._q:
+            # the log keeps its entries: only the delivered cursor must stay below them
+            self._unsent_at_end = self.unsent()
             items = [
                 (uid, text)
-                for body, _, uid, keep in self._q
+                for body, _, uid, keep, _ in self._q
                 if uid
                 for text in (keep if keep is not None else (body,))
             ]

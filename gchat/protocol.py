@@ -48,8 +48,14 @@ class MsgId(enum.IntEnum):
     GROUP_CHAT = 9
     LOGINOUT = 10
     ACK = 11
-    # section F of docs/protocol.md: friends, presence, groups (12 to 19 are
-    # left to the conversation log's requests)
+    # the conversation log (docs/protocol.md section D)
+    RECEIVED = 12  # client: received up to cseq (cumulative)
+    READ = 13  # client: read up to cseq
+    READ_RECEIPT = 14  # server: the other side of a pair read up to cseq
+    READERS = 15  # client: how many members read up to cseq
+    HISTORY = 16  # client: a page of a conversation's messages
+    # section F of docs/protocol.md: friends, presence, groups (12 to 16 are
+    # the conversation log's requests)
     FRIEND_REQUEST = 20
     FRIEND_ANSWER = 21
     FRIEND_REMOVE = 22
@@ -79,6 +85,11 @@ class Errno(enum.IntEnum):
     RATE_LIMITED = 10
     UNAVAILABLE = 11
 
+
+# An operator's system message (docs/protocol.md part C) is a one-to-one
+# message from this id, which no user has (ids start at 1), and this name.
+SYSTEM_ID = 0
+SYSTEM_NAME = "system"
 
 # Requests answered by a reply of their own id + 1 (part A); the others by ACK_MSG.
 REPLY_ID: dict[int, MsgId] = {MsgId.LOGIN: MsgId.LOGIN_ACK, MsgId.REG: MsgId.REG_ACK}
@@ -264,6 +275,7 @@ _BOOL = "bool"
 _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
     # password or, in its place, a resume token (section C): one of them is required
     MsgId.LOGIN: {"id": (_INT, True), "password": (_STR, False), "token": (_STR, False), "resume": (_BOOL, False),
+                  "sync": (_BOOL, False),
                   "notices": (_BOOL, False)},
     MsgId.REG: {"name": (_STR, True), "password": (_STR, True)},
     MsgId.ONE_CHAT: {
@@ -288,6 +300,20 @@ _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
         "time": (_STR, False),
     },
     MsgId.LOGINOUT: {"id": (_INT, False)},
+    # section D: a conversation is named by `conv`, or for history also by
+    # `to` (a pair) or `groupid`; sequence numbers fit the same range as ids
+    MsgId.RECEIVED: {"id": (_INT, False), "conv": (_INT, True), "cseq": (_INT, True)},
+    MsgId.READ: {"id": (_INT, False), "conv": (_INT, True), "cseq": (_INT, True)},
+    MsgId.READERS: {"id": (_INT, False), "conv": (_INT, True), "cseq": (_INT, True)},
+    MsgId.HISTORY: {
+        "id": (_INT, False),
+        "conv": (_INT, False),
+        "to": (_INT, False),
+        "groupid": (_INT, False),
+        "before": (_INT, False),
+        "after": (_INT, False),
+        "limit": (_INT, False),
+    },
     MsgId.FRIEND_REQUEST: {"id": (_INT, False), "to": (_INT, True), "note": (_STR, False)},
     MsgId.FRIEND_ANSWER: {"id": (_INT, False), "from": (_INT, True), "accept": (_BOOL, True)},
     MsgId.FRIEND_REMOVE: {"id": (_INT, False), "friendid": (_INT, True)},

@@ -13,12 +13,14 @@ class Peer(Protocol):
 
     user_id: int | None
     user_name: str
-    address: tuple[str, int]  # the client's (host, port)
+    address: tuple[str, int]  # the client's (host, port): the throttle's and the audit log's
     # the session asked for notices (docs/protocol.md section F)
     notices: bool
 
-    def push(self, body: bytes) -> None:
-        """Queue a delivered chat message (JSON text, no terminator)."""
+    def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
+        """Queue a delivered message (JSON text, no terminator); `mark`: the
+        conversation log's (conversation, seq) it is, for the delivered
+        cursor (gchat/sessions.py)."""
 
     def notify(self, body: bytes) -> None:
         """Queue a notice: like a chat message, but never stored when it
@@ -52,6 +54,11 @@ class Registry:
 
     def get(self, user_id: int) -> Peer | None:
         return self._peers.get(user_id)
+
+    def peers(self) -> list[tuple[int, Peer]]:
+        """Every logged-in user here with its peer (a copy: safe to iterate
+        while pushing)."""
+        return list(self._peers.items())
 
     def __len__(self) -> int:
         return len(self._peers)

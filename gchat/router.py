@@ -1,7 +1,12 @@
-"""Where a message goes: a local outbox, another node through the bus, or
-offline storage. The rule that nothing accepted is lost lives here: whatever
-cannot be handed to a live connection is stored, on this node or on the node
-the bus brought it to.
+"""Where a logged message goes: a local session, or another node through
+the bus. The log is the record (gchat/writer.py commits a message before it
+gets here), so nothing here has to be reliable: a delivery the bus drops, or
+that finds its user gone, is found missing by its sequence number and
+brought from the log (gchat/sessions.py), or comes at the next login.
+
+On the bus a delivery is `conv,seq ` followed by the delivered JSON text, so
+the receiving node sorts it against what its sessions have without parsing
+the JSON.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from gevent.event import Event
 
 from gchat import store
 from gchat.cluster.bus import Bus
-from gchat.errors import Unavailable
+from gchat.errors import GchatError, Unavailable
+from gchat.metrics import Counts
 from gchat.registry import Registry
+from gchat.sessions import NOT_STORED, Sessions
 from gchat.store import Database
+from gchat.writer import Written
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +34,8 @@ STORE_WAIT = 30.0
 
 
 class Router:
-    def __init__(self, registry: Registry, bus: Bus, db: Database) -> None:
+    def __init__(self, registry: Registry, bus: Bus, db: Database, sessions: Sessions | None = None,
+                 counts: Counts | None = None) -> None:
         self.registry = registry
         self.bus = bus
         self.db = db
@@ -34,6 +43,8 @@ class Router:
         # stored yet; and the logins waiting for that count to reach zero
         self._storing: dict[int, int] = {}
         self._settled: dict[int, Event] = {}
+        self.sessions = sessions if sessions is not None else Sessions(db)
+        self.counts = counts if counts is not None else Counts()
 
     @contextlib.contextmanager
     def _deciding(self, user_ids: list[int]) -> Iterator[None]:
@@ -65,6 +76,75 @@ class Router:
         if user_id in self._storing:
             self._settled.setdefault(user_id, Event()).wait(timeout)
 
+    def deliver_logged(self, w: Written) -> int:
+        """Tell the recipients of a committed message: local sessions here,
+        the others' nodes through the bus. Returns how many were reached live."""
+        sessions = self.sessions
+        sessions.own(w.sender, w.conv, w.seq)
+        elsewhere: list[int] = []
+        reached = 0
+        for uid in w.recipients:
+            if sessions.offer(uid, w.conv, w.seq, w.body):
+                reached += 1
+            else:
+                elsewhere.append(uid)
+        counts = self.counts
+        counts.delivered_local += reached
+        if elsewhere:
+            try:
+                missed = self.bus.route(elsewhere, b"%d,%d %s" % (w.conv, w.seq, w.body))
+            except GchatError as e:
+                # the log has it: the recipients' nodes repair when their bus
+                # comes back, or the recipients get it at their next login
+                log.warning("bus unavailable (%s); %d recipient(s) of %d:%d get it from the log",
+                            e, len(elsewhere), w.conv, w.seq)
+                missed = elsewhere
+            routed = len(elsewhere) - len(missed)
+            counts.routed += routed
+            counts.stored += len(missed)  # kept for them in the log, handed over at their next login
+            reached += routed
+        return reached
+
+    def tell(self, user_ids: list[int], body: bytes) -> None:
+        """A push that is not a chat message (a read receipt): to whoever is
+        online, here or elsewhere (`- ` on the bus); nobody keeps it for the
+        others, who read the state at their next sync."""
+        elsewhere = []
+        for uid in user_ids:
+            peer = self.registry.get(uid)
+            if peer is not None:
+                peer.push(body, NOT_STORED)
+            else:
+                elsewhere.append(uid)
+        if elsewhere:
+            try:
+                self.bus.route(elsewhere, b"- " + body)
+            except GchatError as e:
+                log.info("bus unavailable (%s): %d notification(s) not sent", e, len(elsewhere))
+
+    def on_bus_logged(self, user_ids: list[int], body: bytes) -> bool:
+        """A logged message another node routed here (`conv,seq json`), or a
+        notification (`- json`); False when body is neither (a plain
+        delivery)."""
+        head, _, text = body.partition(b" ")
+        if head == b"-":
+            for uid in user_ids:
+                peer = self.registry.get(uid)
+                if peer is not None:
+                    peer.push(text, NOT_STORED)
+            return True
+        conv, sep, seq = head.partition(b",")
+        if not sep or not conv.isdigit() or not seq.isdigit():
+            return False
+        c, q = int(conv), int(seq)
+        offered = 0
+        for uid in user_ids:
+            # a user gone since the routing decision: the log keeps it for
+            # its next login
+            offered += self.sessions.offer(uid, c, q, text)
+        self.counts.delivered_local += offered
+        return True
+
     def deliver(self, user_id: int, body: bytes) -> str:
         """Deliver to one user: "online" when it went to a live connection
         (here or on another node), "offline" when it was stored."""
@@ -83,6 +163,7 @@ class Router:
                 reached += 1
             else:
                 elsewhere.append(uid)
+        self.counts.delivered_local += reached
         if elsewhere:
             with self._deciding(elsewhere):
                 try:
@@ -92,7 +173,9 @@ class Router:
                     # lost, only late
                     log.warning("bus unavailable (%s); storing %d message(s)", e, len(elsewhere))
                     offline = elsewhere
-                reached += len(elsewhere) - len(offline)
+                routed = len(elsewhere) - len(offline)
+                self.counts.routed += routed
+                reached += routed
                 if offline:
                     self.store_offline(offline, body)
         return reached
@@ -141,15 +224,19 @@ class Router:
     def store_offline(self, user_ids: list[int], body: bytes) -> None:
         text = body.decode()
         self.db.run(lambda s: store.store_offline(s, [(uid, text) for uid in user_ids]))
+        self.counts.stored += len(user_ids)
 
     def store_offline_batch(self, items: list[tuple[int, bytes]]) -> None:
         """Store (user id, body) pairs in one unit of work, in order: what a
         closing connection could not write (its order is kept at next login)."""
         self.db.run(lambda s: store.store_offline(s, [(uid, body.decode()) for uid, body in items]))
+        self.counts.stored += len(items)
 
     def on_bus_delivery(self, user_ids: list[int], body: bytes) -> None:
         """A delivery another node routed here. The user may have left since
         the routing decision: then it is stored, never dropped."""
+        if self.on_bus_logged(user_ids, body):
+            return
         gone = []
         for uid in user_ids:
             peer = self.registry.get(uid)
@@ -157,6 +244,7 @@ class Router:
                 peer.push(body)
             else:
                 gone.append(uid)
+        self.counts.delivered_local += len(user_ids) - len(gone)
         if gone:
             try:
                 with self._deciding(gone):

@@ -60,7 +60,7 @@ def upgrade(db: Database) -> None:
 
 def prepare(db: Database) -> None:
     """SQLite is the node's own file: migrate it. A shared MySQL is migrated
-    by its operator (`alembic upgrade head`), never behind the other nodes'
+    by its operator (`gchat-admin migrate`), never behind the other nodes'
     backs by whichever node starts first."""
     if db.is_sqlite:
         upgrade(db)
@@ -69,5 +69,5 @@ def prepare(db: Database) -> None:
     if have != want:
         raise SchemaBehind(
             f"database schema is at {have or 'nothing'}, gchat needs {want}: "
-            "run `GCHAT_DATABASE_URL=... alembic upgrade head` first"
+            "run `gchat-admin migrate` with the same --database-url (or GCHAT_DATABASE_URL) first"
         )

@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_MODERN_KEYS = frozenset(("resume", "token", "sync"))
+
+# how long a log-out waits for the log entries queued to its client to be
+# written before its delivered cursor is (gchat/outbox.py, settle_log_entries)
+SETTLE_TIMEOUT = 1.0
 # how long a closing connection may take to hand its last replies to the kernel
 FLUSH_TIMEOUT = 5.0
 # a connection that wrote nothing for between one and two of these periods
@@ -79,11 +84,21 @@ class Connection:
         self.user_name = ""
         self.notices = False
         self.outbox = Outbox(transport, self, settings.outbox_max_messages, settings.outbox_max_bytes)
+        # Classic until a request uses part B or C (seq, a resume token): the
+        # original ChatClient sees one frame per recv, so its frames are paced
+        # (Outbox._write_paced). A client that asks for acks reads a stream,
+        # and a WebSocket client gets each frame as a message of its own.
+        self.classic = transport.stream
+        self.outbox.pace = settings.classic_gap if transport.stream else 0.0
         self._closing = False
         self._closed = Event()  # wakes a reader that holds off reading
         self._hold_until = 0.0
         self.close_reason = ""
         self._deadline: gevent.Greenlet[[], None] | None = None
+        # replies in request order, some waiting for the log's commit
+        # (service.Pending): pushes are held behind them as behind any reply
+        self._waiting: deque[list[Reply] | service.Pending] = deque()
+        self._sequencer: gevent.Greenlet[[], None] | None = None
         self._guard = FloodGuard(settings.rate, settings.rate_burst) if settings.rate > 0 else None
 
     # --- Peer, as the service layer sees it --------------------------------
@@ -111,8 +126,17 @@ class Connection:
             if wait > 0:
                 self._closed.wait(wait)
 
-    def push(self, body: bytes) -> None:
-        self.outbox.push(body, self._user_id or 0)
+    def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
+        self.outbox.push(body, self._user_id or 0, mark)
+
+    def unsent(self) -> dict[int, int]:
+        return self.outbox.unsent()
+
+    def settle(self) -> dict[int, int]:
+        return self.outbox.settle_log_entries(SETTLE_TIMEOUT)
+
+    def queued(self) -> int:
+        return self.outbox.queued()
 
     def notify(self, body: bytes) -> None:
         self.outbox.push(body, 0)  # user 0: never stored offline
@@ -140,7 +164,7 @@ class Connection:
 
     def _reply(self, reply: Reply) -> None:
         if type(reply) is Handover:
-            self.outbox.reply(dumps(reply), reply.user_id, [m.encode() for m in reply.restore])
+            self.outbox.reply(dumps(reply), reply.user_id, [m.encode() for m in reply.restore], reply.marks)
         else:
             self.outbox.reply(dumps(reply))
 
@@ -159,6 +183,7 @@ class Connection:
                 except FrameTooLarge as e:
                     self._handle_frames(e.frames)
                     if not self._closing:
+                        self.svc.counts.error(e.errno)
                         self._reply(error_reply(e))
                         self.close("frame too large")
                         log.info("%s: frame over %d bytes, closed", self.who(), self.settings.frame_max)
@@ -171,8 +196,12 @@ class Connection:
                     gevent.sleep(YIELD_PAUSE)
                 self._handle_frames(frames)
         except OSError as e:
-            # ETIMEDOUT here is TCP keepalive finding a peer that vanished
-            log.info("%s: connection lost (%s)", self.who(), e)
+            # Closed by this side (close() above): gevent wakes a reader
+            # blocked in recv by shutdown() with EBADF, "File descriptor was
+            # closed in another greenlet". The peer lost nothing: not logged.
+            # ETIMEDOUT here is TCP keepalive finding a peer that vanished.
+            if not self._closing:
+                log.info("%s: connection lost (%s)", self.who(), e)
         finally:
             deadline.kill(block=False)
             self._finish()
@@ -210,19 +239,61 @@ class Connection:
         outbox = self.outbox
         outbox.hold()
         req = None
+        replies: list[Reply] | service.Pending
         try:
             req = parse_request(frame, self.svc.limits)
+            # any extension of docs/protocol.md (seq, a resume token, a sync
+            # login) says the client reads frames whole: no pacing for it
+            if self.classic and (req.seq is not None or not _MODERN_KEYS.isdisjoint(req.body)):
+                self.classic = False
+                outbox.pace = 0.0
             replies = service.handle(self.svc, self, req)
         except ProtocolError as e:
+            self.svc.counts.error(e.errno)
             replies = [error_reply(e)]
         except Exception:
             log.exception("%s: request failed", self.who())
+            self.svc.counts.error(Errno.UNAVAILABLE)
             replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
+        if isinstance(replies, service.Pending) or self._waiting:
+            # a chat's ACK comes after the log's commit: the reader goes on
+            # with the next frames (their messages share the writer's batch)
+            # and the sequencer writes the replies in request order; the
+            # outbox keeps holding pushes until then
+            self._waiting.append(replies)
+            if self._sequencer is None:
+                self._sequencer = gevent.spawn(self._sequence)
+            return
         try:
             for reply in replies:
                 self._reply(reply)
         finally:
             outbox.release()
+
+    def _sequence(self) -> None:
+        """Write the replies of pipelined requests in their order, each once
+        its commit is done; what was pushed meanwhile follows each."""
+        outbox = self.outbox
+        try:
+            while self._waiting:
+                item = self._waiting[0]
+                try:
+                    replies = item.get() if isinstance(item, service.Pending) else item
+                except Exception:
+                    log.exception("%s: request failed", self.who())
+                    req = item.req if isinstance(item, service.Pending) else None
+                    replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0,
+                                       req.seq if req else None)]
+                self._waiting.popleft()
+                for reply in replies:
+                    self._reply(reply)
+                # what was pushed while it waited goes after its replies (a
+                # steady sender always has a next request waiting)
+                outbox.release()
+                if self._waiting:
+                    outbox.hold()
+        finally:
+            self._sequencer = None
 
     def _refuse(self, frame: bytes) -> None:
         """errno 10, addressed to the request (msgid, seq) when it can be read."""
@@ -231,6 +302,7 @@ class Connection:
             msgid, seq = int(req.msgid), req.seq
         except ProtocolError as e:
             msgid, seq = e.msgid, e.seq
+        self.svc.counts.error(Errno.RATE_LIMITED)
         self._reply(error_reply(ProtocolError(Errno.RATE_LIMITED, "rate limited, slow down", msgid, seq)))
 
     def _log_dropped(self, incoming: Sequence[Incoming]) -> None:
@@ -349,6 +421,7 @@ class Listener:
                     "connections until one closes", ip, self.settings.max_per_ip,
                 )
             self._refused[ip] = self._refused.get(ip, 0) + 1
+            self.services.counts.error(Errno.RATE_LIMITED)
             return ProtocolError(Errno.RATE_LIMITED, f"too many connections from {ip}")
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         if self.pool.full() and not self._at_limit:

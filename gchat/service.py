@@ -16,23 +16,27 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from gchat import friends, groups, store
+from gchat import audit, convlog, friends, groups, store
 from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.cluster.presence import Presence
 from gchat.errors import Conflict, GchatError, Unavailable
 from gchat.handling import Reply as Reply  # re-exported: the server's type of a reply
 from gchat.handling import acked, refuse, session_user
+from gchat.metrics import Counts
 from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
 from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Request, dumps, refusal, valid_name
 from gchat.registry import Peer, Registry
 from gchat.router import Router
+from gchat.sessions import Sessions
 from gchat.store import Database
 from gchat.throttle import LoginThrottle
+from gchat.writer import LogWriter, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +45,27 @@ class Handover(Reply):
     (a login's `offlinemsg`): if it never reaches the peer, the connection
     stores `restore` again for `user_id`, so nothing accepted is lost."""
 
-    __slots__ = ("user_id", "restore")
+    __slots__ = ("user_id", "restore", "marks")
 
-    def __init__(self, body: Reply, user_id: int, restore: list[str]) -> None:
+    def __init__(self, body: Reply, user_id: int, restore: list[str],
+                 marks: list[tuple[int, int]] | None = None) -> None:
         super().__init__(body)
         self.user_id = user_id
         self.restore = restore
+        # the log's (conversation, seq) it hands over: the user's delivered
+        # cursor stays below them until the reply is written (sessions.py)
+        self.marks = marks or []
 
 
 # a login's session to open: user id, and (token hash, expiry) when it asked for one
 SessionOpen = tuple[int, tuple[str, int] | None]
-# what its reply carries: friends, groups with their members, stored messages
-SessionData = tuple[list[tuple[int, str]], list[store.GroupEntry], list[str]]
+# what its reply carries: friends, groups with their members, legacy stored
+# messages, the log's backlog (what the user has not been handed), and its
+# conversations: conv -> (delivered, read, joined, last_seq)
+SessionData = tuple[
+    list[tuple[int, str]], list[store.GroupEntry], list[str], list[convlog.Logged],
+    dict[int, tuple[int, int, int, int]],
+]
 
 
 @dataclass
@@ -63,7 +76,14 @@ class Services:
     router: Router
     passwords: Passwords
     limits: Limits = field(default_factory=Limits)
+    # a sync login's messages per conversation (docs/protocol.md section D)
+    sync_max: int = 100
+    writer: LogWriter = field(init=False, repr=False)
+    # modern clients' cumulative receipts, written in batches
+    receipts: Batcher[tuple[int, int, int], None] = field(init=False, repr=False)
     cache: Cache = field(default_factory=Cache)
+    counts: Counts = field(default_factory=Counts)
+    failed_logins: audit.FailedLogins = field(default_factory=audit.FailedLogins)
     # how long a resume token is accepted after the login that issued it
     resume_ttl: int = 24 * 3600
     # failed logins slow their next tries down (gchat/throttle.py)
@@ -78,17 +98,28 @@ class Services:
     # concurrent logins share their units of work (gchat/batch.py):
     # a reconnect storm costs a few statements per batch, not per user
     users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
-    sessions: Batcher[SessionOpen, SessionData] = field(init=False, repr=False)
+    session_data: Batcher[SessionOpen, SessionData] = field(init=False, repr=False)
     # who has a user as a friend, for presence: logins and disconnects in a
     # storm share one query
     watchers: Batcher[int, list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.users_by_id = Batcher(self._load_users)
-        self.sessions = Batcher(self._open_sessions)
+        self.session_data = Batcher(self._open_sessions)
+        self.writer = LogWriter(self.db, self.router.deliver_logged)
+        self.receipts = Batcher(self._write_receipts)
         self.watchers = Batcher(self.load_watchers)
         self.blockers = Batcher(self._load_blockers)
         self.block_lists = Batcher(self._load_block_lists)
+
+    @property
+    def sessions(self) -> Sessions:
+        return self.router.sessions
+
+    def _write_receipts(self, marks: list[tuple[int, int, int]]) -> list[None]:
+        with self.db.transaction() as s:
+            convlog.set_delivered(s, marks)
+        return [None] * len(marks)
 
     def load_watchers(self, user_ids: list[int]) -> list[list[int]]:
         with self.db.transaction() as s:
@@ -117,7 +148,9 @@ class Services:
             friends = store.friends_of_many(s, ids)
             groups = store.groups_of_many(s, ids)
             offline = store.take_offline_many(s, ids)
-            return [(friends[uid], groups[uid], offline[uid]) for uid in ids]
+            cursors = convlog.cursors_of(s, ids)
+            backlog = convlog.backlog(s, ids)
+            return [(friends[uid], groups[uid], offline[uid], backlog[uid], cursors[uid]) for uid in ids]
 
         return self.db.run(work)
 
@@ -160,10 +193,37 @@ class Services:
         self.cache.invalidate_blocks(user_id)
 
 
-Handler = Callable[[Services, Peer, Request], list[Reply]]
+@dataclass
+class Pending:
+    """Replies that exist once the log has committed (a chat's ACK): the
+    connection goes on with its next frames meanwhile and writes these in
+    order, so a client's pipelined messages share the writer's batches
+    instead of waiting for one commit each."""
+
+    wait: Callable[[], list[Reply]]
+    req: Request | None = None
+
+    def get(self) -> list[Reply]:
+        """The replies; a refusal or a failure becomes the error reply
+        addressed to the request, as in handle()."""
+        req = self.req
+        assert req is not None  # set by handle()
+        try:
+            return self.wait()
+        except ProtocolError as e:
+            return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
+        except GchatError as e:
+            return [refusal(ERRNO_OF[type(e)], str(e), req.msgid, req.seq)]
+
+
+Handler = Callable[[Services, Peer, Request], "list[Reply] | Pending"]
 
 
 _err, _acked, _session_user = refuse, acked, session_user
+
+
+def _ip(peer: Peer) -> str:
+    return str(peer.address[0])
 
 
 def _now() -> str:
@@ -196,6 +256,7 @@ def register(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     except Conflict as e:  # lost a race for the name
         raise _err(Errno.AUTH, "name is taken") from e
     svc.cache.known_user(user_id)
+    audit.event("register", user=user_id, name=name, ip=_ip(peer))
     reply: Reply = {"msgid": int(MsgId.REG_ACK), "errno": 0, "id": user_id}
     return [_with_seq(reply, req)]
 
@@ -206,13 +267,45 @@ def _with_seq(reply: Reply, req: Request) -> Reply:
     return reply
 
 
+class _LoginRefused(ProtocolError):
+    """A refused login, with the reason the audit log gets; the peer sees
+    only errmsg (which ids exist is not its business)."""
+
+    def __init__(self, errno: Errno, errmsg: str, why: str) -> None:
+        super().__init__(errno, errmsg)
+        self.why = why
+
+
 def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    """A login, timed (gchat_login_seconds) and audited: success, or failure
+    with its reason (a storm of failures is summarised)."""
+    start = time.perf_counter()
+    result = "refused"
+    try:
+        replies = _login(svc, peer, req)
+        result = "ok"
+    except ProtocolError as e:
+        svc.failed_logins.failed(getattr(e, "why", e.errmsg), _ip(peer), user=req.get("id"))
+        raise
+    except GchatError as e:
+        result = "unavailable"
+        svc.failed_logins.failed(str(e), _ip(peer), user=req.get("id"))
+        raise
+    finally:
+        svc.counts.login_seconds.labels(result).observe(time.perf_counter() - start)
+    audit.event("login", user=peer.user_id, name=peer.user_name, ip=_ip(peer),
+                method="password" if req.get("password") is not None else "resume token")
+    return replies
+
+
+def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # parse_request made sure one of password and token is there
     user_id, password, token = req["id"], req.get("password"), req.get("token")
     if peer.user_id is not None:
         if peer.user_id == user_id:
-            raise _err(Errno.ONLINE, "id is online")
-        raise _err(Errno.FORBIDDEN, "log out before logging in as another user")
+            raise _LoginRefused(Errno.ONLINE, "id is online", "already logged in on this connection")
+        raise _LoginRefused(Errno.FORBIDDEN, "log out before logging in as another user",
+                            "another user is logged in on this connection")
     address = peer.address[0]
     wait = svc.throttle.admit(user_id, address)
     if wait > 0:
@@ -220,7 +313,8 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         # connection until then: a guesser that ignores the wait costs the
         # node nothing either
         peer.hold(wait)
-        raise _err(Errno.RATE_LIMITED, f"too many failed logins, retry in {math.ceil(wait)} s")
+        raise _LoginRefused(Errno.RATE_LIMITED, f"too many failed logins, retry in {math.ceil(wait)} s",
+                            "throttled after failed logins")
     try:
         user = svc.users_by_id(user_id)
         if password is not None:
@@ -232,17 +326,23 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         svc.throttle.cancel(user_id, address)
         raise
     if not ok or user is None:
-        raise _err(Errno.AUTH, "id or password error")
+        why = "no such user" if user is None else "wrong password" if password is not None else "bad resume token"
+        raise _LoginRefused(Errno.AUTH, "id or password error", why)
     svc.throttle.succeeded(user_id, address)
 
     # Online is claimed in the presence store first: it is the one atomic
     # step across nodes (a racing login elsewhere finds it taken). Everything
     # after it is undone if it fails, so the user is never left claimed.
     if not svc.presence.claim(user_id):
-        raise _err(Errno.ONLINE, "id is online")
-    if not svc.registry.bind(user_id, peer):
+        raise _LoginRefused(Errno.ONLINE, svc.presence.why_online(user_id), "online elsewhere")
+    if svc.registry.get(user_id) not in (None, peer):
         svc.presence.release(user_id)
-        raise _err(Errno.ONLINE, "id is online")
+        raise _LoginRefused(Errno.ONLINE, "id is online", "online elsewhere")
+    # deliveries that come before the read below are parked, then sorted
+    # against it: none is missed, none handed twice
+    sync = req.get("sync") is True
+    svc.sessions.begin(user_id, peer, sync)  # type: ignore[arg-type]
+    svc.registry.bind(user_id, peer)
     peer.user_id, peer.user_name = user_id, user.name
     # bound: from here on messages to the user are pushed (after this reply);
     # those found offline before are stored first, so the take below has them
@@ -251,7 +351,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # a new token replaces (so revokes) any earlier one
     token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None
     try:
-        friend_list, group_list, offline = svc.sessions((user_id, token))
+        friend_list, group_list, offline, backlog, cursors = svc.session_data((user_id, token))
         if password is not None and svc.passwords.needs_rehash(user.password):
             new_hash = svc.passwords.hash(password)
             with svc.db.transaction() as s:
@@ -259,7 +359,24 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     except GchatError:
         _leave(svc, peer)
         raise
-    reply = _login_reply(svc, user_id, user.name, friend_list, group_list, offline)
+    svc.sessions.open(user_id, {c: last for c, (_d, _r, _j, last) in cursors.items()})
+    # the backlog oldest first across conversations, after the legacy rows
+    # (stored before the log existed)
+    if sync:
+        # section D: the log's messages by conversation, the client acknowledges them
+        try:
+            convs = loghandlers.sync_reply(svc, user_id, cursors, backlog)
+        except GchatError:
+            _leave(svc, peer)
+            raise
+        reply = _login_reply(svc, user_id, user.name, friend_list, group_list, offline)
+        reply["convs"] = convs
+        marks: list[tuple[int, int]] = []
+    else:
+        backlog.sort(key=lambda m: (m.created, m.conv, m.seq))
+        handed = [*offline, *(m.body for m in backlog)]
+        reply = _login_reply(svc, user_id, user.name, friend_list, group_list, handed)
+        marks = [(m.conv, m.seq) for m in backlog]
     if new_token is not None:
         reply["token"], reply["token_ttl"] = new_token, svc.resume_ttl
     if req.get("notices"):
@@ -276,7 +393,9 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     except Unavailable:
         log.warning("database unavailable: user %d's blocks load at the first chat to it", user_id)
     friends.announce(svc, [user_id], "online")
-    return [Handover(_with_seq(reply, req), user_id, offline) if offline else _with_seq(reply, req)]
+    if offline or marks:
+        return [Handover(_with_seq(reply, req), user_id, offline, marks)]
+    return [_with_seq(reply, req)]
 
 
 def _token_hash(token: str) -> str:
@@ -345,6 +464,10 @@ def _leave(svc: Services, peer: Peer) -> None:
     if user_id is None:
         return
     peer.user_id, peer.user_name, peer.notices = None, "", False
+    # the delivered cursors are written before the user can log in again
+    # (here, after the unbind; elsewhere, after the release): a new session
+    # starts from them
+    svc.sessions.end(user_id, peer)  # type: ignore[arg-type]
     svc.registry.unbind(user_id, peer)
     try:
         svc.presence.release(user_id)  # and mirrors user.state
@@ -366,20 +489,22 @@ def logout(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     with svc.db.transaction() as s:
         store.set_token(s, user_id, None, None)
     _leave(svc, peer)
+    audit.event("logout", user=user_id, ip=_ip(peer))
     return _acked(req)
 
 
 # --- chat ------------------------------------------------------------------
 
 
-def _delivery(peer: Peer, req: Request) -> bytes:
+def _delivery(peer: Peer, req: Request) -> dict[str, Any]:
     """The delivered object: the request as sent, with the sender's real id
-    and name set by the server, and the sender's own seq removed."""
+    and name set by the server, and the sender's own seq removed. The writer
+    adds the log's conv, cseq and ts."""
     body = dict(req.body)
     body.pop("seq", None)
     body["id"], body["name"] = peer.user_id, peer.user_name
     body.setdefault("time", _now())
-    return dumps(body)
+    return body
 
 
 def _blocks_or_none(svc: Services, user_id: int) -> frozenset[int]:
@@ -394,18 +519,24 @@ def _blocks_or_none(svc: Services, user_id: int) -> frozenset[int]:
         return frozenset()
 
 
-def one_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    _session_user(peer, req)
+def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
+    user_id = _session_user(peer, req)
     to = req["to"]
     if not svc.user_exists(to):
         raise _err(Errno.NOT_FOUND, f"no user {to}")
-    if peer.user_id in _blocks_or_none(svc, to):
+    if user_id in _blocks_or_none(svc, to):
         raise _err(Errno.FORBIDDEN, f"user {to} does not take your messages")  # and nothing is stored
-    delivered = svc.router.deliver(to, _delivery(peer, req))
-    return _acked(req, delivered=delivered)
+    # answered once the message is committed to the log (docs/protocol.md, section D)
+    pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), to=to))
+
+    def ack_after_commit() -> list[Reply]:
+        w, reached = svc.writer.result(pending)
+        return _acked(req, delivered="online" if reached else "offline", conv=w.conv, cseq=w.seq, ts=w.ts)
+
+    return Pending(ack_after_commit)
 
 
-def group_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     user_id = _session_user(peer, req)
     group_id = req["groupid"]
     members = svc.members(group_id)
@@ -413,9 +544,13 @@ def group_chat(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         raise _err(Errno.NOT_FOUND, f"no group {group_id}")
     if user_id not in members:
         raise _err(Errno.FORBIDDEN, f"not a member of group {group_id}")
-    others = [m for m in members if m != user_id]
-    svc.router.deliver_many(others, _delivery(peer, req))
-    return _acked(req, members=len(others))
+    pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), group=group_id))
+
+    def ack_after_commit() -> list[Reply]:
+        w, _ = svc.writer.result(pending)
+        return _acked(req, members=len(w.recipients), conv=w.conv, cseq=w.seq, ts=w.ts)
+
+    return Pending(ack_after_commit)
 
 
 # --- friends and groups ----------------------------------------------------
@@ -455,6 +590,9 @@ def create_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if store.group_name_taken(s, name):
             raise _err(Errno.CONFLICT, f"group name {name!r} is taken")
         group_id = store.create_group(s, name, desc, user_id)
+        conv = convlog.create_group_conversation(s, group_id, user_id)
+    svc.writer.known_group(group_id, conv)
+    svc.sessions.joined(user_id, conv, 0)
     return _acked(req, groupid=group_id)
 
 
@@ -467,6 +605,10 @@ def add_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if store.is_member(s, group_id, user_id):
             raise _err(Errno.CONFLICT, f"already a member of group {group_id}")
         store.add_member(s, group_id, user_id)
+        # the writers of every node see this join under the conversation's
+        # lock: every message numbered after it reaches the new member
+        conv, joined = convlog.join_group(s, group_id, user_id)
+    svc.sessions.joined(user_id, conv, joined)
     # after the commit, so a node that reloads sees the new member
     svc.invalidate_group(group_id)
     svc.router.invalidate_group(group_id)
@@ -495,13 +637,25 @@ ERRNO_OF: dict[type[GchatError], Errno] = {
     Conflict: Errno.CONFLICT,
 }
 
+# section D's handlers live in their own module, which builds on this one
+from gchat import loghandlers  # noqa: E402
 
-def handle(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+HANDLERS.update(loghandlers.HANDLERS)
+
+
+def handle(svc: Services, peer: Peer, req: Request) -> list[Reply] | Pending:
     """Run the request's handler; a refusal or a failure becomes the error
-    reply addressed to this request (its msgid and seq)."""
+    reply addressed to this request (its msgid and seq), now or from
+    Pending.get once the log has committed."""
     try:
-        return HANDLERS[req.msgid](svc, peer, req)
+        out = HANDLERS[req.msgid](svc, peer, req)
+        if isinstance(out, Pending):
+            out.req = req
+        return out
     except ProtocolError as e:
+        svc.counts.error(e.errno)
         return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
     except GchatError as e:
-        return [refusal(ERRNO_OF[type(e)], str(e), req.msgid, req.seq)]
+        errno = ERRNO_OF[type(e)]
+        svc.counts.error(errno)
+        return [refusal(errno, str(e), req.msgid, req.seq)]

@@ -22,7 +22,18 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from gchat.errors import Conflict, Unavailable
-from gchat.models import AllGroup, Block, Friend, FriendRequest, GroupUser, OfflineMessage, User
+from gchat.models import (
+    AllGroup,
+    Block,
+    Conversation,
+    Cursor,
+    Friend,
+    FriendRequest,
+    GroupUser,
+    Message,
+    OfflineMessage,
+    User,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +141,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")  # readers (admin scripts) do not block the node
     cur.execute("PRAGMA synchronous=NORMAL")
+    # the conversation log grows with every message: each pooled connection's
+    # page cache (2 MiB by default) would fill with it, up to the pool's size
+    # times that; the OS's file cache already holds the hot pages
+    cur.execute("PRAGMA cache_size=-256")
     cur.close()
 
 
@@ -192,6 +207,60 @@ def reset_states(s: Session) -> int:
 
 def list_users(s: Session, limit: int = 1000) -> Sequence[User]:
     return s.scalars(select(User).order_by(User.id).limit(limit)).all()
+
+
+def user_by_name(s: Session, name: str) -> User | None:
+    return s.scalar(select(User).where(User.name == name))
+
+
+def users_named(s: Session, prefix: str) -> Sequence[User]:
+    """Users whose name starts with prefix (LIKE's wildcards in it are literal)."""
+    return s.scalars(select(User).where(User.name.startswith(prefix, autoescape=True)).order_by(User.id)).all()
+
+
+def delete_users(s: Session, user_ids: Sequence[int]) -> dict[str, int]:
+    """Remove users with their friendships (both ways), memberships and
+    stored messages, then the groups left without a member. Explicit
+    deletes, not the foreign keys' cascade: the counts are reported, and an
+    old SQLite file may lack the cascade. How many rows of each went."""
+    ids = list(user_ids)
+    if not ids:
+        return {"users": 0, "friendships": 0, "memberships": 0, "messages": 0, "groups": 0}
+
+    def count(result: Any) -> int:
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    groups = select(GroupUser.groupid).where(GroupUser.userid.in_(ids)).distinct()
+    touched = list(s.scalars(groups))
+    # their one-to-one conversations go whole (the other side's copy too: a
+    # conversation with a deleted account has no one to continue it); in
+    # groups their messages stay, part of the others' history
+    pairs = list(s.scalars(select(Conversation.id).where(
+        or_(Conversation.user_lo.in_(ids), Conversation.user_hi.in_(ids)))))
+    logged = _delete_conversations(s, pairs)
+    s.execute(delete(Cursor).where(Cursor.user_id.in_(ids)))
+    done = {
+        "messages": logged + count(s.execute(delete(OfflineMessage).where(OfflineMessage.userid.in_(ids)))),
+        "friendships": count(s.execute(delete(Friend).where(or_(Friend.userid.in_(ids), Friend.friendid.in_(ids))))),
+        "memberships": count(s.execute(delete(GroupUser).where(GroupUser.userid.in_(ids)))),
+        "users": count(s.execute(delete(User).where(User.id.in_(ids)))),
+    }
+    empty = select(AllGroup.id).where(AllGroup.id.in_(touched), ~AllGroup.id.in_(select(GroupUser.groupid)))
+    gone = list(s.scalars(empty))
+    if gone:
+        _delete_conversations(s, list(s.scalars(select(Conversation.id).where(Conversation.groupid.in_(gone)))))
+    done["groups"] = count(s.execute(delete(AllGroup).where(AllGroup.id.in_(gone)))) if gone else 0
+    return done
+
+
+def _delete_conversations(s: Session, conv_ids: list[int]) -> int:
+    """Conversations with their messages and cursors; how many messages."""
+    if not conv_ids:
+        return 0
+    n = s.execute(delete(Message).where(Message.conversation_id.in_(conv_ids)))
+    s.execute(delete(Cursor).where(Cursor.conversation_id.in_(conv_ids)))
+    s.execute(delete(Conversation).where(Conversation.id.in_(conv_ids)))
+    return int(getattr(n, "rowcount", 0) or 0)
 
 
 # --- friends ---------------------------------------------------------------

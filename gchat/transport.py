@@ -26,6 +26,11 @@ Incoming = bytes | ProtocolError
 
 
 class Transport(Protocol):
+    # Frames share one byte stream, so a reader may get several in one read:
+    # a classic client's are paced (docs/protocol.md part C). False where
+    # each frame arrives as a message of its own (a WebSocket).
+    stream: bool
+
     def receive(self) -> list[Incoming] | None:
         """The complete frames of the next read, blocking the calling
         greenlet (possibly none); None at the end of the stream. Raises
@@ -70,6 +75,7 @@ class TcpTransport:
     (docs/protocol.md, framing)."""
 
     __slots__ = ("sock", "decoder", "received")
+    stream = True
 
     def __init__(self, sock: socket.socket, decoder: FrameDecoder) -> None:
         self.sock = sock

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gchat.tools.nginxconf import STREAM_MODULE
+from gchat.tools.nginxconf import STREAM_MODULE, Tls
 from gchat.tools.nginxconf import render as render_nginx_conf
 from tests.support import ROOT, ServerProcess, Wire, free_port
 
@@ -100,17 +100,27 @@ def ensure_nginx() -> None:
 class Nginx:
     """nginx from the repository's nginx.conf: TCP on `port`; with
     `web_upstreams` (the nodes' web listeners), the app and WebSocket on
-    `web_port` too."""
+    `web_port` too; with (certificate, key), the chat over TLS on
+    `tls_port` (`tls_address`)."""
 
     def __init__(self, upstreams: Sequence[tuple[str, int]], workdir: Path,
-                 web_upstreams: Sequence[tuple[str, int]] = ()) -> None:
+                 web_upstreams: Sequence[tuple[str, int]] = (),
+                 certificate: tuple[Path, Path] | None = None) -> None:
         self.port = free_port()
         self.web_port = free_port() if web_upstreams else 0
+        self.tls_port = free_port() if certificate else 0
+        self.https_port = free_port() if certificate and web_upstreams else 0
         self.workdir = workdir
         self.conf = workdir / "nginx.conf"
+        tls = (Tls(f"127.0.0.1:{self.tls_port}", *certificate,
+                   web_listen=f"127.0.0.1:{self.https_port}" if self.https_port else "") if certificate else None)
         self.conf.write_text(render_nginx_conf((ROOT / "nginx.conf").read_text(), upstreams,
                                                f"127.0.0.1:{self.port}", workdir, web_upstreams,
-                                               f"127.0.0.1:{self.web_port}" if web_upstreams else ""))
+                                               f"127.0.0.1:{self.web_port}" if web_upstreams else "", tls))
+
+    @property
+    def tls_address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.tls_port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -8,6 +8,7 @@ on a free port and stopped after; nothing here is mocked.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -57,6 +58,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: list[str] = []
         self._ready = threading.Event()
+        self.metrics_port = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -76,7 +78,9 @@ class ServerProcess:
                "--database-url", self.database_url, "--node-id", self.node_id,
                "--web-bind", f"{self.host}:{self.web_port}",
                # tests hash many passwords: the cheapest argon2id the library allows
-               "--hash-time-cost", "1", "--hash-memory-kib", "8"]
+               "--hash-time-cost", "1", "--hash-memory-kib", "8",
+               # each node its own /metrics port: the default one is shared by every node on the host
+               "--metrics-bind", "127.0.0.1:0"]
         if self.redis_url:
             cmd += ["--redis-url", self.redis_url]
         return cmd + self.extra
@@ -97,11 +101,24 @@ class ServerProcess:
         for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
-            if " web app on http://" in line:
-                self.web_port = int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-            if " ready on " in line:
-                self.port = int(line.rsplit(":", 1)[1])
+            text = line
+            if line.startswith("{"):  # --log-format json
+                try:
+                    text = str(json.loads(line).get("msg", line))
+                except ValueError:
+                    pass
+            if " web app on http://" in text:
+                self.web_port = int(text.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+            if " ready on " in text:
+                self.port = int(text.rsplit(":", 1)[1])
                 self._ready.set()
+            elif "metrics on http://" in text:
+                self.metrics_port = int(text.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+    def metrics_url(self, path: str = "/metrics") -> str:
+        """The node's HTTP endpoint (gchat/metrics.py), once it said where."""
+        self.wait_for_log("metrics on http://")
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
 
     def log(self) -> str:
         return "\n".join(self.lines[-200:])

@@ -33,7 +33,8 @@ json_values = st.recursive(
     max_leaves=8,
 )
 FIELDS = ["msgid", "id", "seq", "name", "password", "to", "msg", "time", "friendid", "groupid",
-          "groupname", "groupdesc", "note", "from", "accept", "userid", "block", "page", "limit", "notices"]
+          "groupname", "groupdesc", "sync", "conv", "cseq", "before", "after", "limit",
+          "note", "from", "accept", "userid", "block", "page", "notices"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -82,6 +83,9 @@ def test_frames_up_to_the_cap_always_pass(bodies, term):
 # the integer fields of each request (others pass through untouched)
 INT_FIELDS = {1: ["id"], 3: [], 5: ["id", "to"], 6: ["id", "friendid"], 7: ["id"], 8: ["id", "groupid"],
               9: ["id", "groupid"], 10: ["id"],
+              # docs/protocol.md section D
+              12: ["id", "conv", "cseq"], 13: ["id", "conv", "cseq"], 15: ["id", "conv", "cseq"],
+              16: ["id", "conv", "to", "groupid", "before", "after", "limit"],
               # section F
               20: ["id", "to"], 21: ["id", "from"], 22: ["id", "friendid"], 23: ["id", "userid"],
               24: ["id", "page", "limit"], 25: ["id", "groupid"], 26: ["id", "groupid", "userid"],
@@ -112,7 +116,7 @@ def test_parse_arbitrary_bytes(frame):
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.sampled_from([1, 3, 5, 6, 7, 8, 9, 10, *range(20, 31)]),
+@given(st.sampled_from([1, 3, 5, 6, 7, 8, 9, 10, 12, 13, 15, 16, *range(20, 31)]),
        st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6),
        st.dictionaries(st.sampled_from(FIELDS),
                        st.integers(0, 20) | st.text(max_size=10), max_size=6))

@@ -11,6 +11,14 @@ from pathlib import Path
 
 from tests.support import ROOT, Wire
 
+META = """
+import importlib.metadata as m
+md = m.metadata("gchat")
+print(md["License"]); print(md["Version"]); print("|".join(md.get_all("Classifier") or []))
+print("|".join(md.get_all("Provides-Extra") or []))
+print("|".join(r for r in md.get_all("Requires-Dist") or [] if "extra" in r and "plot" in r))
+"""
+
 
 def test_pip_install_in_a_fresh_venv_gives_a_working_server(tmp_path: Path) -> None:
     src = tmp_path / "src"
@@ -23,6 +31,23 @@ def test_pip_install_in_a_fresh_venv_gives_a_working_server(tmp_path: Path) -> N
 
     work = tmp_path / "work"
     work.mkdir()
+    # the package's metadata, and the migrations usable without the checkout
+    meta = subprocess.run([str(venv / "bin" / "python"), "-c", META], capture_output=True, text=True, cwd=work,
+                          timeout=60)
+    assert meta.returncode == 0, meta.stderr
+    license_, version, classifiers, extras, plot = meta.stdout.splitlines()
+    from gchat import __version__
+
+    assert (license_, version) == ("MIT", __version__)
+    assert "Topic :: Communications :: Chat" in classifiers and "License :: OSI Approved :: MIT License" in classifiers
+    assert "plot" in extras and "matplotlib" in plot
+    version_out = subprocess.run([str(venv / "bin" / "gchat-server"), "--version"], capture_output=True, text=True,
+                                 timeout=60)
+    assert version_out.stdout.strip() == f"gchat-server {__version__}"
+    migrated = subprocess.run([str(venv / "bin" / "gchat-admin"), "--database-url", "sqlite:///admin.db", "migrate"],
+                              capture_output=True, text=True, cwd=work, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"{work / 'admin.db'} is at" in migrated.stdout
     help_out = subprocess.run([str(venv / "bin" / "gchat-server"), "--help"], capture_output=True, text=True,
                               cwd=work, timeout=60)
     assert help_out.returncode == 0

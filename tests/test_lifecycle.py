@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -29,6 +30,9 @@ def test_clean_stop_sets_connected_users_offline(tmp_path: Path, sig: int) -> No
     assert states == {a_id: "offline", b_id: "offline"}
     assert a.closed() and b.closed()
     assert not any("Traceback" in line for line in node.lines), node.log()
+    # a clean stop is not a lost connection (it logged "connection lost ([Errno 9] File descriptor
+    # was closed in another greenlet)" for each)
+    assert not any("connection lost" in line or "Errno" in line for line in node.lines), node.log()
 
 
 def test_help_documents_every_flag_with_its_environment_variable() -> None:
@@ -61,3 +65,39 @@ def test_a_bad_flag_value_is_one_clear_error() -> None:
     out = subprocess.run([sys.executable, "-m", "gchat", "--pool-size", "many"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "pool_size" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_bad_log_level_is_one_line_with_the_choices(how: str) -> None:
+    args, env = (["--log-level", "foo"], {}) if how == "flag" else ([], {"GCHAT_LOG_LEVEL": "foo"})
+    out = subprocess.run([sys.executable, "-m", "gchat", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, **env})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "gchat-server: log_level: 'foo' is not one of DEBUG, INFO, WARNING, ERROR (see gchat-server --help)"]
+
+
+def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
+    node = ServerProcess(f"sqlite:///{tmp_path / 'n.db'}", extra=["--log-level", "debug"]).start()
+    node.stop()
+    assert any(" DEBUG " in line for line in node.lines), node.log()
+
+
+def test_version() -> None:
+    from gchat import __version__
+
+    for module in ("gchat", "gchat.tools.admin"):
+        out = subprocess.run([sys.executable, "-m", module, "--version"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip().endswith(f" {__version__}"), out
+
+
+def test_a_stop_right_after_ready_is_clean(tmp_path: Path) -> None:
+    """SIGTERM as soon as "ready" is logged (systemd, a script): the handler
+    was installed after it, and the default action killed the node (status
+    -15, its admin socket left behind)."""
+    sock = tmp_path / "admin.sock"
+    for i in range(3):
+        node = ServerProcess(f"sqlite:///{tmp_path / 'n.db'}", extra=["--admin-socket", str(sock)]).start()
+        assert node.stop() == 0, node.log()
+        assert not sock.exists(), i

@@ -133,8 +133,11 @@ def test_chat_ack_says_online_or_offline(server: ServerProcess) -> None:
     a, a_id = user(server.address)
     b, b_id = user(server.address)
     ack = a.request({"msgid": 5, "to": b_id, "msg": "live", "seq": 11})
+    # the log's place of the message and the server's time (docs/protocol.md section D)
+    conv, cseq, ts = ack.pop("conv"), ack.pop("cseq"), ack.pop("ts")
     assert ack == {"msgid": 11, "ack": 5, "seq": 11, "errno": 0, "delivered": "online"}
-    assert b.recv()["msg"] == "live"
+    got = b.recv()
+    assert (got["msg"], got["conv"], got["cseq"], got["ts"]) == ("live", conv, cseq, ts)
     b.close()
     # until the node has noticed the close, a message still goes to b's
     # connection ("online"): the kernel may take it (then it is gone with the
@@ -183,6 +186,7 @@ def test_group_chat_reaches_every_other_member_live_or_stored(server: ServerProc
     assert c.request({"msgid": 8, "groupid": gid, "seq": 1})["errno"] == 0
     assert c.request({"msgid": 10, "seq": 2})["errno"] == 0  # c offline, connection still open
     ack = a.request({"msgid": 9, "groupid": gid, "msg": "hello all", "seq": 5})
+    assert isinstance(ack.pop("cseq"), int) and isinstance(ack.pop("conv"), int) and ack.pop("ts") > 0
     assert ack == {"msgid": 11, "ack": 9, "seq": 5, "errno": 0, "members": 2}
     got = b.recv()
     assert got["msgid"] == 9 and got["groupid"] == gid and got["id"] == a_id and got["msg"] == "hello all"

@@ -116,6 +116,59 @@ def test_pushes_are_written_in_order_by_one_writer_in_few_sends() -> None:
     assert h.sink.sends == 1  # one burst, one send
 
 
+class StampedSink(Sink):
+    """A sink that notes when each send happened (the kernel's clock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: list[tuple[float, bytes]] = []
+
+    def send_nowait(self, data: bytes) -> int:
+        self.stamps.append((time.monotonic(), bytes(data)))
+        return super().send_nowait(data)
+
+
+def test_a_paced_outbox_writes_each_frame_in_its_own_send_apart_in_time() -> None:
+    """A classic client (docs/protocol.md part A only) reads one frame per
+    recv: a burst for it goes out one frame per send, `pace` apart."""
+    h = Harness()
+    h.sink = sink = StampedSink()
+    h.outbox = Outbox(sink, h, 100, 1000)
+    h.outbox.pace = 0.02
+    h.outbox.reply(b"login reply")
+    for i in range(5):
+        h.outbox.push(b"m%d" % i, 7)
+    until(lambda: len(h.outbox) == 0)
+    assert [data for _, data in sink.stamps] == [b"login reply\n"] + [b"m%d\n" % i for i in range(5)]
+    gaps = [b[0] - a[0] for a, b in zip(sink.stamps, sink.stamps[1:], strict=False)]
+    assert min(gaps) >= 0.02, gaps  # never closer than the pace (a lower bound: no clock race)
+
+
+def test_a_paced_outbox_falling_behind_writes_bursts_again() -> None:
+    from gchat.outbox import PACED_MAX
+
+    h = Harness(max_messages=1000, max_bytes=1 << 20)
+    h.outbox.pace = 60.0  # a gap no test waits for
+    for i in range(PACED_MAX + 10):
+        h.outbox.push(b"m%d" % i, 7)
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"m%d" % i for i in range(PACED_MAX + 10)]
+    assert h.cuts == 0
+
+
+def test_a_reply_close_behind_a_paced_frame_waits_for_the_writer() -> None:
+    h = Harness()
+    h.outbox.pace = 60.0  # as if the last frame had just gone out
+    h.outbox.push(b"m0", 7)
+    until(lambda: len(h.outbox) == 0)
+    h.outbox.reply(b"reply")
+    assert h.sink.messages() == [b"m0"] and len(h.outbox) == 1  # not sent by the caller
+    h.outbox.pace = 0.0  # a client that turned out to speak part B: written at once from now on
+    h.outbox.push(b"m1", 7)
+    h.outbox.finish(timeout=5)
+    assert h.sink.messages() == [b"m0", b"reply", b"m1"] and h.stored == []
+
+
 def test_pushes_during_a_request_follow_its_reply() -> None:
     h = Harness()
     h.outbox.hold()
@@ -328,3 +381,33 @@ def test_a_burst_larger_than_one_send_chunk_is_all_written() -> None:
         h.outbox.push(m, 7)
     until(lambda: len(h.outbox) == 0)
     assert h.sink.messages() == burst and h.sink.sends >= 2
+
+
+def test_log_entries_never_written_are_not_stored_but_hold_the_delivered_cursor_back() -> None:
+    """A delivery from the conversation log (its mark: conversation, seq) is
+    kept by the log: unwritten, it is not stored offline, and unsent() keeps
+    the user's delivered cursor below it; a read receipt is neither."""
+    h = Harness(room=0)  # the kernel takes nothing
+    h.outbox.push(b"legacy", 7)
+    h.outbox.push(b"c3s5", 7, (3, 5))
+    h.outbox.push(b"c3s6", 7, (3, 6))
+    h.outbox.hold()
+    h.outbox.push(b"c4s2", 7, (4, 2))  # held behind a reply
+    assert h.outbox.unsent() == {3: 5, 4: 2}
+    h.outbox.release()
+    h.outbox.push(b"receipt", 7, (0, 0))
+    h.outbox.finish(timeout=0.1)
+    assert h.stored == [(7, b"legacy")]
+    assert h.outbox.unsent() == {3: 5, 4: 2, 0: 0}  # conversation 0 is no one's
+
+
+def test_a_log_out_withdraws_held_log_entries_and_they_still_hold_the_cursor_back() -> None:
+    h = Harness()
+    h.outbox.hold()
+    h.outbox.push(b"c3s7", 7, (3, 7))
+    h.outbox.push(b"plain", 7)
+    assert h.outbox.settle_log_entries(timeout=1) == {3: 7}  # the cursor stays below it
+    h.outbox.release()
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"plain"]  # the log entry comes at the next login instead
+    assert h.outbox.unsent() == {}

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import gevent
 import pytest
 from gevent.event import Event
 
-from gchat import store
+from gchat import convlog, store
 from gchat.service import Services
 from tests.support import ServerProcess, Wire, user
 from tests.test_service import FakePeer, call, svc  # noqa: F401 - the fixture
@@ -119,35 +118,38 @@ def _text(delivered: str) -> str:
     return str(obj["msg"])
 
 
-def test_a_message_found_offline_just_before_a_login_is_in_its_reply(
+def test_a_message_committed_during_a_login_reaches_it_once(
     svc: Services, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - the fixture
 ) -> None:
-    """The race of the test above, made certain: the message is found
-    offline, then its INSERT is held (as a pool wait or a slow disk would)
-    while the recipient logs in. Before the fix the login took the stored
-    messages without it, and it waited in the store for the next login."""
+    """The race of the test above, made certain, on the conversation log: a
+    message's transaction is held (as a pool wait or a slow disk would)
+    between its numbering and its INSERT while the recipient logs in. The
+    login's read does not see it; its commit then reaches the new session
+    (parked until the login's read was done, then sorted against it): the
+    user gets it once, in the login reply or right after."""
     sender, recipient = FakePeer(), FakePeer()
     (reg,) = call(svc, sender, msgid=3, name="sender", password="pw")
     (reg2,) = call(svc, recipient, msgid=3, name="recipient", password="pw")
     call(svc, sender, msgid=1, id=reg["id"], password="pw")
     insert, release = Event(), Event()
-    real = store.store_offline
+    real = convlog.append
 
-    def held(s: Any, items: Iterable[tuple[int, str]]) -> int:
+    def held(s: Any, rows: Any) -> None:
         insert.set()
         release.wait()
-        return real(s, items)
+        real(s, rows)
 
-    monkeypatch.setattr(store, "store_offline", held)
+    monkeypatch.setattr(convlog, "append", held)
     chat = gevent.spawn(call, svc, sender, msgid=5, to=reg2["id"], msg="just before", seq=1)
-    insert.wait()  # found offline; its INSERT has not run
+    insert.wait()  # numbered; its INSERT has not run, nothing is committed
     login = gevent.spawn(call, svc, recipient, msgid=1, id=reg2["id"], password="pw")
-    login.join(timeout=0.5)  # time for a login that does not wait for the store to finish
+    login.join(timeout=0.5)  # time for the login to read the log without it
     release.set()
     (ack,) = chat.get(timeout=10)
     (reply,) = login.get(timeout=10)
-    assert ack["errno"] == 0 and ack["delivered"] == "offline"
-    assert [json.loads(m)["msg"] for m in reply.get("offlinemsg", [])] == ["just before"], reply
+    assert ack["errno"] == 0
+    got = [json.loads(m)["msg"] for m in reply.get("offlinemsg", [])] + [m["msg"] for m in recipient.pushed]
+    assert got == ["just before"], (reply, recipient.pushed)
 
 
 def test_a_deadlock_victim_is_run_again_before_errno_11(mariadb) -> None:  # type: ignore[no-untyped-def]

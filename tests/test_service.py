@@ -32,11 +32,19 @@ class FakePeer:
         self.held = 0.0
         self.notices = False
 
-    def push(self, body: bytes) -> None:
+    def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
         self.pushed.append(json.loads(body))
 
     def notify(self, body: bytes) -> None:
         self.pushed.append(json.loads(body))
+    def unsent(self) -> dict[int, int]:
+        return {}  # handed over at once
+
+    def queued(self) -> int:
+        return 0
+
+    def settle(self) -> dict[int, int]:
+        return {}
 
     def close(self, reason: str) -> None:
         self.closed = reason
@@ -59,7 +67,8 @@ def svc(tmp_path: Path) -> Services:
 
 
 def call(svc: Services, peer: FakePeer, **req: object) -> list[dict]:  # type: ignore[type-arg]
-    return service.handle(svc, peer, parse_request(json.dumps(req).encode()))
+    out = service.handle(svc, peer, parse_request(json.dumps(req).encode()))
+    return out.get() if isinstance(out, service.Pending) else out  # a chat: answered after the commit
 
 
 def refused(svc: Services, peer: FakePeer, **req: object) -> Errno:
@@ -98,10 +107,12 @@ def test_login_binds_the_session_and_a_second_login_is_refused(svc: Services) ->
 def test_chat_to_online_user_is_pushed_with_the_real_sender(svc: Services) -> None:
     a, a_id = new_user(svc, "alice")
     b, b_id = new_user(svc, "bob")
-    assert call(svc, a, msgid=5, to=b_id, msg="hi", name="mallory", seq=1) == [
-        {"msgid": 11, "ack": 5, "seq": 1, "errno": 0, "delivered": "online"}]
+    (ack,) = call(svc, a, msgid=5, to=b_id, msg="hi", name="mallory", seq=1)
+    log_fields = {k: ack.pop(k) for k in ("conv", "cseq", "ts")}
+    assert ack == {"msgid": 11, "ack": 5, "seq": 1, "errno": 0, "delivered": "online"}
     (got,) = b.pushed
     assert got["id"] == a_id and got["name"] == "alice" and got["msg"] == "hi" and "seq" not in got and got["time"]
+    assert {k: got[k] for k in log_fields} == log_fields and log_fields["cseq"] == 1
 
 
 def test_chat_to_offline_user_is_stored_and_handed_over_once(svc: Services) -> None:

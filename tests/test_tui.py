@@ -25,14 +25,17 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "PYT
 TUI = [sys.executable, "-m", "gchat.client.tui"]
 
 
-def spawn_tui(*args: str) -> pexpect.spawn:
+def spawn_tui(*args: str, password: str | None = None) -> pexpect.spawn:
     """gchat-client on a pseudo-terminal, as a person runs it."""
-    return pexpect.spawn(TUI[0], [*TUI[1:], *args], env=ENV, encoding="utf-8", timeout=15, dimensions=(40, 160))
+    env = ENV if password is None else {**ENV, "GCHAT_PASSWORD": password}
+    return pexpect.spawn(TUI[0], [*TUI[1:], *args], env=env, encoding="utf-8", timeout=15, dimensions=(40, 160))
 
 
-def run_tui(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """gchat-client in script mode, its input from stdin."""
-    return subprocess.run([*TUI, *args], input=stdin, capture_output=True, text=True, env=ENV, timeout=30,
+def run_tui(*args: str, stdin: str = "", password: str | None = None) -> subprocess.CompletedProcess[str]:
+    """gchat-client in script mode, its input from stdin; the password (for
+    --login / --register) from GCHAT_PASSWORD."""
+    env = ENV if password is None else {**ENV, "GCHAT_PASSWORD": password}
+    return subprocess.run([*TUI, *args], input=stdin, capture_output=True, text=True, env=env, timeout=30,
                           check=False)
 
 
@@ -41,6 +44,8 @@ def test_format_message_and_login():
     group = ChatMessage(9, 15, "li si", "all", "2024-01-02 03:04:06", groupid=2)
     assert format_message(one) == "[2024-01-02 03:04:05] li si (15): hi"
     assert format_message(group) == "[2024-01-02 03:04:06] group 2 | li si (15): all"
+    system = ChatMessage(5, 0, "system", "maintenance at 10", "2024-01-02 03:04:07", to=13)
+    assert format_message(system) == "[2024-01-02 03:04:07] *** system: maintenance at 10"
     me = LoginResult(
         13,
         "zhang san",
@@ -130,25 +135,29 @@ def test_script_mode_login_chat_receive_logout(server):
 def test_script_mode_flags_errors_and_groups(server):
     ida, idb, bob_name = users(server)
     # wrong password: a clear message and status 1
-    p = run_tui(server.host, str(server.port), "--login", str(ida), "--password", "nope")
+    p = run_tui(server.host, str(server.port), "--login", str(ida), password="nope")
     assert p.returncode == 1 and "wrong id or password" in p.stdout
     with Client.connect(server.host, server.port) as bob:
         bob.login(idb, "pb")
         # already online
-        p = run_tui(server.host, str(server.port), "--login", str(idb), "--password", "pb")
+        p = run_tui(server.host, str(server.port), "--login", str(idb), password="pb")
         assert p.returncode == 1 and "already logged in" in p.stdout
         gid = bob.create_group("g" + bob_name, "bob's")
         script = (
             f"addgroup:{gid}\ngroupchat:{gid}:hi group\nchat:{2**31 - 2}:x\naddgroup:{2**31 - 2}\n"
-            "chat:notanumber:x\nbogus\ncreategroup:\nquit\n"
+            f"chat:notanumber:x\nbogus\ncreategroup:\naddfriend:{idb}\naddfriend:{idb}\nchat:{idb}:hey\nquit\n"
         )
-        p = run_tui(server.host, str(server.port), "--login", str(ida), "--password", "pa", stdin=script)
+        p = run_tui(server.host, str(server.port), "--login", str(ida), password="pa", stdin=script)
         assert p.returncode == 0, p.stdout
         m = bob.next_message(timeout=10)
         assert m is not None and m.is_group and (m.groupid, m.text) == (gid, "hi group")
         assert p.stdout.count("no such user or group") == 2
-        for text in ("usage: chat:friendid:message", "unknown command 'bogus'", "usage: creategroup:name:desc"):
+        for text in ("usage: chat:friendid:message", "unknown command 'bogus'", "usage: creategroup:name:desc",
+                     # each command says what it did, and errors are words, not errnos
+                     f"joined group {gid}", f"sent to group {gid} (1 other member(s))", f"delivered to user {idb}",
+                     f"already done: user {idb} is already your friend"):
             assert text in p.stdout
+        assert "errno" not in p.stdout
 
 
 def test_register_flag_and_classic_mode(server):
@@ -157,14 +166,15 @@ def test_register_flag_and_classic_mode(server):
     with Client.connect(server.host, server.port) as bob:
         bob.login(idb, "pb")
         p = run_tui(server.host, str(server.port), "--classic", "--linger", "1", "--register", name,
-                    "--password", "pc", stdin=f"chat:{idb}:classic hi\nchat:{2**31 - 2}:x\n")
+                    password="pc", stdin=f"chat:{idb}:classic hi\nchat:{2**31 - 2}:x\n")
         assert p.returncode == 0, p.stdout
         assert f"registered {name}: your id is" in p.stdout and f"logged in as {name}" in p.stdout
         m = bob.next_message(timeout=10)
         assert m is not None and m.text == "classic hi"
     # without acks the server still answers errors; the client shows those that
-    # come in before it leaves (--linger)
-    assert "(errno 7)" in p.stdout
+    # come in before it leaves (--linger), in words
+    assert f"sent to user {idb}" in p.stdout
+    assert "no such user or group" in p.stdout and "errno" not in p.stdout
 
 
 def test_cannot_connect():
@@ -191,12 +201,12 @@ def test_connection_lost_is_reported():
 
     threading.Thread(target=serve, daemon=True).start()
     p = subprocess.Popen(
-        [*TUI, "127.0.0.1", str(port), "--login", "1", "--password", "p"],
+        [*TUI, "127.0.0.1", str(port), "--login", "1"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=ENV,
+        env={**ENV, "GCHAT_PASSWORD": "p"},
     )
     assert p.stdout is not None and p.stdin is not None
     out = Lines(p.stdout)
@@ -248,7 +258,7 @@ def test_terminal_mode_offers_to_reconnect(make_server):
     node = make_server()
     with Client.connect(node.host, node.port) as c:
         uid = c.register(unique("dora"), "pd")
-    t = spawn_tui(node.host, str(node.port), "--login", str(uid), "--password", "pd")
+    t = spawn_tui(node.host, str(node.port), "--login", str(uid), password="pd")
     try:
         t.expect("type help")
         node.stop()
@@ -263,3 +273,60 @@ def test_terminal_mode_offers_to_reconnect(make_server):
     finally:
         t.close()
     assert t.exitstatus == 0
+
+
+def test_unread_counts_at_login_and_history_on_request(server):
+    ida, idb, bob_name = users(server)
+    with Client.connect(server.host, server.port) as bob:
+        bob.login(idb, "pb")
+        for i in range(3):
+            bob.chat(ida, f"waiting {i}")
+        gid = bob.create_group(unique("g"), "")
+        assert gid is not None
+    # the password is the script's first line (never on the command line)
+    done = run_tui(server.host, str(server.port), "--login", str(ida),
+                   stdin=f"pa\nhistory:{idb}\naddgroup:{gid}\ngrouphistory:{gid}\n")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"user {idb}: 3" in out  # the unread count at login
+    # the login shows the three, history shows them again, in order
+    assert out.count("waiting 0") == 2 and out.index("waiting 0") < out.index("waiting 2")
+    assert "no messages" in out  # a group's history before anything was said
+
+
+def test_password_never_on_the_command_line(server):
+    ida, _, _ = users(server)
+    p = run_tui(server.host, str(server.port), "--login", str(ida), "--password", "pa")
+    assert p.returncode == 2 and "GCHAT_PASSWORD" in p.stderr and "ps" in p.stderr
+    # without GCHAT_PASSWORD, a script gives it as its first line
+    p = run_tui(server.host, str(server.port), "--login", str(ida), stdin="pa\nquit\n")
+    assert p.returncode == 0 and f"(id {ida})" in p.stdout, p.stdout
+
+
+def test_terminal_register_offers_to_log_in_and_ctrl_c_says_how_to_leave(server):
+    name = unique("erin")
+    t = spawn_tui(server.host, str(server.port))
+    try:
+        t.expect("choice:")
+        t.sendline("2")
+        t.expect("user name:")
+        t.sendline(name)
+        t.expect("password:")
+        t.sendline("pe")
+        t.expect(r"your id is (\d+)")
+        uid = int(t.match.group(1))
+        t.expect(rf"log in as {name} \(id {uid}\) now\? \[Y/n\]")
+        t.sendline("")
+        t.expect(f"logged in as {name}")
+        t.expect("type help")
+        t.send("half a line")
+        t.sendintr()
+        t.expect("line dropped; Ctrl-C again")
+        t.sendintr()
+        t.expect("bye")
+        t.expect(pexpect.EOF)
+    finally:
+        t.close()
+    assert t.exitstatus == 0
+    with Client.connect(server.host, server.port) as c:
+        assert c.login(uid, "pe").name == name  # it logged out on the way

@@ -3,7 +3,7 @@ with its note, and who blocked whom. Both go with either user (ON DELETE
 CASCADE), so deleting a user leaves none of them behind.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-27
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 revision = "0004"
 # 0003 (the conversation log) had not landed when this was written; the
 # chain is fixed at merge
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

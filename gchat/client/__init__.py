@@ -27,6 +27,10 @@ requests can be acknowledged. With acks the calls return their results
 fire-and-forget exactly like the original client, and return None.
 `acks=False` forces classic frames: part-A fields only, NUL-terminated.
 
+TLS: `Client.connect(host, port, tls=True, ca="ca.pem")` speaks TLS to
+nginx's TLS port (docs/operations.md); the certificate is verified (system
+CAs, or `ca`) and must name `host`.
+
 Every foreign error (OSError, bad JSON from the peer) is translated here into
 `ConnectionLost`; every errno of docs/protocol.md into a `GchatError` subclass.
 
@@ -41,7 +45,7 @@ terminal program on this library, is `tui.py` (commands) and `screen.py`
 (what it shows); nothing here imports them.
 """
 
-from gchat.client.connection import Client, now
+from gchat.client.connection import Client, now, tls_context
 from gchat.client.errors import (
     AlreadyOnline,
     AuthError,
@@ -59,6 +63,7 @@ from gchat.client.errors import (
 )
 from gchat.client.types import (
     ChatMessage,
+    Conversation,
     Event,
     Friend,
     Group,
@@ -75,6 +80,7 @@ from gchat.client.wire import RawClient
 from gchat.protocol import TIME_FORMAT
 
 __all__ = [
+    "Conversation",
     "TIME_FORMAT",
     "AlreadyOnline",
     "AuthError",
@@ -104,4 +110,5 @@ __all__ = [
     "Unavailable",
     "error_from_reply",
     "now",
+    "tls_context",
 ]

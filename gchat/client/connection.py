@@ -7,6 +7,7 @@ import itertools
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time as _time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from gchat.client.errors import (
     error_from_reply,
 )
 from gchat.client.framing import TERMINATOR, ReplySplitter, ReplyTo
+from gchat.client.seen import Seen
 from gchat.client.social import SocialCalls
 from gchat.client.types import ChatMessage, Event, Friend, LoginResult, event_from_obj
 from gchat.protocol import TIME_FORMAT, Errno, MsgId, ProtocolError, dumps, loads
@@ -42,6 +44,24 @@ class _Pending:
 
 
 _CLOSED = object()  # ends messages() once the connection is gone
+
+
+def tls_context(ca: str | None = None) -> ssl.SSLContext:
+    """A client context that verifies the server: its certificate chains to
+    the system's CAs (or to the CA in the PEM file `ca`) and names the host."""
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as e:
+        raise ConnectionLost(f"cannot read the CA file {ca}: {e.strerror or e}") from e
+
+
+def _tls_reason(e: Exception) -> str:
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (f"the server's certificate was not verified: {e.verify_message} "
+                "(a private CA: pass its certificate with --ca)")
+    if isinstance(e, ssl.SSLError):
+        return e.reason or str(e)
+    return str(e)
 
 
 class Client(SocialCalls):
@@ -84,6 +104,11 @@ class Client(SocialCalls):
         self.on_event = on_event
         self._events: queue.Queue[Event] = queue.Queue()
         self.user: LoginResult | None = None
+        # a sync session (docs/protocol.md section D): deliveries are
+        # de-duplicated by (conv, cseq) and acknowledged once the application
+        # has them
+        self.seen = Seen()
+        self._sync = False
         self._messages: queue.Queue[Any] = queue.Queue()
         self._seq = itertools.count(1)
         self._request_lock = threading.Lock()
@@ -96,12 +121,24 @@ class Client(SocialCalls):
         self._reader.start()
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float = 10.0, **kwargs: Any) -> Client:
+    def connect(cls, host: str, port: int, timeout: float = 10.0, *, tls: bool | ssl.SSLContext = False,
+                ca: str | None = None, **kwargs: Any) -> Client:
+        """Connect, over TLS when `tls` (nginx terminates it in front of the
+        nodes; docs/operations.md). The server's certificate is verified
+        against the system's CAs, or `ca` (a PEM file: a private CA), and
+        must name `host`; pass an SSLContext of your own to decide otherwise."""
+        context = tls if isinstance(tls, ssl.SSLContext) else tls_context(ca) if tls else None
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as e:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {e.strerror or e}") from e
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if context is not None:
+            try:
+                sock = context.wrap_socket(sock, server_hostname=host)
+            except (ssl.SSLError, OSError) as e:
+                sock.close()
+                raise ConnectionLost(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from e
         return cls(sock, timeout=timeout, **kwargs)
 
     def __enter__(self) -> Self:
@@ -221,8 +258,11 @@ class Client(SocialCalls):
         msgid = obj.get("msgid")
         if msgid in _DELIVERIES:
             message = ChatMessage.from_obj(obj)
+            if not self.seen.first(message):
+                return  # at least once from the server: each shown once
             if self.on_message is not None:
                 self.on_message(message)
+                self._received(message)
             else:
                 self._messages.put(message)
             return
@@ -260,6 +300,7 @@ class Client(SocialCalls):
                 return None
             raise self._error or ConnectionLost()
         assert isinstance(item, ChatMessage)
+        self._received(item)
         return item
 
     def messages(self, timeout: float | None = None) -> Iterator[ChatMessage]:
@@ -288,19 +329,71 @@ class Client(SocialCalls):
         self._learn_acks(obj, reply)
         return int(reply["id"])
 
-    def login(self, user_id: int, password: str, notices: bool = False) -> LoginResult:
+    def login(self, user_id: int, password: str, sync: bool = False, notices: bool = False) -> LoginResult:
         """Log in; returns the user, friends, groups and offline messages.
-        AuthError (wrong id or password), AlreadyOnline. notices=True (a
-        gchat node) also brings pending friend requests, and pushes notices
-        and presence changes (events())."""
+        With sync (docs/protocol.md section D): the conversations, with their
+        unread counts and the messages not acknowledged yet (`convs`), which
+        are acknowledged here; later deliveries are acknowledged as the
+        application takes them. notices=True (a gchat node, section F) also
+        brings pending friend requests, and pushes notices and presence
+        changes (events()). AuthError (wrong id or password), AlreadyOnline."""
         obj: dict[str, Any] = {"msgid": int(MsgId.LOGIN), "id": user_id, "password": password,
                                **self._seq_field()}
+        if sync:
+            obj["sync"] = True
         if notices:
             obj["notices"] = True
         reply = self.request(obj)
         self._learn_acks(obj, reply)
         self.user = LoginResult.from_reply(reply)
+        self._sync = sync
+        if sync:
+            for c in self.user.convs:
+                self.seen.start(c.conv, c.delivered)
+                for m in c.messages:
+                    self.seen.first(m)
+                    self.seen.took(m)
+            self.ack_received()
         return self.user
+
+    # --- the conversation log (section D) -----------------------------------
+
+    def _received(self, message: ChatMessage) -> None:
+        """The application has the message: a sync session acknowledges it
+        (cumulative, one small frame without seq: no reply)."""
+        if self._sync and message.conv is not None:
+            self.seen.took(message)
+            self.ack_received(message.conv)
+
+    def ack_received(self, conv: int | None = None) -> None:
+        """Tell the server what this client has, up to the first gap, for one
+        conversation or all; what is not acknowledged comes at the next sync."""
+        frames = [{"msgid": int(MsgId.RECEIVED), "conv": c, "cseq": q} for c, q in self.seen.to_ack(conv)]
+        if frames:
+            self.send_many(frames)
+
+    def history(self, *, to: int | None = None, groupid: int | None = None, conv: int | None = None,
+                before: int | None = None, after: int | None = None, limit: int | None = None,
+                ) -> list[ChatMessage]:
+        """A page of a conversation (with a user, a group, or by id), oldest
+        first: after a cseq, before one, or the newest."""
+        obj: dict[str, Any] = {"msgid": int(MsgId.HISTORY)}
+        for key, value in (("to", to), ("groupid", groupid), ("conv", conv), ("before", before),
+                           ("after", after), ("limit", limit)):
+            if value is not None:
+                obj[key] = value
+        reply = self.request(obj)
+        return [ChatMessage.from_obj(m) for m in reply.get("msgs") or ()]
+
+    def mark_read(self, conv: int, cseq: int) -> None:
+        """Read up to cseq; the other side of a pair gets a receipt (msgid 14,
+        through on_reply)."""
+        self.request({"msgid": int(MsgId.READ), "conv": conv, "cseq": cseq})
+
+    def readers(self, conv: int, cseq: int) -> tuple[int, int]:
+        """(members who read up to cseq, other members)."""
+        reply = self.request({"msgid": int(MsgId.READERS), "conv": conv, "cseq": cseq})
+        return int(reply["readers"]), int(reply["members"])
 
     def _learn_acks(self, obj: dict[str, Any], reply: dict[str, Any]) -> None:
         if self._acks_wanted is None:

@@ -1,7 +1,6 @@
 """gchat-client: the terminal chat client (the original client's whole flow).
 
-    gchat-client HOST PORT [--login ID --password P | --register NAME --password P]
-                 [--classic] [--timeout S] [--linger S]
+    gchat-client HOST PORT [--login ID | --register NAME] [--classic] [--timeout S] [--linger S]
 
 A menu (1 login, 2 register, 3 quit); once logged in, the user's info, friends
 with their state, groups with members and roles, and the offline messages;
@@ -13,12 +12,17 @@ Interactive (standard input is a terminal): prompt_toolkit with
 above the prompt and the line is redrawn intact. readline cannot do that: it
 has no thread-safe way to print from the reader thread during `input()`.
 The connection being lost is announced at once; the next line entered offers
-to reconnect and log in again.
+to reconnect and log in again. Ctrl-C drops the line being typed and says so;
+a second one in a row logs out and leaves.
+
+The password comes from the GCHAT_PASSWORD environment variable, or is asked
+for (a --password flag would be visible to every user in `ps`).
 
 Scripts (standard input not a terminal): the same answers and commands, one
 per line, no prompts printed: `1`, the id, the password, then commands; or
-`--login ID --password P` and only commands. `--register NAME` creates the
-account and logs in as it. At the end of input the client stays
+`--login ID` and the password (unless GCHAT_PASSWORD is set), then commands.
+`--register NAME` creates the account and logs in as it. At the end of input
+the client stays
 `--linger` seconds to print late messages, then logs out. Exit status: 0, or 1
 when the server cannot be reached or the connection is lost.
 
@@ -31,15 +35,19 @@ exactly the original client's frames.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from gchat.client import Client, ConnectionLost, GchatError
+from gchat.client import Client, ConnectionLost, GchatError, error_from_reply
 from gchat.client.screen import IO, MENU, LineIO, TerminalIO, describe, format_login, format_message
 from gchat.client.tui_social import SOCIAL, Command, Known, user_id
 from gchat.client.types import Event
+
+# the password for --login / --register, when the prompt is not wanted
+PASSWORD_ENV = "GCHAT_PASSWORD"
 
 # --- the program -----------------------------------------------------------
 
@@ -70,6 +78,8 @@ class TerminalClient:
             self.args.host,
             self.args.port,
             timeout=self.args.timeout,
+            tls=self.args.tls or bool(self.args.ca),
+            ca=self.args.ca,
             acks=False if self.args.classic else None,
             on_message=lambda m: self.io.show(format_message(m)),
             on_reply=self._unrequested,
@@ -84,7 +94,7 @@ class TerminalClient:
     def _unrequested(self, reply: dict[str, Any]) -> None:
         # Without acks, an error to a silent request is all the server says.
         if reply.get("errno"):
-            self.io.show(f"error: {reply.get('errmsg', '')} (errno {reply['errno']})")
+            self.io.show(describe(error_from_reply(reply)))
 
     def _lost(self, error: GchatError | None) -> None:
         if error is not None:
@@ -127,6 +137,8 @@ class TerminalClient:
         except ConnectionLost as e:
             self.io.show(f"cannot reach the server: {e.errmsg}")
             return 1
+        except KeyboardInterrupt:
+            return 130
         try:
             if self.args.register is not None:
                 self.register(self.args.register, self.password(), then_login=True)
@@ -142,6 +154,11 @@ class TerminalClient:
                     self.menu()
         except Quit as q:
             return q.status
+        except KeyboardInterrupt:
+            # a second Ctrl-C at the prompt (TerminalIO), or any in a script
+            self.leave()
+            self.io.show("bye")
+            return 0 if self.io.interactive else 130
         finally:
             if self.client is not None:
                 self.client.close()
@@ -178,7 +195,12 @@ class TerminalClient:
                 name = self.io.ask("user name: ")
                 if name is None:
                     raise Quit(0)
-                self.register(name.strip(), self.password())
+                password = self.password()
+                new_id = self.register(name.strip(), password)
+                if new_id is not None and self.io.interactive:
+                    answer = self.io.ask(f"log in as {name.strip()} (id {new_id}) now? [Y/n] ")
+                    if answer is not None and answer.strip().lower() in ("", "y", "yes"):
+                        self.login(new_id, password)
             elif choice == "3":
                 raise Quit(0)
             elif choice:
@@ -190,24 +212,28 @@ class TerminalClient:
     def login(self, user_id: int, password: str) -> None:
         assert self.client is not None
         client = self.client
-        # notices (friend requests, presence, group changes) from a gchat node
-        me = self.call(lambda: client.login(user_id, password, notices=not self.args.classic), "login")
+        # section D: unread counts, at-least-once with de-duplication; notices
+        # (friend requests, presence, group changes) from a gchat node
+        modern = not self.args.classic
+        me = self.call(lambda: client.login(user_id, password, sync=modern, notices=modern), "login")
         if me is not None:
             self.credentials = (user_id, password)
             self.known = Known.from_login(me)
             self.io.show(format_login(me))
 
-    def register(self, name: str, password: str, then_login: bool = False) -> None:
+    def register(self, name: str, password: str, then_login: bool = False) -> int | None:
+        """The new account's id (None: refused, and said why)."""
         assert self.client is not None
         client = self.client
-        new_id = self.call(lambda: client.register(name, password), "register")
+        new_id: int | None = self.call(lambda: client.register(name, password), "register")
         if new_id is None:
             if then_login:
                 raise Quit(1)
-            return
+            return None
         self.io.show(f"registered {name}: your id is {new_id}")
         if then_login:
             self.login(new_id, password)
+        return new_id
 
     # logged in --------------------------------------------------------------
 
@@ -285,9 +311,17 @@ def _loginout(t: TerminalClient, c: Client, rest: str) -> None:
 def _chat(t: TerminalClient, c: Client, rest: str) -> None:
     to, msg = t.number_and_text(rest, COMMANDS["chat"].usage)
     if to is not None:
-        state = t.call(lambda: c.chat(to, msg))
+        try:
+            state = c.chat(to, msg)
+        except ConnectionLost:
+            raise
+        except GchatError as e:
+            t.io.show(describe(e))
+            return
         if state == "offline":
             t.io.show(f"user {to} is offline; the message waits for their next login")
+        else:  # None: the server does not acknowledge (--classic, or the original server)
+            t.io.show(f"delivered to user {to}" if state == "online" else f"sent to user {to}")
 
 
 def _addfriend(t: TerminalClient, c: Client, rest: str) -> None:
@@ -314,13 +348,36 @@ def _creategroup(t: TerminalClient, c: Client, rest: str) -> None:
 def _addgroup(t: TerminalClient, c: Client, rest: str) -> None:
     gid = t.number(rest, COMMANDS["addgroup"].usage)
     if gid is not None:
-        t.call(lambda: c.join_group(gid))
+        try:
+            c.join_group(gid)
+        except ConnectionLost:
+            raise
+        except GchatError as e:
+            t.io.show(describe(e))
+            return
+        # without acks a refusal may still come, shown when it does
+        t.io.show(f"joined group {gid}" if c.acks else f"asked to join group {gid}")
 
 
 def _groupchat(t: TerminalClient, c: Client, rest: str) -> None:
     gid, msg = t.number_and_text(rest, COMMANDS["groupchat"].usage)
     if gid is not None:
-        t.call(lambda: c.group_chat(gid, msg))
+        try:
+            members = c.group_chat(gid, msg)
+        except ConnectionLost:
+            raise
+        except GchatError as e:
+            t.io.show(describe(e))
+            return
+        t.io.show(f"sent to group {gid}" + (f" ({members} other member(s))" if members is not None else ""))
+
+
+def _history(t: TerminalClient, c: Client, rest: str, key: str, usage: str) -> None:
+    ident = t.number(rest, usage)
+    if ident is not None:
+        page = t.call(lambda: c.history(**{key: ident}))
+        if page is not None:
+            t.io.show("\n".join(format_message(m) for m in page) if page else "no messages")
 
 
 COMMANDS: dict[str, Command] = {
@@ -330,6 +387,10 @@ COMMANDS: dict[str, Command] = {
     "creategroup": Command("creategroup:name:desc", "create a group", _creategroup),
     "addgroup": Command("addgroup:groupid", "join a group", _addgroup),
     "groupchat": Command("groupchat:groupid:message", "send a message to a group", _groupchat),
+    "history": Command("history:userid", "the last messages with a user",
+                       lambda t, c, rest: _history(t, c, rest, "to", "history:userid")),
+    "grouphistory": Command("grouphistory:groupid", "the last messages of a group",
+                            lambda t, c, rest: _history(t, c, rest, "groupid", "grouphistory:groupid")),
     **SOCIAL,
     "loginout": Command("loginout", "log out (back to the menu)", _loginout),
     "quit": Command("quit", "log out and leave", _quit),
@@ -351,9 +412,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--login", type=int, metavar="ID", help="log in as this user id at once")
     who.add_argument("--register", metavar="NAME", help="create this account, then log in as it")
-    p.add_argument("--password", help="password for --login / --register (asked for when absent)")
+    # refused with the way to do it instead: a password in argv shows in `ps`
+    p.add_argument("--password", help=argparse.SUPPRESS)
     p.add_argument("--classic", action="store_true", help="send only the original client's frames (no acks)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="connect and reply timeout (10)")
+    p.add_argument("--tls", action="store_true",
+                   help="connect over TLS (nginx's TLS port); the server's certificate is verified")
+    p.add_argument("--ca", metavar="PEM", help="with --tls: trust this CA certificate (a private CA) "
+                   "instead of the system's")
     p.add_argument(
         "--linger",
         type=float,
@@ -366,6 +432,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.password is not None:
+        print("gchat-client: --password is visible to every user in `ps`: set GCHAT_PASSWORD, or type it "
+              "when asked", file=sys.stderr)
+        return 2
+    args.password = os.environ.get(PASSWORD_ENV)
     if sys.stdin.isatty() and sys.stdout.isatty():
         from prompt_toolkit.patch_stdout import patch_stdout
 

@@ -85,6 +85,11 @@ class ChatMessage:
     time: str = ""
     to: int | None = None
     groupid: int | None = None
+    # the message's place in the conversation log (docs/protocol.md section
+    # D); None from a server without one
+    conv: int | None = None
+    cseq: int | None = None
+    ts: int | None = None
 
     @property
     def is_group(self) -> bool:
@@ -102,6 +107,46 @@ class ChatMessage:
             time=str(d.get("time", "")),
             to=int(d["to"]) if "to" in d and msgid == MsgId.ONE_CHAT else None,
             groupid=int(d["groupid"]) if "groupid" in d and msgid == MsgId.GROUP_CHAT else None,
+            conv=_int_or_none(d.get("conv")),
+            cseq=_int_or_none(d.get("cseq")),
+            ts=_int_or_none(d.get("ts")),
+        )
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One conversation of a sync login (docs/protocol.md section D)."""
+
+    conv: int
+    kind: str  # "pair" | "group"
+    last: int
+    delivered: int
+    read: int
+    unread: int
+    with_user: int | None = None
+    groupid: int | None = None
+    peer_read: int = 0
+    messages: tuple[ChatMessage, ...] = ()
+    more: bool = False
+
+    @classmethod
+    def from_obj(cls, d: dict[str, Any]) -> Conversation:
+        return cls(
+            conv=int(d["conv"]),
+            kind=str(d.get("kind", "")),
+            last=int(d.get("last", 0)),
+            delivered=int(d.get("delivered", 0)),
+            read=int(d.get("read", 0)),
+            unread=int(d.get("unread", 0)),
+            with_user=_int_or_none(d.get("with")),
+            groupid=_int_or_none(d.get("groupid")),
+            peer_read=int(d.get("peer_read", 0)),
+            messages=tuple(ChatMessage.from_obj(m) for m in d.get("msgs") or ()),
+            more=bool(d.get("more", False)),
         )
 
 
@@ -112,6 +157,7 @@ class LoginResult:
     friends: tuple[Friend, ...] = ()
     groups: tuple[Group, ...] = ()
     offline: tuple[ChatMessage, ...] = ()
+    convs: tuple[Conversation, ...] = ()  # a sync login's
     # section F, for a login that asked for notices
     requests: Requests | None = None
     blocked: tuple[int, ...] = ()
@@ -124,6 +170,7 @@ class LoginResult:
             friends=tuple(Friend.from_obj(f) for f in reply.get("friends") or ()),
             groups=tuple(Group.from_obj(g) for g in reply.get("groups") or ()),
             offline=tuple(ChatMessage.from_obj(m) for m in reply.get("offlinemsg") or ()),
+            convs=tuple(Conversation.from_obj(c) for c in reply.get("convs") or ()),
             requests=Requests.from_obj(reply["requests"]) if "requests" in reply else None,
             blocked=tuple(int(u) for u in reply.get("blocked") or ()),
         )

@@ -16,15 +16,18 @@ from typing import Protocol
 #                                   (built by the ROUTE script, in Redis:
 #                                   gchat/cluster/redis_keys.py)
 #   b"G" + b"42"                    group 42's membership changed
+#   b"C" + JSON object              a gchat-admin request (gchat/control.py)
 #   b"B" + b"42"                    user 42's blocks changed
 #   b"N" + b"1,2,3" + b" " + body   a notice for those users (presence, a
 #                                   friend request: docs/protocol.md section
-#                                   E): pushed if they are here, never stored
+#                                   F): pushed if they are here, never stored
 DeliverHandler = Callable[[list[int], bytes], None]
 InvalidateHandler = Callable[[int], None]
 # the bus was cut off and is back: invalidations published meanwhile were
 # missed, so every cached group membership must go
 ResubscribedHandler = Callable[[], None]
+# a gchat-admin request (the JSON after b"C"): gchat/control.py
+ControlHandler = Callable[[bytes], None]
 
 
 def encode_invalidation(group_id: int) -> bytes:
@@ -36,7 +39,8 @@ def encode_blocks_invalidation(user_id: int) -> bytes:
 
 
 def dispatch(envelope: bytes, on_deliver: DeliverHandler, on_invalidate: InvalidateHandler,
-             on_notice: DeliverHandler | None = None, on_blocks: InvalidateHandler | None = None) -> None:
+             on_control: ControlHandler | None = None, on_notice: DeliverHandler | None = None,
+             on_blocks: InvalidateHandler | None = None) -> None:
     """Decode one envelope and hand it to its handler. Raises ValueError on
     an envelope no gchat node would send."""
     kind, rest = envelope[:1], envelope[1:]
@@ -49,6 +53,8 @@ def dispatch(envelope: bytes, on_deliver: DeliverHandler, on_invalidate: Invalid
             on_notice(users, body)
     elif kind == b"G":
         on_invalidate(int(rest))
+    elif kind == b"C" and on_control is not None:
+        on_control(rest)
     elif kind == b"B":
         if on_blocks is not None:
             on_blocks(int(rest))
@@ -62,11 +68,12 @@ class Bus(Protocol):
         on_deliver: DeliverHandler,
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
+        on_control: ControlHandler | None = None,
         on_notice: DeliverHandler | None = None,
         on_blocks: InvalidateHandler | None = None,
     ) -> None:
-        """Listen for what other nodes send here; the handlers run in this
-        node's event loop."""
+        """Listen for what other nodes (and gchat-admin) send here; the
+        handlers run in this node's event loop."""
 
     def stop(self) -> None: ...
 
@@ -100,10 +107,11 @@ class LocalBus:
         on_deliver: DeliverHandler,
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
+        on_control: ControlHandler | None = None,
         on_notice: DeliverHandler | None = None,
         on_blocks: InvalidateHandler | None = None,
     ) -> None:
-        pass
+        pass  # a lone node hears gchat-admin on its admin socket (gchat/control.py)
 
     def stop(self) -> None:
         pass

@@ -26,6 +26,8 @@ LostHandler = Callable[[int], None]
 # called with the users of a dead node that this node reaped: they went
 # offline (their friends are told)
 FreedHandler = Callable[[list[int]], None]
+# errno 2's text (docs/protocol.md part A)
+ONLINE = "id is online"
 
 
 class Presence(Protocol):
@@ -51,6 +53,11 @@ class Presence(Protocol):
     def online(self, user_ids: Iterable[int]) -> set[int]:
         """Those of user_ids that are online on a live node. Raises
         gchat.errors.Unavailable when the presence store is down."""
+
+    def why_online(self, user_id: int) -> str:
+        """errno 2's errmsg after a refused claim: "id is online" (part A),
+        and, in a cluster, when to retry if the node holding the user has
+        stopped answering."""
 
 
 class LocalPresence:
@@ -89,3 +96,6 @@ class LocalPresence:
 
     def online(self, user_ids: Iterable[int]) -> set[int]:
         return {u for u in user_ids if u in self._online}
+
+    def why_online(self, user_id: int) -> str:
+        return ONLINE

@@ -6,26 +6,30 @@ the users it holds (one PUBLISH per target node per message, made by the
 ROUTE script that also looks the owners up), and to the channel of group
 invalidations, each prefixed with its origin so a node skips its own.
 
-Order: a sender's requests are handled one after another and each PUBLISH
-waits for Redis's answer, so Redis sees a sender's messages in order; one
-subscriber connection per node hands them to the outboxes in that order.
+Order: a node's writer publishes the messages of a batch in seq order, each
+PUBLISH waiting for Redis's answer; one subscriber connection per node hands
+them on in that order.
 
-Nothing is lost: PUBLISH answers how many subscribers got the message, and 0
-(the node died, or its subscriber is reconnecting) makes the sender store
-it. A node that received a delivery for a user who just left stores it
-(Router.on_bus_delivery).
+The bus is not the record (docs/architecture.md, "The conversation log"): a
+chat message is committed to the log before it is published, and whatever
+the bus drops (Redis cut the subscriber past its output buffer limit, the
+node was paused, Redis restarted) is found missing by its sequence number and
+brought from the log. So the node must hear of every re-subscription, also
+the ones redis-py makes by itself (`_resubscribed`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import gevent
 import redis
 from redis.backoff import EqualJitterBackoff
 
 from gchat.cluster.bus import (
+    ControlHandler,
     DeliverHandler,
     InvalidateHandler,
     ResubscribedHandler,
@@ -61,6 +65,7 @@ class RedisBus:
         self._on_deliver: DeliverHandler | None = None
         self._on_invalidate: InvalidateHandler | None = None
         self._on_resubscribed: ResubscribedHandler | None = None
+        self._on_control: ControlHandler | None = None
         self._on_notice: DeliverHandler | None = None
         self._on_blocks: InvalidateHandler | None = None
         self._pubsub: redis.client.PubSub | None = None
@@ -71,12 +76,13 @@ class RedisBus:
         on_deliver: DeliverHandler,
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
+        on_control: ControlHandler | None = None,
         on_notice: DeliverHandler | None = None,
         on_blocks: InvalidateHandler | None = None,
     ) -> None:
         self._on_deliver, self._on_invalidate = on_deliver, on_invalidate
+        self._on_resubscribed, self._on_control = on_resubscribed, on_control
         self._on_notice, self._on_blocks = on_notice, on_blocks
-        self._on_resubscribed = on_resubscribed
         try:
             # subscribed before the node says ready, so a delivery routed
             # here right away finds a listener
@@ -131,7 +137,18 @@ class RedisBus:
         except BaseException:
             pubsub.close()
             raise
+        # redis-py reconnects and re-subscribes by itself when Redis closes
+        # the subscriber (past its output buffer limit: the node was paused
+        # or slow), silently: whatever was published meanwhile is gone, so
+        # the node must hear of it and repair from the log
+        assert pubsub.connection is not None
+        pubsub.connection.register_connect_callback(self._resubscribed)
         return pubsub
+
+    def _resubscribed(self, _connection: Any) -> None:
+        log.warning("bus: Redis dropped the subscription (output buffer limit, or a pause); re-subscribed")
+        if self._on_resubscribed is not None:
+            gevent.spawn(self._on_resubscribed)
 
     def _listen(self) -> None:
         """Blocks on the subscription and hands what arrives to the local
@@ -170,7 +187,7 @@ class RedisBus:
                 return  # our own invalidation, already applied
             data = data.partition(b" ")[2]
         try:
-            dispatch(data, self._on_deliver, self._on_invalidate, self._on_notice, self._on_blocks)
+            dispatch(data, self._on_deliver, self._on_invalidate, self._on_control, self._on_notice, self._on_blocks)
         except Exception:
             log.exception("bus: could not handle %r", data[:64])
 

@@ -18,7 +18,7 @@ gone; the node then re-registers and re-claims its connected users.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
@@ -27,10 +27,10 @@ from redis.commands.core import Script
 
 from gchat.cluster.heartbeat import Heartbeat
 from gchat.cluster.mirror import StateMirror
-from gchat.cluster.presence import FreedHandler, LostHandler
+from gchat.cluster.presence import ONLINE, FreedHandler, LostHandler
 from gchat.cluster.reaper import Reaper
 from gchat.cluster.redis_client import connect
-from gchat.cluster.redis_keys import PREFIX, Scripts, node_key, users_key
+from gchat.cluster.redis_keys import PREFIX, Scripts, node_key, online_key, users_key
 from gchat.config import Settings
 from gchat.errors import Unavailable
 
@@ -50,6 +50,10 @@ class RedisPresence:
                                     timeout=settings.redis_timeout, on_gone=self._key_gone)
         self._on_lost: LostHandler | None = None
         self._on_freed: FreedHandler | None = None
+        # called with the users re-claimed after this node was reaped (it
+        # could not heartbeat): deliveries to them were counted missed
+        # meanwhile, so they are checked against the conversation log
+        self.on_reclaimed: Callable[[list[int]], None] | None = None
         self._local: set[int] = set()  # users held here
         self._pending: set[int] = set()  # claims in flight
         self._resync = True
@@ -129,6 +133,26 @@ class RedisPresence:
 
     def online(self, user_ids: Iterable[int]) -> set[int]:
         return set(self.owners(user_ids))
+
+    def why_online(self, user_id: int) -> str:
+        """After a node dies its claims hold until its heartbeat expires: a
+        login meanwhile is told so, and when to retry, instead of only
+        "id is online". The heartbeat's age is this node's TTL minus what is
+        left of it (the nodes of a cluster share --node-ttl)."""
+        try:
+            raw = self.redis.get(online_key(user_id))
+            holder = raw.decode() if isinstance(raw, bytes) else raw
+            if holder is None or holder == self.node:
+                return ONLINE
+            left = int(self.redis.pttl(node_key(holder))) / 1000
+        except redis.RedisError:
+            return ONLINE
+        silent = self.ttl - left
+        # renewed every interval: two missed renewals are not a busy node
+        if left <= 0 or silent < 2 * self.interval:
+            return ONLINE
+        return (f"{ONLINE} on a node that stopped answering {silent:.0f} s ago; if it is dead, the id is free "
+                f"in {left:.0f} s: try again then")
 
     def _call(self, script: Script, *args: str | int) -> Any:
         """Redis errors end here, as Unavailable."""
@@ -214,6 +238,8 @@ class RedisPresence:
         if reclaimed:
             log.info("re-claimed %d user(s) held here", len(reclaimed))
             self._mirror.online_many([u for u in reclaimed if u in self._local])
+            if self.on_reclaimed is not None:
+                self.on_reclaimed(reclaimed)
 
     def _sweep(self) -> None:
         for node, freed in self._reaper.sweep(self.node).items():

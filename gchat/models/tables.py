@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -95,3 +95,68 @@ class Block(Base):
 
     userid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
     blockedid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+# --- the conversation log (docs/architecture.md, "The conversation log") ---
+#
+# The log is the record: a chat message exists once its row is committed, and
+# every delivery (live push, bus, login reply) can be repeated from it.
+
+
+class Conversation(Base):
+    """A pair of users (`user_lo` < `user_hi`) or a group (`groupid`), with
+    the last sequence number handed out. `last_seq` is raised in the same
+    transaction that inserts the messages, under the row's lock: numbers are
+    gap-free and two nodes writing to one conversation are put in order.
+    `member_epoch` rises with every join, under the same lock, so a writer
+    holding an older member list sees that it must reload it."""
+
+    __tablename__ = "conversation"
+    __table_args__ = (
+        UniqueConstraint("user_lo", "user_hi"),
+        UniqueConstraint("groupid"),
+        MYSQL_TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(Enum("pair", "group", name="conversation_kind"))
+    user_lo: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), nullable=True)
+    user_hi: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), nullable=True)
+    groupid: Mapped[int | None] = mapped_column(ForeignKey("allgroup.id", ondelete="CASCADE"), nullable=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    member_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class Message(Base):
+    """One row per message, whoever and however many receive it. `body` is
+    the delivered JSON text (with its `conv`, `cseq` and `ts`), as a live
+    push or a login reply hands it over; `created` is the server's time in
+    Unix milliseconds (retention by age, the order of a classic backlog)."""
+
+    __tablename__ = "message"
+    __table_args__ = (Index(None, "created"), MYSQL_TABLE_ARGS)
+
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversation.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    sender: Mapped[int] = mapped_column(Integer)
+    created: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[str] = mapped_column(MessageText)
+
+
+class Cursor(Base):
+    """Where one user is in one conversation. `delivered_seq`: everything up
+    to it was handed over (a modern client acknowledged it; for a classic
+    client the kernel took its last byte). `read_seq`: the user read up to
+    it. `joined_seq`: the conversation's last_seq when the user joined (0
+    for a pair): what came before is not the member's to read or receive."""
+
+    __tablename__ = "convcursor"
+    __table_args__ = (Index(None, "conversation_id"), MYSQL_TABLE_ARGS)
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversation.id", ondelete="CASCADE"), primary_key=True
+    )
+    delivered_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    read_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    joined_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

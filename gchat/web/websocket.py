@@ -76,6 +76,7 @@ class WebSocketTransport:
 
     __slots__ = ("sock", "ws", "frame_max", "writer", "heard", "pinged", "received", "_parts", "_size", "_goodbye",
                  "_ended", "_early")
+    stream = False  # one frame per WebSocket message: never paced
 
     def __init__(self, sock: socket.socket, ws: ServerProtocol, frame_max: int, early: bytes = b"") -> None:
         self.sock = sock

@@ -131,7 +131,7 @@ def _group_chat(sender: accounts.Account, group_id: int, n: int, t_ns: int, seq:
 
 def _login(opts: Options, index: int, a: accounts.Account) -> Conn:
     conn = Conn(opts.address(index), source=opts.source(index))
-    reply = conn.login(a.id, a.password, token=a.token if opts.resume else "")
+    reply = conn.login(a.id, a.password, token=a.token if opts.resume else "", seq=opts.part_b)
     a.name = reply.get("name", a.name)
     return conn
 

@@ -100,8 +100,14 @@ class Conn(RawClient):
                              f"register {name}")
         return int(reply["id"]), reply.get("seq") == 1
 
-    def login(self, user_id: int, password: str = "", token: str = "", resume: bool = False) -> dict[str, Any]:
+    def login(self, user_id: int, password: str = "", token: str = "", resume: bool = False,
+              seq: bool = False) -> dict[str, Any]:
+        """`seq`: say the connection speaks part B, so a gchat node writes to
+        it as a stream; without it the node paces what it writes, one frame
+        at a time, as for the original client (gchat/outbox.py)."""
         req: dict[str, Any] = {"msgid": MsgId.LOGIN, "id": user_id}
+        if seq:
+            req["seq"] = 1
         if token:
             req["token"] = token
         else:

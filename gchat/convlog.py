@@ -1,0 +1,366 @@
+"""The conversation log's queries (docs/architecture.md, "The conversation
+log"): conversations, messages with gap-free sequence numbers, and each
+user's cursors.
+
+As in gchat/store.py, every function takes a session and never commits; the
+caller makes one unit of work of them. The hot statements (the writer's lock,
+advance and insert, the cursors' flush) are SQLAlchemy Core: one statement
+per batch, never one per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from gchat.models import Conversation, Cursor, GroupUser, Message
+
+# The hot statements run on the session's Connection with the Core tables:
+# the ORM's bulk paths (per-row state, identity map) cost more CPU than the
+# database round trips they wrap.
+CONV = cast(Table, Conversation.__table__)
+MESSAGE = cast(Table, Message.__table__)
+# built once: an expanding IN list is one bound parameter, so a batch of any
+# size reuses one compiled statement
+_LOCK = (
+    select(CONV.c.id, CONV.c.last_seq, CONV.c.member_epoch)
+    .where(CONV.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(CONV.c.id)
+    .with_for_update()
+)
+_ADVANCE = (
+    update(CONV)
+    .where(CONV.c.id.in_(bindparam("ids", expanding=True)))
+    .values(last_seq=CONV.c.last_seq + bindparam("n"))
+)
+_ADVANCE_IF = (
+    update(CONV)
+    .where(tuple_(CONV.c.id, CONV.c.last_seq, CONV.c.member_epoch).in_(bindparam("keys", expanding=True)))
+    .values(last_seq=CONV.c.last_seq + bindparam("n"))
+)
+_APPEND = insert(MESSAGE)
+
+PAIR = "pair"
+GROUP = "group"
+
+
+def pair_key(a: int, b: int) -> tuple[int, int]:
+    """A pair's conversation is found by its two user ids, smaller first."""
+    return (a, b) if a < b else (b, a)
+
+
+@dataclass(frozen=True)
+class ConvInfo:
+    id: int
+    kind: str
+    user_lo: int | None
+    user_hi: int | None
+    groupid: int | None
+
+    def other(self, user_id: int) -> int | None:
+        """The other side of a pair (None for a group)."""
+        if self.kind != PAIR:
+            return None
+        return self.user_hi if self.user_lo == user_id else self.user_lo
+
+
+# --- conversations ---------------------------------------------------------
+
+
+def find_pair(s: Session, a: int, b: int) -> int | None:
+    lo, hi = pair_key(a, b)
+    q = select(Conversation.id).where(Conversation.user_lo == lo, Conversation.user_hi == hi)
+    return s.scalar(q)
+
+
+def create_pair(s: Session, a: int, b: int) -> int:
+    """A pair's conversation and both users' cursors. Raises IntegrityError
+    (through the caller's transaction: Conflict) when another node created
+    it first; the caller then finds it."""
+    lo, hi = pair_key(a, b)
+    conv = Conversation(kind=PAIR, user_lo=lo, user_hi=hi, last_seq=0, member_epoch=0)
+    s.add(conv)
+    s.flush()
+    s.execute(insert(Cursor), [{"user_id": u, "conversation_id": conv.id} for u in sorted({lo, hi})])
+    return conv.id
+
+
+def find_group(s: Session, group_id: int) -> int | None:
+    return s.scalar(select(Conversation.id).where(Conversation.groupid == group_id))
+
+
+def create_group_conversation(s: Session, group_id: int, creator_id: int) -> int:
+    """In the transaction that creates the group: its conversation, and the
+    creator's cursor."""
+    conv = Conversation(kind=GROUP, groupid=group_id, last_seq=0, member_epoch=0)
+    s.add(conv)
+    s.flush()
+    s.execute(insert(Cursor), [{"user_id": creator_id, "conversation_id": conv.id}])
+    return conv.id
+
+
+def join_group(s: Session, group_id: int, user_id: int) -> tuple[int, int]:
+    """In the transaction that adds the member: lock the group's
+    conversation, raise its member epoch and give the member a cursor at the
+    current last_seq. Returns (conversation id, joined_seq).
+
+    The lock is the one the writer takes before numbering messages: a message
+    numbered after this commit sees the new epoch and reloads the members
+    (the joiner among them); one numbered before has a seq <= joined_seq,
+    which the joiner is not owed."""
+    conv_id = find_group(s, group_id)
+    if conv_id is None:  # a group made before the log, not migrated (never expected)
+        conv = Conversation(kind=GROUP, groupid=group_id, last_seq=0, member_epoch=0)
+        s.add(conv)
+        s.flush()
+        conv_id = conv.id
+    row = s.execute(
+        select(Conversation.last_seq).where(Conversation.id == conv_id).with_for_update()
+    ).one()
+    joined = int(row.last_seq)
+    s.execute(
+        update(Conversation)
+        .where(Conversation.id == conv_id)
+        .values(member_epoch=Conversation.member_epoch + 1)
+        .execution_options(synchronize_session=False)
+    )
+    s.execute(
+        insert(Cursor),
+        [{"user_id": user_id, "conversation_id": conv_id, "delivered_seq": joined, "read_seq": joined,
+          "joined_seq": joined}],
+    )
+    return conv_id, joined
+
+
+def conv_info(s: Session, conv_ids: Iterable[int]) -> dict[int, ConvInfo]:
+    ids = list(conv_ids)
+    if not ids:
+        return {}
+    q = select(Conversation.id, Conversation.kind, Conversation.user_lo, Conversation.user_hi,
+               Conversation.groupid).where(Conversation.id.in_(ids))
+    return {r.id: ConvInfo(r.id, r.kind, r.user_lo, r.user_hi, r.groupid) for r in s.execute(q)}
+
+
+# --- the writer's unit of work ---------------------------------------------
+
+
+def lock_conversations(s: Session, conv_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """(last_seq, member_epoch) of each conversation, its row locked until
+    the commit. Locked in id order, so two nodes locking overlapping sets
+    wait for each other instead of deadlocking."""
+    ids = sorted(set(conv_ids))
+    return {i: (int(last), int(epoch)) for i, last, epoch in s.connection().execute(_LOCK, {"ids": ids})}
+
+
+def group_members(s: Session, group_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
+    ids = list(group_ids)
+    out: dict[int, list[int]] = {g: [] for g in ids}
+    if ids:
+        q = select(GroupUser.groupid, GroupUser.userid).where(GroupUser.groupid.in_(ids))
+        for gid, uid in s.execute(q.order_by(GroupUser.groupid, GroupUser.userid)):
+            out[gid].append(uid)
+    return {g: tuple(m) for g, m in out.items()}
+
+
+def advance(s: Session, added: Mapping[int, int]) -> None:
+    """Raise each conversation's last_seq by the number of messages added
+    (its row is locked: lock_conversations). One statement per distinct
+    count: one for the batch when each conversation got as many (pingpong)."""
+    by_count: dict[int, list[int]] = {}
+    for conv, n in added.items():
+        if n:
+            by_count.setdefault(n, []).append(conv)
+    conn = s.connection()
+    for n, ids in by_count.items():
+        conn.execute(_ADVANCE, {"ids": sorted(ids), "n": n})
+
+
+def advance_if(s: Session, expected: Mapping[int, tuple[int, int, int]]) -> bool:
+    """The writer's fast path: conv -> (last_seq, member_epoch, n) as this
+    node last wrote them; raise each last_seq by n where both still hold.
+    False when some conversation moved (another node wrote to it, a member
+    joined): the caller rolls back and takes the locking path. The UPDATE
+    takes the same row locks as lock_conversations, so two nodes still take
+    turns, and one statement (per distinct n) replaces the lock's SELECT."""
+    by_count: dict[int, list[tuple[int, int, int]]] = {}
+    for conv, (last, epoch, n) in expected.items():
+        by_count.setdefault(n, []).append((conv, last, epoch))
+    conn = s.connection()
+    matched = 0
+    for n, keys in by_count.items():
+        matched += conn.execute(_ADVANCE_IF, {"keys": sorted(keys), "n": n}).rowcount
+    return matched == len(expected)
+
+
+def append(s: Session, rows: Sequence[Mapping[str, object]]) -> None:
+    """Insert messages (conversation_id, seq, sender, created, body): one
+    multi-row INSERT (the driver's executemany) for the batch."""
+    if rows:
+        s.connection().execute(_APPEND, list(rows))
+
+
+# --- reading the log -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Logged:
+    conv: int
+    seq: int
+    sender: int
+    created: int
+    body: str
+
+
+def messages_between(s: Session, conv_id: int, after: int, upto: int | None = None,
+                     limit: int | None = None, newest: bool = False) -> list[Logged]:
+    """Messages with after < seq (<= upto), oldest first; with `newest`, the
+    last `limit` of them (still returned oldest first)."""
+    q = select(Message.conversation_id, Message.seq, Message.sender, Message.created, Message.body).where(
+        Message.conversation_id == conv_id, Message.seq > after
+    )
+    if upto is not None:
+        q = q.where(Message.seq <= upto)
+    q = q.order_by(Message.seq.desc() if newest else Message.seq)
+    if limit is not None:
+        q = q.limit(limit)
+    rows = [Logged(*r) for r in s.execute(q)]
+    return rows[::-1] if newest else rows
+
+
+def cursors_of(s: Session, user_ids: Sequence[int]) -> dict[int, dict[int, tuple[int, int, int, int]]]:
+    """Each user's conversations: conv -> (delivered, read, joined, last_seq)."""
+    out: dict[int, dict[int, tuple[int, int, int, int]]] = {u: {} for u in user_ids}
+    if not user_ids:
+        return out
+    q = (
+        select(Cursor.user_id, Cursor.conversation_id, Cursor.delivered_seq, Cursor.read_seq, Cursor.joined_seq,
+               Conversation.last_seq)
+        .join(Conversation, Conversation.id == Cursor.conversation_id)
+        .where(Cursor.user_id.in_(list(user_ids)))
+    )
+    for uid, conv, d, r, j, last in s.execute(q):
+        out[uid][conv] = (int(d), int(r), int(j), int(last))
+    return out
+
+
+def backlog(s: Session, user_ids: Sequence[int]) -> dict[int, list[Logged]]:
+    """What each user has not been handed: the messages after its delivered
+    cursor that others sent, by conversation and seq."""
+    out: dict[int, list[Logged]] = {u: [] for u in user_ids}
+    if not user_ids:
+        return out
+    q = (
+        select(Cursor.user_id, Message.conversation_id, Message.seq, Message.sender, Message.created, Message.body)
+        .join(Message, and_(Message.conversation_id == Cursor.conversation_id, Message.seq > Cursor.delivered_seq))
+        .where(Cursor.user_id.in_(list(user_ids)), Message.sender != Cursor.user_id)
+        .order_by(Cursor.user_id, Message.conversation_id, Message.seq)
+    )
+    for uid, conv, seq, sender, created, body in s.execute(q):
+        out[uid].append(Logged(conv, seq, sender, created, body))
+    return out
+
+
+def unread_counts(s: Session, user_id: int) -> dict[int, int]:
+    """Messages after the read cursor that others sent, per conversation."""
+    q = (
+        select(Message.conversation_id, func.count())
+        .join(Cursor, and_(Cursor.conversation_id == Message.conversation_id, Message.seq > Cursor.read_seq))
+        .where(Cursor.user_id == user_id, Message.sender != user_id)
+        .group_by(Message.conversation_id)
+    )
+    return {int(c): int(n) for c, n in s.execute(q)}
+
+
+# --- cursors ---------------------------------------------------------------
+
+
+def _raise_to(column: object, value: object) -> object:
+    # portable max(column, value): a cursor never moves back, whoever writes last
+    return case((column < value, value), else_=column)  # type: ignore[operator]
+
+
+def set_delivered(s: Session, marks: Iterable[tuple[int, int, int]]) -> None:
+    """(user, conversation, seq): raise each delivered cursor to seq, in one
+    executemany."""
+    rows = [{"u": u, "c": c, "s": q} for u, c, q in marks]
+    if rows:
+        stmt = (
+            update(Cursor)
+            .where(Cursor.user_id == bindparam("u"), Cursor.conversation_id == bindparam("c"))
+            .values(delivered_seq=_raise_to(Cursor.delivered_seq, bindparam("s")))
+        )
+        s.connection().execute(stmt, rows)
+
+
+def set_read(s: Session, user_id: int, conv_id: int, seq: int) -> None:
+    """Read up to seq: delivered too (what was read was received)."""
+    s.execute(
+        update(Cursor)
+        .where(Cursor.user_id == user_id, Cursor.conversation_id == conv_id)
+        .values(read_seq=_raise_to(Cursor.read_seq, seq), delivered_seq=_raise_to(Cursor.delivered_seq, seq))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def cursor(s: Session, user_id: int, conv_id: int) -> tuple[int, int, int, int] | None:
+    """(delivered, read, joined, last_seq) of the user in the conversation,
+    None when it is not one of the user's."""
+    q = (
+        select(Cursor.delivered_seq, Cursor.read_seq, Cursor.joined_seq, Conversation.last_seq)
+        .join(Conversation, Conversation.id == Cursor.conversation_id)
+        .where(Cursor.user_id == user_id, Cursor.conversation_id == conv_id)
+    )
+    row = s.execute(q).first()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def readers(s: Session, conv_id: int, seq: int, exclude: int | None = None) -> int:
+    """How many members have read up to seq (`exclude` not counted)."""
+    q = select(func.count()).select_from(Cursor).where(Cursor.conversation_id == conv_id, Cursor.read_seq >= seq)
+    if exclude is not None:
+        q = q.where(Cursor.user_id != exclude)
+    return int(s.scalar(q) or 0)
+
+
+def member_count(s: Session, conv_id: int) -> int:
+    return int(s.scalar(select(func.count()).select_from(Cursor).where(Cursor.conversation_id == conv_id)) or 0)
+
+
+def read_cursor(s: Session, user_id: int, conv_id: int) -> int:
+    return int(s.scalar(select(Cursor.read_seq).where(Cursor.user_id == user_id,
+                                                        Cursor.conversation_id == conv_id)) or 0)
+
+
+# --- retention -------------------------------------------------------------
+
+
+def prune(s: Session, *, older_than_ms: int | None = None, keep_last: int | None = None, limit: int = 10_000) -> int:
+    """Delete up to `limit` messages older than a time, or beyond the last
+    `keep_last` of their conversation. last_seq and the cursors stay: numbers
+    are never reused, and a gap below the oldest kept message is retention,
+    not loss. Small batches: a node writing meanwhile waits at most for one."""
+    conds = []
+    if older_than_ms is not None:
+        conds.append(Message.created < older_than_ms)
+    if keep_last is not None:
+        floor = (
+            select(Conversation.last_seq - keep_last)
+            .where(Conversation.id == Message.conversation_id)
+            .scalar_subquery()
+        )
+        conds.append(Message.seq <= floor)
+    if not conds:
+        return 0
+    keys = s.execute(select(Message.conversation_id, Message.seq).where(or_(*conds)).limit(limit)).all()
+    if not keys:
+        return 0
+    by_conv: dict[int, list[int]] = {}
+    for c, q in keys:
+        by_conv.setdefault(c, []).append(q)
+    s.execute(delete(Message).where(or_(*(and_(Message.conversation_id == c, Message.seq.in_(qs))
+                                         for c, qs in by_conv.items()))))
+    return len(keys)

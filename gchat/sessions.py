@@ -1,0 +1,340 @@
+"""What each local session has been handed, per conversation: the repair of
+whatever the live path lost, and the classic clients' delivered cursors.
+
+The live path (a local push, Redis pub/sub) only tells; the log is the
+record. For each logged-in user of this node and each of its conversations,
+`high` is the sequence number up to which the session has everything (handed
+over, or its own message) and `ahead` the numbers above it it has too. A
+delivery is then
+- at or below `high`, or in `ahead`: a duplicate (a repair and the live path
+  both brought it), dropped;
+- `high + 1`: pushed;
+- beyond: a gap (the bus dropped something, a node was paused, a member list
+  was stale). It is parked, and the missing numbers are read from the log and
+  pushed first, in order: one repair at a time per session and conversation.
+
+A session of a classic client (docs/protocol.md part A) counts a message as
+delivered when the kernel took its last byte: its delivered cursors are
+written from what its connection no longer holds, every `flush_interval`
+seconds (one statement for all sessions) and when it ends. A modern client
+(`"sync": true` at login) moves its cursors itself, with receipts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import gevent
+
+from gchat import convlog
+from gchat.errors import GchatError
+from gchat.protocol import ProtocolError
+from gchat.store import Database
+
+log = logging.getLogger(__name__)
+
+Mark = tuple[int, int]  # (conversation id, seq)
+# the mark of a push that is not a chat message (a read receipt): never stored
+# offline if it is not written (its state is in the cursors, shown at the next
+# sync), and in no conversation a session tracks
+NOT_STORED: Mark = (0, 0)
+
+# a repair reads the log in pages of this many messages, and sends the next
+# page once the connection holds less than DRAINED bytes: a gap of thousands
+# of 8 KB messages must not make its client look like a slow reader
+REPAIR_PAGE = 200
+DRAINED = 1024 * 1024
+
+
+class LogPeer(Protocol):
+    user_id: int | None
+
+    def push(self, body: bytes, mark: Mark | None = None) -> None: ...
+
+    def unsent(self) -> dict[int, int]:
+        """conversation -> the lowest seq still queued, not handed to the kernel."""
+
+    def queued(self) -> int:
+        """Bytes queued, not yet handed to the kernel."""
+
+    def settle(self) -> dict[int, int]:
+        """Before the session's cursor is written: log entries held behind
+        a reply are withdrawn (returned as unsent() does), those queued
+        written first (bounded)."""
+
+
+@dataclass
+class Track:
+    high: int
+    ahead: set[int] = field(default_factory=set)
+
+    def take(self, seq: int) -> None:
+        if seq == self.high + 1:
+            self.high = seq
+            while self.high + 1 in self.ahead:
+                self.high += 1
+                self.ahead.discard(self.high)
+        elif seq > self.high:
+            self.ahead.add(seq)
+
+    def has(self, seq: int) -> bool:
+        return seq <= self.high or seq in self.ahead
+
+
+@dataclass
+class Session:
+    user_id: int
+    peer: LogPeer
+    sync: bool = False
+    ready: bool = False  # the login's read set the tracks
+    tracks: dict[int, Track] = field(default_factory=dict)
+    # deliveries waiting for the login's read, or for a repair of their conversation
+    parked: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    repairing: set[int] = field(default_factory=set)
+    flushed: dict[int, int] = field(default_factory=dict)  # delivered cursors as last written
+    closed: bool = False
+
+
+class Sessions:
+    def __init__(self, db: Database, flush_interval: float = 1.0) -> None:
+        self.db = db
+        self.flush_interval = flush_interval
+        self._by_user: dict[int, Session] = {}
+        self._flusher: gevent.Greenlet[[], None] | None = None
+        # repairs run on their own greenlets: a hook for tests and stats
+        self.repairs = 0
+        self.on_repair: Callable[[int, int, int], None] | None = None
+
+    # --- the session's life ------------------------------------------------
+
+    def begin(self, user_id: int, peer: LogPeer, sync: bool) -> None:
+        """Before the login binds the user: deliveries that come before the
+        login's read are parked, then sorted against it (no duplicate of the
+        login reply's messages, nothing missed)."""
+        self._by_user[user_id] = Session(user_id, peer, sync)
+        if self._flusher is None and self.flush_interval > 0:
+            self._flusher = gevent.spawn(self._flush_loop)
+
+    def open(self, user_id: int, highs: dict[int, int]) -> None:
+        """The login's read is done: the session has everything up to
+        `highs[conv]` (the conversation's last_seq at that read)."""
+        sess = self._by_user.get(user_id)
+        if sess is None:
+            return
+        sess.tracks = {c: Track(h) for c, h in highs.items()}
+        sess.flushed = {}
+        sess.ready = True
+        parked, sess.parked = sess.parked, {}
+        for conv, items in parked.items():
+            for seq, body in sorted(items):
+                self.offer(user_id, conv, seq, body)
+
+    def handed(self, user_id: int, marks: Iterable[Mark]) -> None:
+        """Messages handed over outside offer() (the login reply's backlog)."""
+        sess = self._by_user.get(user_id)
+        if sess is not None:
+            for conv, seq in marks:
+                sess.tracks.setdefault(conv, Track(0)).take(seq)
+
+    def joined(self, user_id: int, conv: int, joined_seq: int) -> None:
+        """The user joined a group here: it is owed what follows joined_seq."""
+        sess = self._by_user.get(user_id)
+        if sess is not None and conv not in sess.tracks:
+            sess.tracks[conv] = Track(joined_seq)
+
+    def end(self, user_id: int, peer: LogPeer) -> None:
+        """The session is over (log-out, disconnect, a failed login): write
+        a classic client's delivered cursors from what its connection handed
+        to the kernel."""
+        sess = self._by_user.get(user_id)
+        if sess is None or sess.peer is not peer:
+            return
+        del self._by_user[user_id]
+        sess.closed = True
+        if sess.ready and not sess.sync:
+            withdrawn = sess.peer.settle()
+            unsent = sess.peer.unsent()
+            self._write(self._delivered([sess], withdrawn))
+            if unsent:
+                log.info("user %d: messages of %d conversation(s) not handed over stay in the log for its next login",
+                         user_id, len(unsent))
+
+    def get(self, user_id: int) -> Session | None:
+        return self._by_user.get(user_id)
+
+    # --- deliveries ----------------------------------------------------------
+
+    def own(self, user_id: int, conv: int, seq: int) -> None:
+        """The user sent seq itself: nothing to hand over."""
+        sess = self._by_user.get(user_id)
+        if sess is not None and sess.ready:
+            sess.tracks.setdefault(conv, Track(seq - 1)).take(seq)
+
+    def offer(self, user_id: int, conv: int, seq: int, body: bytes) -> bool:
+        """A delivery for a user of this node: pushed, dropped as a
+        duplicate, or parked behind a repair. False when the user has no
+        session here (it is in the log: it comes at its next login)."""
+        sess = self._by_user.get(user_id)
+        if sess is None:
+            return False
+        if not sess.ready or conv in sess.repairing:
+            sess.parked.setdefault(conv, []).append((seq, body))
+            return True
+        track = sess.tracks.get(conv)
+        if track is not None and track.has(seq):
+            return True
+        if track is not None and seq == track.high + 1:
+            track.take(seq)
+            sess.peer.push(body, (conv, seq))
+            return True
+        # a gap, or a conversation this session has not seen yet
+        sess.parked.setdefault(conv, []).append((seq, body))
+        sess.repairing.add(conv)
+        gevent.spawn(self._repair, sess, conv)
+        return True
+
+    def _repair(self, sess: Session, conv: int) -> None:
+        """Read what the session misses in conv from the log and push it in
+        order with what was parked meanwhile; again while more is parked. A
+        parked entry with an empty body stands for "up to here": the log
+        has it. A long gap goes in pages, each once the connection's outbox
+        has drained: a repair must not make its client a slow reader."""
+        try:
+            while sess.parked.get(conv) and not sess.closed:
+                parked = sorted(sess.parked.pop(conv))
+                upto = parked[-1][0]
+                have = {q: b for q, b in parked if b}
+                try:
+                    track = sess.tracks.get(conv) or self._start(sess, conv)
+                    if track is None:
+                        continue
+                    pushed = 0
+                    while not sess.closed:
+                        page: list[convlog.Logged] = []
+                        if self._holes(track, have, upto):
+                            with self.db.transaction() as s:
+                                page = convlog.messages_between(s, conv, track.high, upto, limit=REPAIR_PAGE)
+                        end = page[-1].seq if len(page) == REPAIR_PAGE else upto
+                        items = {m.seq: (m.sender, m.body.encode()) for m in page}
+                        for seq, body in have.items():
+                            if seq <= end:
+                                items.setdefault(seq, (0, body))
+                        for seq in sorted(items):
+                            sender, body = items[seq]
+                            if track.has(seq):
+                                continue
+                            track.take(seq)
+                            if sender != sess.user_id:
+                                sess.peer.push(body, (conv, seq))
+                                pushed += 1
+                        if end >= upto:
+                            break
+                        while sess.peer.queued() > DRAINED and not sess.closed:
+                            gevent.sleep(0.05)
+                except (GchatError, ProtocolError) as e:
+                    # the database is down: the log keeps it; try again
+                    log.warning("user %d: could not repair conversation %d: %s", sess.user_id, conv, e)
+                    sess.parked.setdefault(conv, [])[:0] = parked
+                    gevent.sleep(1.0)
+                    continue
+                # numbers the log does not hold below `upto` were pruned by
+                # retention: nothing more will come for them
+                while track.high < upto:
+                    track.take(track.high + 1)
+                self.repairs += 1
+                if self.on_repair is not None:
+                    self.on_repair(sess.user_id, conv, pushed)
+        finally:
+            sess.repairing.discard(conv)
+
+    def _start(self, sess: Session, conv: int) -> Track | None:
+        """A conversation this session has no track for (made after its
+        login): it starts at the user's delivered cursor."""
+        with self.db.transaction() as s:
+            cur = convlog.cursor(s, sess.user_id, conv)
+        if cur is None:  # not the user's conversation (never expected)
+            log.warning("user %d: delivery for conversation %d it is not in", sess.user_id, conv)
+            return None
+        return sess.tracks.setdefault(conv, Track(cur[0]))
+
+    @staticmethod
+    def _holes(track: Track, have: dict[int, bytes], upto: int) -> bool:
+        """Whether some number in (high, upto] is neither parked nor had."""
+        present = {q for q in have if q > track.high} | {q for q in track.ahead if q <= upto}
+        return len(present) < upto - track.high
+
+    def repair_all(self, user_ids: Iterable[int] | None = None) -> None:
+        """After the bus was cut (Redis dropped the subscriber, the node was
+        paused or reaped): any conversation of any session (of `user_ids`)
+        may have a gap at its end, where no later delivery would reveal it.
+        Compare with the log's last_seq and fill in."""
+        only = None if user_ids is None else set(user_ids)
+        sessions = [s for s in self._by_user.values() if s.ready and (only is None or s.user_id in only)]
+        if not sessions:
+            return
+        try:
+            with self.db.transaction() as s:
+                cursors = convlog.cursors_of(s, [x.user_id for x in sessions])
+        except (GchatError, ProtocolError) as e:
+            log.warning("could not check %d session(s) against the log: %s", len(sessions), e)
+            return
+        behind = 0
+        for sess in sessions:
+            for conv, (delivered, _read, _joined, last) in cursors.get(sess.user_id, {}).items():
+                track = sess.tracks.setdefault(conv, Track(delivered))
+                if last > track.high:
+                    behind += 1
+                    sess.parked.setdefault(conv, []).append((last, b""))
+                    if conv not in sess.repairing:
+                        sess.repairing.add(conv)
+                        gevent.spawn(self._repair, sess, conv)
+        if behind:
+            log.info("checked against the log: repairing %d conversation(s)", behind)
+
+    # --- classic clients' delivered cursors ---------------------------------------
+
+    def _delivered(self, sessions: Iterable[Session], withdrawn: dict[int, int] | None = None,
+                   ) -> list[tuple[int, int, int]]:
+        """(user, conv, seq) for the cursors that moved: up to the track's
+        high, but below anything the connection still holds (or withdrew)."""
+        marks = []
+        for sess in sessions:
+            unsent = sess.peer.unsent()
+            for conv, seq in (withdrawn or {}).items():
+                unsent[conv] = min(seq, unsent.get(conv, seq))
+            for conv, track in sess.tracks.items():
+                upto = track.high
+                if conv in unsent:
+                    upto = min(upto, unsent[conv] - 1)
+                if upto > sess.flushed.get(conv, 0):
+                    marks.append((sess.user_id, conv, upto))
+                    sess.flushed[conv] = upto
+        return marks
+
+    def flush(self) -> None:
+        self._write(self._delivered(s for s in list(self._by_user.values()) if s.ready and not s.sync))
+
+    def _write(self, marks: list[tuple[int, int, int]]) -> None:
+        if not marks:
+            return
+        try:
+            with self.db.transaction() as s:
+                convlog.set_delivered(s, marks)
+        except (GchatError, ProtocolError) as e:
+            # the cursor stays behind: at worst the next login hands these again
+            log.warning("could not write %d delivered cursor(s): %s", len(marks), e)
+            for uid, conv, _ in marks:
+                sess = self._by_user.get(uid)
+                if sess is not None:
+                    sess.flushed.pop(conv, None)
+
+    def _flush_loop(self) -> None:
+        while True:
+            gevent.sleep(self.flush_interval)
+            try:
+                self.flush()
+            except Exception:
+                log.exception("delivered cursors: flush failed")

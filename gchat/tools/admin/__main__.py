@@ -1,0 +1,5 @@
+import sys
+
+from gchat.tools.admin.cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""The log's writer: every accepted chat message, in batches.
+
+The messages that arrive while a batch is in the database wait for the next
+one, which numbers and stores them all in one transaction (the shape of
+gchat/batch.py's logins):
+1. lock the conversations' rows (`SELECT ... FOR UPDATE`, in id order): two
+   nodes writing to one conversation take turns, so numbers are gap-free and
+   every member sees one order;
+2. a group whose member epoch moved since its member list was cached (a join
+   committed, on any node) has its members read again, under that lock;
+3. one UPDATE of last_seq for the batch, one multi-row INSERT of the messages;
+4. commit. Only then are the messages delivered (in seq order) and their
+   senders answered: an ACK with errno 0 means the message is in the log.
+
+Under load a batch holds tens of messages and they share the commit (and its
+fsync); alone, a message is a batch of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gevent.event import AsyncResult
+from sqlalchemy.orm import Session
+
+from gchat import convlog
+from gchat.batch import Batcher
+from gchat.errors import Conflict
+from gchat.protocol import ProtocolError, dumps
+from gchat.store import Database
+
+log = logging.getLogger(__name__)
+
+
+class _Moved(Exception):
+    """A conversation moved since this node last wrote it: take the locking path."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A chat message to log: `to` (one-to-one) or `group`, and the delivered
+    object without its log fields."""
+
+    sender: int
+    body: dict[str, Any]
+    to: int | None = None
+    group: int | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    conv: int
+    seq: int
+    ts: int  # server time, Unix milliseconds
+    sender: int
+    body: bytes  # the delivered JSON text, as stored
+    recipients: tuple[int, ...]
+
+
+Deliver = Callable[[Written], int]
+
+
+class LogWriter:
+    def __init__(self, db: Database, deliver: Deliver | None = None) -> None:
+        self.db = db
+        # called after the commit, in seq order: how many recipients were reached live
+        self.deliver = deliver
+        self._batcher: Batcher[tuple[Outgoing, int], tuple[Written, int]] = Batcher(self._write)
+        self._pairs: dict[tuple[int, int], int] = {}
+        self._groups: dict[int, int] = {}
+        # conversation -> (member epoch, member ids) as last read under the lock
+        self._members: dict[int, tuple[int, tuple[int, ...]]] = {}
+        # conversation -> (last_seq, member_epoch) as this node's last commit
+        # left it: the fast path's expectation (see convlog.advance_if)
+        self._last: dict[int, tuple[int, int]] = {}
+        self._epochs: dict[int, int] = {}
+
+    def append(self, msg: Outgoing) -> tuple[Written, int]:
+        """Log one message; returns it as written and how many recipients
+        were reached live. Raises Unavailable when it is not in the log."""
+        return self.result(self.submit(msg))
+
+    def submit(self, msg: Outgoing) -> AsyncResult[tuple[Written, int]]:
+        """Queue one message for the next batch; `result()` waits for it. A
+        connection's pipelined messages then share batches instead of each
+        waiting for the commit of the one before."""
+        conv = self._conv_of(msg)  # cached after the first message: no I/O
+        return self._batcher.submit((msg, conv))
+
+    @staticmethod
+    def result(pending: AsyncResult[tuple[Written, int]]) -> tuple[Written, int]:
+        try:
+            done = pending.get()
+        except ProtocolError as e:  # re-raised as this caller's own (service.handle fills msgid, seq)
+            raise ProtocolError(e.errno, e.errmsg) from e
+        assert done is not None
+        return done
+
+    # --- conversations -------------------------------------------------------
+
+    def pair(self, a: int, b: int) -> int:
+        key = convlog.pair_key(a, b)
+        conv = self._pairs.get(key)
+        if conv is None:
+            with self.db.transaction() as s:
+                conv = convlog.find_pair(s, a, b)
+            if conv is None:
+                try:
+                    with self.db.transaction() as s:
+                        conv = convlog.create_pair(s, a, b)
+                except (Conflict, ProtocolError) as e:  # another node created it first
+                    if isinstance(e, ProtocolError) and e.errno != 8:
+                        raise
+                    with self.db.transaction() as s:
+                        conv = convlog.find_pair(s, a, b)
+                    if conv is None:
+                        raise
+            self._pairs[key] = conv
+        return conv
+
+    def group(self, group_id: int) -> int | None:
+        conv = self._groups.get(group_id)
+        if conv is None:
+            with self.db.transaction() as s:
+                conv = convlog.find_group(s, group_id)
+            if conv is not None:
+                self._groups[group_id] = conv
+        return conv
+
+    def known_group(self, group_id: int, conv: int) -> None:
+        self._groups[group_id] = conv
+
+    # --- the batch -------------------------------------------------------------
+
+    def _conv_of(self, msg: Outgoing) -> int:
+        if msg.to is not None:
+            return self.pair(msg.sender, msg.to)
+        assert msg.group is not None
+        conv = self.group(msg.group)
+        if conv is None:
+            raise LookupError(f"group {msg.group} has no conversation")
+        return conv
+
+    def _write(self, items: list[tuple[Outgoing, int]]) -> Sequence[tuple[Written, int]]:
+        written: list[Written] | None = None
+        if all(c in self._last for _, c in items):
+            try:
+                with self.db.transaction() as s:
+                    written = self._number(s, items, fast=True)
+            except _Moved:
+                written = None
+        if written is None:
+            with self.db.transaction() as s:
+                written = self._number(s, items, fast=False)
+        for w in written:  # committed: what this node wrote is where each conversation is
+            self._last[w.conv] = (w.seq, self._epochs[w.conv])
+        # committed: now, and only now, anyone may hear of it
+        out = []
+        for w in written:
+            reached = 0
+            if self.deliver is not None:
+                try:
+                    reached = self.deliver(w)
+                except Exception:  # it is in the log: repaired from there
+                    log.exception("delivery of %d:%d failed; it stays in the log", w.conv, w.seq)
+            out.append((w, reached))
+        return out
+
+    def _number(self, s: Session, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written]:
+        """Number and insert a batch in the caller's transaction. fast: from
+        where this node last left each conversation, checked by the UPDATE
+        (_Moved when another node or a join moved it); else under the rows'
+        locks, read first."""
+        batch = [m for m, _ in items]
+        convs = [c for _, c in items]
+        now = int(time.time() * 1000)
+        written: list[Written] = []
+        if fast:
+            state = {c: self._last[c] for c in convs}
+            if any(m.group is not None and self._members.get(c, (-1, ()))[0] != state[c][1]
+                   for m, c in zip(batch, convs, strict=True)):
+                raise _Moved
+        else:
+            state = convlog.lock_conversations(s, convs)
+            stale = [
+                m.group for m, c in zip(batch, convs, strict=True)
+                if m.group is not None and self._members.get(c, (-1, ()))[0] != state[c][1]
+            ]
+            if stale:
+                fresh = convlog.group_members(s, set(stale))
+                for gid, members in fresh.items():
+                    c = self._groups[gid]
+                    self._members[c] = (state[c][1], members)
+        self._epochs.update({c: epoch for c, (_, epoch) in state.items()})
+        last = {c: state[c][0] for c in state}
+        rows = []
+        for m, c in zip(batch, convs, strict=True):
+            last[c] += 1
+            seq = last[c]
+            body = dict(m.body)
+            body["conv"], body["cseq"], body["ts"] = c, seq, now
+            text = dumps(body)
+            if m.to is not None:
+                recipients: tuple[int, ...] = (m.to,)
+            else:
+                recipients = tuple(u for u in self._members[c][1] if u != m.sender)
+            written.append(Written(c, seq, now, m.sender, text, recipients))
+            rows.append({"conversation_id": c, "seq": seq, "sender": m.sender, "created": now,
+                         "body": text.decode()})
+        added = {c: n - state[c][0] for c, n in last.items()}
+        if fast:
+            if not convlog.advance_if(s, {c: (state[c][0], state[c][1], n) for c, n in added.items()}):
+                raise _Moved
+        else:
+            convlog.advance(s, added)
+        convlog.append(s, rows)
+        return written
