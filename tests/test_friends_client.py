@@ -68,8 +68,10 @@ def test_gchat_client_commands(server: Any) -> None:
     ida, (idb, nb) = account(server)[0], account(server)
     with Client.connect(server.host, server.port) as b:
         b.login(idb, "pw", notices=True)
-        p = spawn(server, "--login", str(ida), "--password", "pw")
+        p = spawn(server, "--login", str(ida))
         assert p.stdin is not None and p.stdout is not None
+        p.stdin.write("pw\n")  # the password is a script's first line (never a flag: ps shows flags)
+        p.stdin.flush()
         out = Lines(p.stdout)
         out.until("type help")
 
