@@ -9,7 +9,7 @@ from typing import Any
 
 from gevent import get_hub
 
-from gchat import schema
+from gchat import friends, schema
 from gchat.audit import FailedLogins
 from gchat.cache import Cache
 from gchat.cluster.bus import Bus, LocalBus
@@ -51,9 +51,10 @@ class App:
     admin_socket: AdminSocket | None = None
 
     def start(self) -> None:
-        self.presence.start(self._lost)
-        self.bus.start(self.services.router.on_bus_delivery, self.services.invalidate_group, self._forget_cache,
-                       self.control.on_bus)
+        self.presence.start(self._lost, self._freed)
+        router = self.services.router
+        self.bus.start(router.on_bus_delivery, self.services.invalidate_group, self._forget_cache,
+                       self.control.on_bus, on_notice=router.on_bus_notice, on_blocks=self.services.invalidate_blocks)
         if self.admin_socket is not None:
             self.admin_socket.start()
         if self.web is not None:  # before the TCP listener's "ready" line, which tests wait for
@@ -97,6 +98,10 @@ class App:
         peer = self.services.registry.get(user_id)
         if peer is not None:
             peer.close("logged in on another node")
+
+    def _freed(self, user_ids: list[int]) -> None:
+        """This node reaped a dead node's users: their friends are told."""
+        friends.announce(self.services, user_ids, "offline")
 
     def _forget_cache(self) -> None:
         """The bus was down or Redis cut its subscriber: invalidations may
@@ -148,6 +153,7 @@ def build(settings: Settings) -> App:
         ),
         resume_ttl=settings.resume_ttl,
         cache=Cache(settings.cache_groups),
+        friend_requests=settings.friend_requests,
         sync_max=settings.sync_max,
         counts=counts,
         failed_logins=FailedLogins(settings.login_failures_logged, settings.login_failures_window),

@@ -16,6 +16,8 @@ class Cache:
     def __init__(self, max_groups: int = 100_000) -> None:
         self._users: set[int] = set()
         self._members: dict[int, tuple[int, ...]] = {}
+        # user -> those it blocked: read by every chat to that user
+        self._blocks: dict[int, frozenset[int]] = {}
         self._max_groups = max_groups
         # bumped by every invalidation: a load that an invalidation overtook
         # (the load yields on the database) is used once but not kept
@@ -53,10 +55,27 @@ class Cache:
         return cached
 
     def forget_groups(self) -> None:
-        """Every group's members are loaded afresh (invalidations may have
-        been missed while the bus was down)."""
+        """Every group's members, and every user's blocks, are loaded afresh
+        (invalidations may have been missed while the bus was down)."""
         self._epoch += 1
         self._members.clear()
+        self._blocks.clear()
+
+    def blocks(self, user_id: int, load: Callable[[int], list[int]]) -> frozenset[int]:
+        """Those the user blocked (docs/protocol.md section F)."""
+        cached = self._blocks.get(user_id)
+        if cached is None:
+            epoch = self._epoch
+            cached = frozenset(load(user_id))
+            if epoch == self._epoch:
+                if len(self._blocks) >= self._max_groups:
+                    self._blocks.pop(next(iter(self._blocks)))
+                self._blocks[user_id] = cached
+        return cached
+
+    def invalidate_blocks(self, user_id: int) -> None:
+        self._epoch += 1
+        self._blocks.pop(user_id, None)
 
     def invalidate_group(self, group_id: int) -> None:
         self._epoch += 1

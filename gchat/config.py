@@ -107,6 +107,9 @@ class Settings:
     web_ping_interval: float = _opt(
         20.0, "seconds of WebSocket silence before a ping; a peer silent for two of these is dropped")
 
+    # friends (docs/protocol.md section F)
+    friend_requests: bool = _opt(False, "the classic ADD_FRIEND (msgid 6) sends a friend request instead of "
+                                 "adding at once (true/false)")
     # the conversation log (docs/architecture.md)
     cursor_flush: float = _opt(1.0, "seconds between writes of classic clients' delivered cursors "
                                     "(a node killed loses at most this much: those messages come again)")
@@ -175,6 +178,15 @@ class Settings:
         return url.render_as_string(hide_password=False)
 
 
+def _bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 def _env_name(name: str) -> str:
     return "GCHAT_" + name.upper()
 
@@ -235,7 +247,7 @@ def from_sources(
             continue
         kind: type = type(f.default)
         try:
-            values[f.name] = kind(raw) if kind is not str else raw
+            values[f.name] = _bool(raw) if kind is bool else kind(raw) if kind is not str else raw
         except ValueError:
             raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from None
         choices = f.metadata["choices"]

@@ -54,6 +54,21 @@ class MsgId(enum.IntEnum):
     READ_RECEIPT = 14  # server: the other side of a pair read up to cseq
     READERS = 15  # client: how many members read up to cseq
     HISTORY = 16  # client: a page of a conversation's messages
+    # section F of docs/protocol.md: friends, presence, groups (12 to 16 are
+    # the conversation log's requests)
+    FRIEND_REQUEST = 20
+    FRIEND_ANSWER = 21
+    FRIEND_REMOVE = 22
+    BLOCK = 23
+    USER_SEARCH = 24
+    GROUP_LEAVE = 25
+    GROUP_REMOVE = 26
+    GROUP_HANDOVER = 27
+    GROUP_DELETE = 28
+    GROUP_MEMBERS = 29
+    GROUP_SEARCH = 30
+    NOTICE = 31  # server to client: a friend request, a group's change...
+    PRESENCE = 32  # server to client: a friend came online or went offline
 
 
 class Errno(enum.IntEnum):
@@ -260,7 +275,8 @@ _BOOL = "bool"
 _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
     # password or, in its place, a resume token (section C): one of them is required
     MsgId.LOGIN: {"id": (_INT, True), "password": (_STR, False), "token": (_STR, False), "resume": (_BOOL, False),
-                  "sync": (_BOOL, False)},
+                  "sync": (_BOOL, False),
+                  "notices": (_BOOL, False)},
     MsgId.REG: {"name": (_STR, True), "password": (_STR, True)},
     MsgId.ONE_CHAT: {
         "id": (_INT, False),
@@ -298,12 +314,24 @@ _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
         "after": (_INT, False),
         "limit": (_INT, False),
     },
+    MsgId.FRIEND_REQUEST: {"id": (_INT, False), "to": (_INT, True), "note": (_STR, False)},
+    MsgId.FRIEND_ANSWER: {"id": (_INT, False), "from": (_INT, True), "accept": (_BOOL, True)},
+    MsgId.FRIEND_REMOVE: {"id": (_INT, False), "friendid": (_INT, True)},
+    MsgId.BLOCK: {"id": (_INT, False), "userid": (_INT, True), "block": (_BOOL, False)},
+    MsgId.USER_SEARCH: {"id": (_INT, False), "name": (_STR, True), "page": (_INT, False), "limit": (_INT, False)},
+    MsgId.GROUP_LEAVE: {"id": (_INT, False), "groupid": (_INT, True)},
+    MsgId.GROUP_REMOVE: {"id": (_INT, False), "groupid": (_INT, True), "userid": (_INT, True)},
+    MsgId.GROUP_HANDOVER: {"id": (_INT, False), "groupid": (_INT, True), "userid": (_INT, True)},
+    MsgId.GROUP_DELETE: {"id": (_INT, False), "groupid": (_INT, True)},
+    MsgId.GROUP_MEMBERS: {"id": (_INT, False), "groupid": (_INT, True)},
+    MsgId.GROUP_SEARCH: {"id": (_INT, False), "name": (_STR, True), "page": (_INT, False), "limit": (_INT, False)},
 }
 
 # Strings whose length docs/protocol.md limits, and the limit that applies.
 _LENGTH_LIMITS = {
     "msg": "msg_max",
     "groupdesc": "desc_max",
+    "note": "desc_max",
     "password": "password_max",
     "token": "password_max",
     "name": "name_max",

@@ -14,11 +14,18 @@ class Peer(Protocol):
     user_id: int | None
     user_name: str
     address: tuple[str, int]  # the client's (host, port): the throttle's and the audit log's
+    # the session asked for notices (docs/protocol.md section F)
+    notices: bool
 
     def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
         """Queue a delivered message (JSON text, no terminator); `mark`: the
         conversation log's (conversation, seq) it is, for the delivered
         cursor (gchat/sessions.py)."""
+
+    def notify(self, body: bytes) -> None:
+        """Queue a notice: like a chat message, but never stored when it
+        cannot be written (it tells of a moment, the next login tells
+        the state)."""
 
     def close(self, reason: str) -> None: ...
 

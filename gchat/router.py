@@ -180,6 +180,30 @@ class Router:
                     self.store_offline(offline, body)
         return reached
 
+    def notify(self, user_ids: Iterable[int], body: bytes) -> None:
+        """Push a notice (docs/protocol.md section F) to those of the users
+        online with sessions that asked for notices, here or on any node;
+        never stored. Best effort: with the bus down, only this node's."""
+        elsewhere: list[int] = []
+        for uid in user_ids:
+            peer = self.registry.get(uid)
+            if peer is None:
+                elsewhere.append(uid)
+            elif peer.notices:
+                peer.notify(body)
+        if elsewhere:
+            try:
+                self.bus.notify(elsewhere, body)
+            except Unavailable as e:
+                log.warning("bus unavailable (%s); %d notice(s) not sent", e, len(elsewhere))
+
+    def on_bus_notice(self, user_ids: list[int], body: bytes) -> None:
+        """A notice another node routed here: for whoever is still here."""
+        for uid in user_ids:
+            peer = self.registry.get(uid)
+            if peer is not None and peer.notices:
+                peer.notify(body)
+
     def invalidate_group(self, group_id: int) -> None:
         """Tell the other nodes that a group's membership changed (after the
         commit, so a node that reloads sees it). Best effort: a node that
@@ -188,6 +212,14 @@ class Router:
             self.bus.invalidate_group(group_id)
         except Unavailable:
             log.warning("could not tell other nodes that group %d changed", group_id)
+
+    def invalidate_blocks(self, user_id: int) -> None:
+        """Tell the other nodes that a user's blocks changed; best effort,
+        as for groups."""
+        try:
+            self.bus.invalidate_blocks(user_id)
+        except Unavailable:
+            log.warning("could not tell other nodes that user %d's blocks changed", user_id)
 
     def store_offline(self, user_ids: list[int], body: bytes) -> None:
         text = body.decode()

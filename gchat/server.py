@@ -82,6 +82,7 @@ class Connection:
         self._user_id: int | None = None
         self.logged_in_once = False
         self.user_name = ""
+        self.notices = False
         self.outbox = Outbox(transport, self, settings.outbox_max_messages, settings.outbox_max_bytes)
         # Classic until a request uses part B or C (seq, a resume token): the
         # original ChatClient sees one frame per recv, so its frames are paced
@@ -136,6 +137,9 @@ class Connection:
 
     def queued(self) -> int:
         return self.outbox.queued()
+
+    def notify(self, body: bytes) -> None:
+        self.outbox.push(body, 0)  # user 0: never stored offline
 
     def close(self, reason: str) -> None:
         if self._closing:

@@ -20,15 +20,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from gchat import audit, convlog, store
+from gchat import audit, convlog, friends, groups, store
 from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.cluster.presence import Presence
 from gchat.errors import Conflict, GchatError, Unavailable
+from gchat.handling import Reply as Reply  # re-exported: the server's type of a reply
+from gchat.handling import acked, refuse, session_user
 from gchat.metrics import Counts
 from gchat.models import AllGroup, User
 from gchat.passwords import Passwords
-from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Request, ack, dumps, refusal, valid_name
+from gchat.protocol import TIME_FORMAT, Errno, Limits, MsgId, ProtocolError, Request, dumps, refusal, valid_name
 from gchat.registry import Peer, Registry
 from gchat.router import Router
 from gchat.sessions import Sessions
@@ -37,9 +39,6 @@ from gchat.throttle import LoginThrottle
 from gchat.writer import LogWriter, Outgoing
 
 log = logging.getLogger(__name__)
-
-Reply = dict[str, Any]
-
 
 class Handover(Reply):
     """A reply that hands over stored messages, taken from the store for it
@@ -89,16 +88,29 @@ class Services:
     resume_ttl: int = 24 * 3600
     # failed logins slow their next tries down (gchat/throttle.py)
     throttle: LoginThrottle = field(default_factory=lambda: LoginThrottle(clock=time.monotonic))
+    # the classic ADD_FRIEND (msgid 6) sends a friend request instead of
+    # adding at once (docs/protocol.md section F)
+    friend_requests: bool = False
+    # who blocked a user: hidden in its login reply's member lists (section F)
+    blockers: Batcher[int, set[int]] = field(init=False, repr=False)
+    # whom a user blocked: read by every chat to it, cached from its login
+    block_lists: Batcher[int, list[int]] = field(init=False, repr=False)
     # concurrent logins share their units of work (gchat/batch.py):
     # a reconnect storm costs a few statements per batch, not per user
     users_by_id: Batcher[int, User | None] = field(init=False, repr=False)
     session_data: Batcher[SessionOpen, SessionData] = field(init=False, repr=False)
+    # who has a user as a friend, for presence: logins and disconnects in a
+    # storm share one query
+    watchers: Batcher[int, list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.users_by_id = Batcher(self._load_users)
         self.session_data = Batcher(self._open_sessions)
         self.writer = LogWriter(self.db, self.router.deliver_logged)
         self.receipts = Batcher(self._write_receipts)
+        self.watchers = Batcher(self.load_watchers)
+        self.blockers = Batcher(self._load_blockers)
+        self.block_lists = Batcher(self._load_block_lists)
 
     @property
     def sessions(self) -> Sessions:
@@ -108,6 +120,16 @@ class Services:
         with self.db.transaction() as s:
             convlog.set_delivered(s, marks)
         return [None] * len(marks)
+
+    def load_watchers(self, user_ids: list[int]) -> list[list[int]]:
+        with self.db.transaction() as s:
+            found = store.watchers_of(s, user_ids)
+        return [found[uid] for uid in user_ids]
+
+    def _load_blockers(self, user_ids: list[int]) -> list[set[int]]:
+        with self.db.transaction() as s:
+            found = store.blockers_of(s, user_ids)
+        return [found[uid] for uid in user_ids]
 
     def _load_users(self, user_ids: list[int]) -> list[User | None]:
         with self.db.transaction() as s:
@@ -158,6 +180,18 @@ class Services:
     def invalidate_group(self, group_id: int) -> None:
         self.cache.invalidate_group(group_id)
 
+    def blocks(self, user_id: int) -> frozenset[int]:
+        """Those the user blocked (loads of concurrent logins share a query)."""
+        return self.cache.blocks(user_id, self.block_lists)
+
+    def _load_block_lists(self, user_ids: list[int]) -> list[list[int]]:
+        with self.db.transaction() as s:
+            found = store.blocked_by_many(s, user_ids)
+        return [found[uid] for uid in user_ids]
+
+    def invalidate_blocks(self, user_id: int) -> None:
+        self.cache.invalidate_blocks(user_id)
+
 
 @dataclass
 class Pending:
@@ -185,24 +219,7 @@ class Pending:
 Handler = Callable[[Services, Peer, Request], "list[Reply] | Pending"]
 
 
-def _err(errno: Errno, msg: str) -> ProtocolError:
-    return ProtocolError(errno, msg)
-
-
-def _acked(req: Request, **result: Any) -> list[Reply]:
-    """Requests 5 to 10 are silent in part A; answered only when they carry seq."""
-    return [ack(req.msgid, req.seq, **result)] if req.seq is not None else []
-
-
-def _session_user(peer: Peer, req: Request) -> int:
-    """The session is the identity: a request acts as the logged-in user, and
-    an `id` that names anyone else is refused."""
-    if peer.user_id is None:
-        raise _err(Errno.NOT_LOGGED_IN, "log in first")
-    claimed = req.get("id")
-    if claimed is not None and claimed != peer.user_id:
-        raise _err(Errno.FORBIDDEN, "id is not yours")
-    return peer.user_id
+_err, _acked, _session_user = refuse, acked, session_user
 
 
 def _ip(peer: Peer) -> str:
@@ -334,7 +351,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # a new token replaces (so revokes) any earlier one
     token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None
     try:
-        friends, groups, offline, backlog, cursors = svc.session_data((user_id, token))
+        friend_list, group_list, offline, backlog, cursors = svc.session_data((user_id, token))
         if password is not None and svc.passwords.needs_rehash(user.password):
             new_hash = svc.passwords.hash(password)
             with svc.db.transaction() as s:
@@ -352,16 +369,30 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         except GchatError:
             _leave(svc, peer)
             raise
-        reply = _login_reply(svc, user_id, user.name, friends, groups, offline)
+        reply = _login_reply(svc, user_id, user.name, friend_list, group_list, offline)
         reply["convs"] = convs
         marks: list[tuple[int, int]] = []
     else:
         backlog.sort(key=lambda m: (m.created, m.conv, m.seq))
         handed = [*offline, *(m.body for m in backlog)]
-        reply = _login_reply(svc, user_id, user.name, friends, groups, handed)
+        reply = _login_reply(svc, user_id, user.name, friend_list, group_list, handed)
         marks = [(m.conv, m.seq) for m in backlog]
     if new_token is not None:
         reply["token"], reply["token_ttl"] = new_token, svc.resume_ttl
+    if req.get("notices"):
+        try:
+            reply.update(friends.login_extras(svc, user_id))
+        except GchatError:
+            _leave(svc, peer)
+            raise
+        peer.notices = True
+    try:
+        # cached while the user is online: a chat to it needs no database
+        # (docs/robustness.md: live chat goes on through a database outage)
+        svc.blocks(user_id)
+    except Unavailable:
+        log.warning("database unavailable: user %d's blocks load at the first chat to it", user_id)
+    friends.announce(svc, [user_id], "online")
     if offline or marks:
         return [Handover(_with_seq(reply, req), user_id, offline, marks)]
     return [_with_seq(reply, req)]
@@ -394,6 +425,10 @@ def _login_reply(
     except Unavailable:
         online = set()  # presence unknown: say offline rather than refuse the login
     online.add(user_id)
+    if groups and online:
+        # those who blocked the user show offline to it (docs/protocol.md
+        # section F); friends need no such care: a block ends the friendship
+        online -= svc.blockers(user_id)
 
     def state(uid: int) -> str:
         return "online" if uid in online else "offline"
@@ -428,7 +463,7 @@ def _leave(svc: Services, peer: Peer) -> None:
     user_id = peer.user_id
     if user_id is None:
         return
-    peer.user_id, peer.user_name = None, ""
+    peer.user_id, peer.user_name, peer.notices = None, "", False
     # the delivered cursors are written before the user can log in again
     # (here, after the unbind; elsewhere, after the release): a new session
     # starts from them
@@ -438,6 +473,8 @@ def _leave(svc: Services, peer: Peer) -> None:
         svc.presence.release(user_id)  # and mirrors user.state
     except Unavailable:
         log.warning("presence store unavailable: user %d is released when this node's claim expires", user_id)
+        return  # its friends are told when a node sweeps the claim away
+    friends.announce(svc, [user_id], "offline")
 
 
 def disconnect(svc: Services, peer: Peer) -> None:
@@ -470,11 +507,25 @@ def _delivery(peer: Peer, req: Request) -> dict[str, Any]:
     return body
 
 
+def _blocks_or_none(svc: Services, user_id: int) -> frozenset[int]:
+    """Whom the user blocked; none when that cannot be read (its cache entry
+    lost while the database is down): live chat to an online user goes on
+    through an outage, as before blocks existed; a stored message fails on
+    the database anyway."""
+    try:
+        return svc.blocks(user_id)
+    except Unavailable:
+        log.warning("database unavailable: user %d's blocks unknown, a chat to it is let through", user_id)
+        return frozenset()
+
+
 def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     user_id = _session_user(peer, req)
     to = req["to"]
     if not svc.user_exists(to):
         raise _err(Errno.NOT_FOUND, f"no user {to}")
+    if user_id in _blocks_or_none(svc, to):
+        raise _err(Errno.FORBIDDEN, f"user {to} does not take your messages")  # and nothing is stored
     # answered once the message is committed to the log (docs/protocol.md, section D)
     pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), to=to))
 
@@ -508,8 +559,12 @@ def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
 def add_friend(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     user_id = _session_user(peer, req)
     friend_id = req["friendid"]
+    if svc.friend_requests:
+        return _acked(req, **friends.ask(svc, peer, user_id, friend_id, ""))
     if friend_id == user_id:
         raise _err(Errno.BAD_REQUEST, "you cannot add yourself")
+    if user_id in svc.blocks(friend_id):
+        raise _err(Errno.FORBIDDEN, f"user {friend_id} does not take your requests")
     with svc.db.transaction() as s:
         friend = store.get_user(s, friend_id)
         if friend is None:
@@ -557,6 +612,7 @@ def add_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # after the commit, so a node that reloads sees the new member
     svc.invalidate_group(group_id)
     svc.router.invalidate_group(group_id)
+    groups.joined(svc, group_id, user_id, peer.user_name)
     return _acked(req, groupid=group_id)
 
 
@@ -569,6 +625,8 @@ HANDLERS: dict[MsgId, Handler] = {
     MsgId.ADD_GROUP: add_group,
     MsgId.GROUP_CHAT: group_chat,
     MsgId.LOGINOUT: logout,
+    **friends.HANDLERS,
+    **groups.HANDLERS,
 }
 
 

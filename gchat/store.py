@@ -22,7 +22,18 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from gchat.errors import Conflict, Unavailable
-from gchat.models import AllGroup, Conversation, Cursor, Friend, GroupUser, Message, OfflineMessage, User
+from gchat.models import (
+    AllGroup,
+    Block,
+    Conversation,
+    Cursor,
+    Friend,
+    FriendRequest,
+    GroupUser,
+    Message,
+    OfflineMessage,
+    User,
+)
 
 log = logging.getLogger(__name__)
 
@@ -421,3 +432,200 @@ def take_offline_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[str
         taken = or_(*(and_(OfflineMessage.userid == u, OfflineMessage.id <= m) for u, m in last.items()))
         s.execute(delete(OfflineMessage).where(taken))
     return out
+
+
+# --- friend requests, blocks, search (docs/protocol.md section F) -----------
+
+Person = tuple[int, str]  # (id, name)
+
+
+def _like_prefix(prefix: str) -> str:
+    """LIKE pattern for names starting with prefix, its wildcards literal;
+    compared lower-cased, since names are stored with a binary collation."""
+    escaped = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def search_users(s: Session, prefix: str, offset: int, limit: int) -> list[Person]:
+    """Users whose name starts with prefix, any case, by name then id.
+    A scan of the user table: fine for the original's scale, an index on a
+    lower-cased name column when it is not."""
+    q = (
+        select(User.id, User.name)
+        .where(func.lower(User.name).like(_like_prefix(prefix), escape="\\"))
+        .order_by(User.name, User.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [(r.id, r.name) for r in s.execute(q)]
+
+
+def friends_among(s: Session, user_id: int, candidates: Sequence[int]) -> set[int]:
+    """Those of candidates in the user's friend list."""
+    if not candidates:
+        return set()
+    q = select(Friend.friendid).where(Friend.userid == user_id, Friend.friendid.in_(list(candidates)))
+    return set(s.scalars(q))
+
+
+def watchers_of(s: Session, user_ids: Sequence[int]) -> dict[int, list[int]]:
+    """For each user, those who have it in their friend list: who sees its
+    presence."""
+    out: dict[int, list[int]] = {u: [] for u in user_ids}
+    if out:
+        q = select(Friend.friendid, Friend.userid).where(Friend.friendid.in_(list(out)))
+        for uid, watcher in s.execute(q):
+            out[uid].append(watcher)
+    return out
+
+
+def make_friends(s: Session, a: int, b: int) -> None:
+    """Friends both ways (either direction may exist already)."""
+    have = set(s.execute(select(Friend.userid, Friend.friendid).where(
+        or_(and_(Friend.userid == a, Friend.friendid == b), and_(Friend.userid == b, Friend.friendid == a)))).all())
+    for pair in ((a, b), (b, a)):
+        if pair not in have:
+            s.add(Friend(userid=pair[0], friendid=pair[1]))
+    s.flush()
+
+
+def remove_friends(s: Session, a: int, b: int) -> int:
+    """No friendship left between a and b, either way; rows removed."""
+    both = or_(and_(Friend.userid == a, Friend.friendid == b), and_(Friend.userid == b, Friend.friendid == a))
+    return int(getattr(s.execute(delete(Friend).where(both)), "rowcount", 0) or 0)
+
+
+def request_exists(s: Session, from_id: int, to_id: int) -> bool:
+    q = select(FriendRequest.fromid).where(FriendRequest.fromid == from_id, FriendRequest.toid == to_id)
+    return s.scalar(q) is not None
+
+
+def add_request(s: Session, from_id: int, to_id: int, note: str, now: int) -> None:
+    s.add(FriendRequest(fromid=from_id, toid=to_id, note=note, created=now))
+    s.flush()
+
+
+def take_request(s: Session, from_id: int, to_id: int) -> bool:
+    """Remove a pending request; False when there was none."""
+    q = delete(FriendRequest).where(FriendRequest.fromid == from_id, FriendRequest.toid == to_id)
+    return bool(getattr(s.execute(q), "rowcount", 0))
+
+
+def drop_requests(s: Session, a: int, b: int) -> None:
+    """Every pending request between a and b, either way."""
+    both = or_(and_(FriendRequest.fromid == a, FriendRequest.toid == b),
+               and_(FriendRequest.fromid == b, FriendRequest.toid == a))
+    s.execute(delete(FriendRequest).where(both))
+
+
+def pending_requests(s: Session, user_id: int) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
+    """The user's pending requests as (id, name, note): received, then sent;
+    oldest first."""
+    incoming = (select(User.id, User.name, FriendRequest.note).join(FriendRequest, FriendRequest.fromid == User.id)
+                .where(FriendRequest.toid == user_id).order_by(FriendRequest.created, User.id))
+    outgoing = (select(User.id, User.name, FriendRequest.note).join(FriendRequest, FriendRequest.toid == User.id)
+                .where(FriendRequest.fromid == user_id).order_by(FriendRequest.created, User.id))
+    return ([(r.id, r.name, r.note) for r in s.execute(incoming)],
+            [(r.id, r.name, r.note) for r in s.execute(outgoing)])
+
+
+def add_block(s: Session, user_id: int, blocked_id: int) -> bool:
+    """user_id blocks blocked_id: their friendship and requests, both ways,
+    go too. False when the block was there already."""
+    remove_friends(s, user_id, blocked_id)
+    drop_requests(s, user_id, blocked_id)
+    q = select(Block.userid).where(Block.userid == user_id, Block.blockedid == blocked_id)
+    if s.scalar(q) is not None:
+        return False
+    s.add(Block(userid=user_id, blockedid=blocked_id))
+    s.flush()
+    return True
+
+
+def remove_block(s: Session, user_id: int, blocked_id: int) -> bool:
+    q = delete(Block).where(Block.userid == user_id, Block.blockedid == blocked_id)
+    return bool(getattr(s.execute(q), "rowcount", 0))
+
+
+def blockers_of(s: Session, user_ids: Sequence[int]) -> dict[int, set[int]]:
+    """For each user, those who blocked it."""
+    out: dict[int, set[int]] = {u: set() for u in user_ids}
+    if out:
+        for blocker, uid in s.execute(select(Block.userid, Block.blockedid).where(Block.blockedid.in_(list(out)))):
+            out[uid].add(blocker)
+    return out
+
+
+def blocked_by(s: Session, user_id: int) -> list[int]:
+    """Those the user blocked."""
+    return blocked_by_many(s, [user_id])[user_id]
+
+
+def blocked_by_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {u: [] for u in user_ids}
+    if out:
+        q = select(Block.userid, Block.blockedid).where(Block.userid.in_(list(out))).order_by(Block.blockedid)
+        for uid, blocked in s.execute(q):
+            out[uid].append(blocked)
+    return out
+
+
+def delete_social(s: Session, user_ids: Sequence[int]) -> dict[str, int]:
+    """A deleted user's friend requests and blocks, both ways (the foreign
+    keys cascade too; explicit, so the counts can be reported)."""
+    ids = list(user_ids)
+
+    def count(result: Any) -> int:
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    return {
+        "requests": count(s.execute(delete(FriendRequest).where(
+            or_(FriendRequest.fromid.in_(ids), FriendRequest.toid.in_(ids))))),
+        "blocks": count(s.execute(delete(Block).where(or_(Block.userid.in_(ids), Block.blockedid.in_(ids))))),
+    }
+
+
+# --- group management (docs/protocol.md section F) --------------------------
+
+
+def group_of(s: Session, group_id: int) -> AllGroup | None:
+    return s.get(AllGroup, group_id)
+
+
+def group_members(s: Session, group_id: int) -> list[tuple[int, str, str]]:
+    """(id, name, role) of each member, by id."""
+    q = (select(User.id, User.name, GroupUser.grouprole).join(GroupUser, GroupUser.userid == User.id)
+         .where(GroupUser.groupid == group_id).order_by(User.id))
+    return [(r.id, r.name, r.grouprole) for r in s.execute(q)]
+
+
+def remove_member(s: Session, group_id: int, user_id: int) -> bool:
+    q = delete(GroupUser).where(GroupUser.groupid == group_id, GroupUser.userid == user_id)
+    return bool(getattr(s.execute(q), "rowcount", 0))
+
+
+def hand_over(s: Session, group_id: int, old: int, new: int) -> None:
+    s.execute(update(GroupUser).where(GroupUser.groupid == group_id, GroupUser.userid == old)
+              .values(grouprole="normal"))
+    s.execute(update(GroupUser).where(GroupUser.groupid == group_id, GroupUser.userid == new)
+              .values(grouprole="creator"))
+
+
+def delete_group(s: Session, group_id: int) -> None:
+    s.execute(delete(GroupUser).where(GroupUser.groupid == group_id))
+    s.execute(delete(AllGroup).where(AllGroup.id == group_id))
+
+
+def search_groups(s: Session, prefix: str, offset: int, limit: int) -> list[tuple[AllGroup, int]]:
+    """Groups whose name starts with prefix, any case, with their member
+    counts, by name then id."""
+    q = (
+        select(AllGroup, func.count(GroupUser.userid))
+        .outerjoin(GroupUser, GroupUser.groupid == AllGroup.id)
+        .where(func.lower(AllGroup.groupname).like(_like_prefix(prefix), escape="\\"))
+        .group_by(AllGroup.id)
+        .order_by(AllGroup.groupname, AllGroup.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [(g, int(n)) for g, n in s.execute(q)]

@@ -33,7 +33,8 @@ json_values = st.recursive(
     max_leaves=8,
 )
 FIELDS = ["msgid", "id", "seq", "name", "password", "to", "msg", "time", "friendid", "groupid",
-          "groupname", "groupdesc", "sync", "conv", "cseq", "before", "after", "limit"]
+          "groupname", "groupdesc", "sync", "conv", "cseq", "before", "after", "limit",
+          "note", "from", "accept", "userid", "block", "page", "notices"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -84,7 +85,12 @@ INT_FIELDS = {1: ["id"], 3: [], 5: ["id", "to"], 6: ["id", "friendid"], 7: ["id"
               9: ["id", "groupid"], 10: ["id"],
               # docs/protocol.md section D
               12: ["id", "conv", "cseq"], 13: ["id", "conv", "cseq"], 15: ["id", "conv", "cseq"],
-              16: ["id", "conv", "to", "groupid", "before", "after", "limit"]}
+              16: ["id", "conv", "to", "groupid", "before", "after", "limit"],
+              # section F
+              20: ["id", "to"], 21: ["id", "from"], 22: ["id", "friendid"], 23: ["id", "userid"],
+              24: ["id", "page", "limit"], 25: ["id", "groupid"], 26: ["id", "groupid", "userid"],
+              27: ["id", "groupid", "userid"], 28: ["id", "groupid"], 29: ["id", "groupid"],
+              30: ["id", "page", "limit"]}
 
 
 def check_parse(frame: bytes) -> None:
@@ -110,7 +116,7 @@ def test_parse_arbitrary_bytes(frame):
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.sampled_from([1, 3, 5, 6, 7, 8, 9, 10, 12, 13, 15, 16]),
+@given(st.sampled_from([1, 3, 5, 6, 7, 8, 9, 10, 12, 13, 15, 16, *range(20, 31)]),
        st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6),
        st.dictionaries(st.sampled_from(FIELDS),
                        st.integers(0, 20) | st.text(max_size=10), max_size=6))
@@ -131,6 +137,12 @@ SEEDS = [
     {"msgid": 9, "groupid": 1, "msg": "x"},
     {"msgid": 10},
     {"msgid": 11, "ack": 1},
+    {"msgid": 20, "to": 1, "note": "n", "seq": 4},
+    {"msgid": 21, "from": 1, "accept": True},
+    {"msgid": 23, "userid": 1},
+    {"msgid": 24, "name": "f", "limit": 5},
+    {"msgid": 26, "groupid": 1, "userid": 2},
+    {"msgid": 29, "groupid": 1},
 ]
 
 

@@ -30,10 +30,13 @@ class FakePeer:
         self.closed = ""
         self.address = ("127.0.0.1", 40000)
         self.held = 0.0
+        self.notices = False
 
     def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
         self.pushed.append(json.loads(body))
 
+    def notify(self, body: bytes) -> None:
+        self.pushed.append(json.loads(body))
     def unsent(self) -> dict[int, int]:
         return {}  # handed over at once
 

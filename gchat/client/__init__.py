@@ -4,6 +4,8 @@ front of a cluster, or to the original C++ server), with typed calls.
     with Client.connect("127.0.0.1", 6000) as c:
         me = c.login(13, "secret")          # LoginResult: friends, groups, offline
         c.chat(15, "hello")                 # "online" / "offline", or None (classic)
+        c.request_friend(15, "hi")          # section F: friends, search, groups
+        c.next_event(timeout=5)             # Notice / PresenceChange (login notices=True)
         for m in c.messages(timeout=5):      # ChatMessage pushed by the server
             print(m.sender_name, m.text)
 
@@ -59,7 +61,21 @@ from gchat.client.errors import (
     Unavailable,
     error_from_reply,
 )
-from gchat.client.types import ChatMessage, Conversation, Friend, Group, GroupMember, LoginResult
+from gchat.client.types import (
+    ChatMessage,
+    Conversation,
+    Event,
+    Friend,
+    Group,
+    GroupInfo,
+    GroupMember,
+    LoginResult,
+    Notice,
+    Page,
+    Person,
+    PresenceChange,
+    Requests,
+)
 from gchat.client.wire import RawClient
 from gchat.protocol import TIME_FORMAT
 
@@ -70,6 +86,13 @@ __all__ = [
     "AuthError",
     "BadRequest",
     "ChatMessage",
+    "Event",
+    "GroupInfo",
+    "Notice",
+    "Page",
+    "Person",
+    "PresenceChange",
+    "Requests",
     "Client",
     "Conflict",
     "ConnectionLost",

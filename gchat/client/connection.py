@@ -23,7 +23,8 @@ from gchat.client.errors import (
 )
 from gchat.client.framing import TERMINATOR, ReplySplitter, ReplyTo
 from gchat.client.seen import Seen
-from gchat.client.types import ChatMessage, Friend, LoginResult
+from gchat.client.social import SocialCalls
+from gchat.client.types import ChatMessage, Event, Friend, LoginResult, event_from_obj
 from gchat.protocol import TIME_FORMAT, Errno, MsgId, ProtocolError, dumps, loads
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _tls_reason(e: Exception) -> str:
     return str(e)
 
 
-class Client:
+class Client(SocialCalls):
     """One connection. Thread-safe: requests are serialized, `send()` may be
     called from any thread. Use `Client.connect()`, or pass a connected socket.
 
@@ -72,6 +73,9 @@ class Client:
     on_reply(dict): called in the reader for each reply that no request waits
         for (acks of `send()`, errors to silent classic requests); without it,
         those are logged and dropped.
+    on_event(Notice or PresenceChange): called in the reader for each notice
+        of a login that asked for them (docs/protocol.md section F), instead
+        of queueing it for events().
     on_close(exc or None): called once in the reader when the connection
         ends (None when `close()` ended it), before `closed` turns true.
     The callbacks run in the reader thread: they must be quick, and must not
@@ -87,6 +91,7 @@ class Client:
         on_message: Callable[[ChatMessage], None] | None = None,
         on_reply: Callable[[dict[str, Any]], None] | None = None,
         on_close: Callable[[GchatError | None], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self._sock = sock
         sock.settimeout(None)  # the reader blocks; requests time out on their event
@@ -96,6 +101,8 @@ class Client:
         self.on_message = on_message
         self.on_reply = on_reply
         self.on_close = on_close
+        self.on_event = on_event
+        self._events: queue.Queue[Event] = queue.Queue()
         self.user: LoginResult | None = None
         # a sync session (docs/protocol.md section D): deliveries are
         # de-duplicated by (conv, cseq) and acknowledged once the application
@@ -259,6 +266,13 @@ class Client:
             else:
                 self._messages.put(message)
             return
+        event = event_from_obj(obj)
+        if event is not None:
+            if self.on_event is not None:
+                self.on_event(event)
+            else:
+                self._events.put(event)
+            return
         pending = self._pending
         if pending is not None and not pending.done.is_set() and pending.expect.matches(obj):
             pending.reply = obj
@@ -295,6 +309,14 @@ class Client:
         while (message := self.next_message(timeout)) is not None:
             yield message
 
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        """The next notice or presence change, or None if none came within
+        timeout (only a login with notices=True gets them)."""
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
     # --- the calls of docs/protocol.md ------------------------------------------
 
     def _seq_field(self) -> dict[str, int]:
@@ -307,16 +329,20 @@ class Client:
         self._learn_acks(obj, reply)
         return int(reply["id"])
 
-    def login(self, user_id: int, password: str, sync: bool = False) -> LoginResult:
+    def login(self, user_id: int, password: str, sync: bool = False, notices: bool = False) -> LoginResult:
         """Log in; returns the user, friends, groups and offline messages.
         With sync (docs/protocol.md section D): the conversations, with their
         unread counts and the messages not acknowledged yet (`convs`), which
         are acknowledged here; later deliveries are acknowledged as the
-        application takes them. AuthError (wrong id or password), AlreadyOnline."""
+        application takes them. notices=True (a gchat node, section F) also
+        brings pending friend requests, and pushes notices and presence
+        changes (events()). AuthError (wrong id or password), AlreadyOnline."""
         obj: dict[str, Any] = {"msgid": int(MsgId.LOGIN), "id": user_id, "password": password,
                                **self._seq_field()}
         if sync:
             obj["sync"] = True
+        if notices:
+            obj["notices"] = True
         reply = self.request(obj)
         self._learn_acks(obj, reply)
         self.user = LoginResult.from_reply(reply)

@@ -39,10 +39,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from gchat.client import Client, ConnectionLost, GchatError, error_from_reply
 from gchat.client.screen import IO, MENU, LineIO, TerminalIO, describe, format_login, format_message
+from gchat.client.tui_social import SOCIAL, Command, Known, user_id
+from gchat.client.types import Event
 
 # the password for --login / --register, when the prompt is not wanted
 PASSWORD_ENV = "GCHAT_PASSWORD"
@@ -67,6 +69,7 @@ class TerminalClient:
         self.io = io
         self.client: Client | None = None
         self.credentials: tuple[int, str] | None = None  # to log in again after a reconnect
+        self.known = Known()  # friends, groups, requests as of now (docs/protocol.md section F)
 
     # connection -------------------------------------------------------------
 
@@ -81,8 +84,12 @@ class TerminalClient:
             on_message=lambda m: self.io.show(format_message(m)),
             on_reply=self._unrequested,
             on_close=self._lost,
+            on_event=self._event,
         )
         return self.client
+
+    def _event(self, event: Event) -> None:
+        self.io.show(self.known.learn(event))
 
     def _unrequested(self, reply: dict[str, Any]) -> None:
         # Without acks, an error to a silent request is all the server says.
@@ -205,10 +212,13 @@ class TerminalClient:
     def login(self, user_id: int, password: str) -> None:
         assert self.client is not None
         client = self.client
-        sync = not self.args.classic  # section D: unread counts, at-least-once with de-duplication
-        me = self.call(lambda: client.login(user_id, password, sync=sync), "login")
+        # section D: unread counts, at-least-once with de-duplication; notices
+        # (friend requests, presence, group changes) from a gchat node
+        modern = not self.args.classic
+        me = self.call(lambda: client.login(user_id, password, sync=modern, notices=modern), "login")
         if me is not None:
             self.credentials = (user_id, password)
+            self.known = Known.from_login(me)
             self.io.show(format_login(me))
 
     def register(self, name: str, password: str, then_login: bool = False) -> int | None:
@@ -315,10 +325,12 @@ def _chat(t: TerminalClient, c: Client, rest: str) -> None:
 
 
 def _addfriend(t: TerminalClient, c: Client, rest: str) -> None:
-    fid = t.number(rest, COMMANDS["addfriend"].usage)
+    fid = user_id(t, c, rest, COMMANDS["addfriend"].usage) if not t.args.classic else \
+        t.number(rest, COMMANDS["addfriend"].usage)
     if fid is not None:
         friend = t.call(lambda: c.add_friend(fid))
         if friend is not None:
+            t.known.befriend(friend)
             t.io.show(f"friend added: {friend.name} ({friend.id}), {friend.state}")
 
 
@@ -329,6 +341,7 @@ def _creategroup(t: TerminalClient, c: Client, rest: str) -> None:
         return
     gid = t.call(lambda: c.create_group(gname.strip(), desc.strip()))
     if gid is not None:
+        t.known.groups[gid] = gname.strip()
         t.io.show(f"group created: {gname.strip()} (id {gid})")
 
 
@@ -367,16 +380,10 @@ def _history(t: TerminalClient, c: Client, rest: str, key: str, usage: str) -> N
             t.io.show("\n".join(format_message(m) for m in page) if page else "no messages")
 
 
-class Command(NamedTuple):
-    usage: str
-    help: str
-    run: Callable[[TerminalClient, Client, str], None]
-
-
 COMMANDS: dict[str, Command] = {
     "help": Command("help", "show this list", _help),
     "chat": Command("chat:friendid:message", "send a message to a user", _chat),
-    "addfriend": Command("addfriend:friendid", "add a friend", _addfriend),
+    "addfriend": Command("addfriend:id-or-name", "add a friend", _addfriend),
     "creategroup": Command("creategroup:name:desc", "create a group", _creategroup),
     "addgroup": Command("addgroup:groupid", "join a group", _addgroup),
     "groupchat": Command("groupchat:groupid:message", "send a message to a group", _groupchat),
@@ -384,6 +391,7 @@ COMMANDS: dict[str, Command] = {
                        lambda t, c, rest: _history(t, c, rest, "to", "history:userid")),
     "grouphistory": Command("grouphistory:groupid", "the last messages of a group",
                             lambda t, c, rest: _history(t, c, rest, "groupid", "grouphistory:groupid")),
+    **SOCIAL,
     "loginout": Command("loginout", "log out (back to the menu)", _loginout),
     "quit": Command("quit", "log out and leave", _quit),
 }

@@ -158,6 +158,9 @@ class LoginResult:
     groups: tuple[Group, ...] = ()
     offline: tuple[ChatMessage, ...] = ()
     convs: tuple[Conversation, ...] = ()  # a sync login's
+    # section F, for a login that asked for notices
+    requests: Requests | None = None
+    blocked: tuple[int, ...] = ()
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> LoginResult:
@@ -168,4 +171,106 @@ class LoginResult:
             groups=tuple(Group.from_obj(g) for g in reply.get("groups") or ()),
             offline=tuple(ChatMessage.from_obj(m) for m in reply.get("offlinemsg") or ()),
             convs=tuple(Conversation.from_obj(c) for c in reply.get("convs") or ()),
+            requests=Requests.from_obj(reply["requests"]) if "requests" in reply else None,
+            blocked=tuple(int(u) for u in reply.get("blocked") or ()),
         )
+
+
+# --- docs/protocol.md section F: friends, presence, groups --------------------
+
+
+@dataclass(frozen=True)
+class Person:
+    """A user as a search or a request shows it; `state` only for friends."""
+
+    id: int
+    name: str
+    state: str | None = None
+    note: str = ""  # a friend request's note
+
+    @classmethod
+    def from_obj(cls, item: Any) -> Person:
+        d = _obj(item)
+        state = d.get("state")
+        return cls(int(d["id"]), str(d.get("name", "")), None if state is None else str(state),
+                   str(d.get("note", "")))
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A group as a search shows it."""
+
+    id: int
+    name: str
+    desc: str
+    members: int
+
+    @classmethod
+    def from_obj(cls, item: Any) -> GroupInfo:
+        d = _obj(item)
+        return cls(int(d["id"]), str(d.get("groupname", "")), str(d.get("groupdesc", "")), int(d.get("members", 0)))
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of search results; `more` when the next page has some."""
+
+    items: tuple[Any, ...]
+    page: int
+    more: bool
+
+
+@dataclass(frozen=True)
+class PresenceChange:
+    """Pushed (msgid 32): a friend came online or went offline."""
+
+    id: int
+    state: str
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Pushed (msgid 31): `kind` is friend_request, friend_accepted,
+    friend_removed, group_join, group_leave, group_remove, group_handover or
+    group_delete; `fields` the rest of the object."""
+
+    kind: str
+    fields: dict[str, Any]
+
+    def person(self, key: str) -> Person | None:
+        """The user object under key ("from", "friend", "user", "creator")."""
+        value = self.fields.get(key)
+        return Person.from_obj(value) if isinstance(value, dict) else None
+
+
+Event = Notice | PresenceChange
+
+
+def event_from_obj(obj: dict[str, Any]) -> Event | None:
+    """The typed event of a pushed frame, None when it is not one."""
+    msgid = obj.get("msgid")
+    if msgid == MsgId.PRESENCE:
+        return PresenceChange(int(obj["id"]), str(obj.get("state", "offline")))
+    if msgid == MsgId.NOTICE:
+        fields = {k: v for k, v in obj.items() if k not in ("msgid", "kind")}
+        return Notice(str(obj.get("kind", "")), fields)
+    return None
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Pending friend requests, received and sent (a login that asked for
+    notices)."""
+
+    incoming: tuple[Person, ...] = ()
+    outgoing: tuple[Person, ...] = ()
+
+    @classmethod
+    def from_obj(cls, d: Any) -> Requests:
+        d = d if isinstance(d, dict) else {}
+        return cls(tuple(Person.from_obj(p) for p in d.get("in") or ()),
+                   tuple(Person.from_obj(p) for p in d.get("out") or ()))

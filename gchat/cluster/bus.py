@@ -17,6 +17,10 @@ from typing import Protocol
 #                                   gchat/cluster/redis_keys.py)
 #   b"G" + b"42"                    group 42's membership changed
 #   b"C" + JSON object              a gchat-admin request (gchat/control.py)
+#   b"B" + b"42"                    user 42's blocks changed
+#   b"N" + b"1,2,3" + b" " + body   a notice for those users (presence, a
+#                                   friend request: docs/protocol.md section
+#                                   F): pushed if they are here, never stored
 DeliverHandler = Callable[[list[int], bytes], None]
 InvalidateHandler = Callable[[int], None]
 # the bus was cut off and is back: invalidations published meanwhile were
@@ -30,18 +34,30 @@ def encode_invalidation(group_id: int) -> bytes:
     return b"G" + str(group_id).encode()
 
 
+def encode_blocks_invalidation(user_id: int) -> bytes:
+    return b"B" + str(user_id).encode()
+
+
 def dispatch(envelope: bytes, on_deliver: DeliverHandler, on_invalidate: InvalidateHandler,
-             on_control: ControlHandler | None = None) -> None:
+             on_control: ControlHandler | None = None, on_notice: DeliverHandler | None = None,
+             on_blocks: InvalidateHandler | None = None) -> None:
     """Decode one envelope and hand it to its handler. Raises ValueError on
     an envelope no gchat node would send."""
     kind, rest = envelope[:1], envelope[1:]
-    if kind == b"D":
+    if kind in (b"D", b"N"):
         ids, _, body = rest.partition(b" ")
-        on_deliver([int(u) for u in ids.split(b",")], body)
+        users = [int(u) for u in ids.split(b",")]
+        if kind == b"D":
+            on_deliver(users, body)
+        elif on_notice is not None:  # else nobody here takes notices
+            on_notice(users, body)
     elif kind == b"G":
         on_invalidate(int(rest))
     elif kind == b"C" and on_control is not None:
         on_control(rest)
+    elif kind == b"B":
+        if on_blocks is not None:
+            on_blocks(int(rest))
     else:
         raise ValueError(f"unknown bus envelope {envelope[:16]!r}")
 
@@ -53,6 +69,8 @@ class Bus(Protocol):
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
         on_control: ControlHandler | None = None,
+        on_notice: DeliverHandler | None = None,
+        on_blocks: InvalidateHandler | None = None,
     ) -> None:
         """Listen for what other nodes (and gchat-admin) send here; the
         handlers run in this node's event loop."""
@@ -69,6 +87,16 @@ class Bus(Protocol):
         """Tell the other nodes that a group's membership changed. Raises
         gchat.errors.Unavailable when the bus is down."""
 
+    def invalidate_blocks(self, user_id: int) -> None:
+        """Tell the other nodes that a user's blocks changed. Raises
+        gchat.errors.Unavailable when the bus is down."""
+
+    def notify(self, user_ids: list[int], body: bytes) -> None:
+        """Hand a notice to the live nodes holding these users (none of them
+        is connected here): one message per node, however many users it
+        holds. Those offline are skipped: a notice is never stored. Raises
+        gchat.errors.Unavailable when the bus is down."""
+
 
 class LocalBus:
     """The bus of a single node: there is no other node to route to, and
@@ -80,6 +108,8 @@ class LocalBus:
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
         on_control: ControlHandler | None = None,
+        on_notice: DeliverHandler | None = None,
+        on_blocks: InvalidateHandler | None = None,
     ) -> None:
         pass  # a lone node hears gchat-admin on its admin socket (gchat/control.py)
 
@@ -91,3 +121,9 @@ class LocalBus:
 
     def invalidate_group(self, group_id: int) -> None:
         pass
+
+    def invalidate_blocks(self, user_id: int) -> None:
+        pass
+
+    def notify(self, user_ids: list[int], body: bytes) -> None:
+        pass  # nobody elsewhere

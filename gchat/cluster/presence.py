@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # was cut off from the presence store: its connection here must go (online
 # on one node only)
 LostHandler = Callable[[int], None]
+# called with the users of a dead node that this node reaped: they went
+# offline (their friends are told)
+FreedHandler = Callable[[list[int]], None]
 # errno 2's text (docs/protocol.md part A)
 ONLINE = "id is online"
 
@@ -30,7 +33,7 @@ ONLINE = "id is online"
 class Presence(Protocol):
     node: str
 
-    def start(self, on_lost: LostHandler) -> None: ...
+    def start(self, on_lost: LostHandler, on_freed: FreedHandler | None = None) -> None: ...
 
     def stop(self) -> None:
         """Release this node's users, and only them."""
@@ -65,7 +68,7 @@ class LocalPresence:
         self._mirror = mirror
         self._online: set[int] = set()
 
-    def start(self, on_lost: LostHandler) -> None:
+    def start(self, on_lost: LostHandler, on_freed: FreedHandler | None = None) -> None:
         # alone on its store: whoever the database still calls online was
         # left there by this node's previous life
         n = self._mirror.reset()

@@ -34,6 +34,7 @@ from gchat.cluster.bus import (
     InvalidateHandler,
     ResubscribedHandler,
     dispatch,
+    encode_blocks_invalidation,
     encode_invalidation,
 )
 from gchat.cluster.redis_client import connect
@@ -65,6 +66,8 @@ class RedisBus:
         self._on_invalidate: InvalidateHandler | None = None
         self._on_resubscribed: ResubscribedHandler | None = None
         self._on_control: ControlHandler | None = None
+        self._on_notice: DeliverHandler | None = None
+        self._on_blocks: InvalidateHandler | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._listener: gevent.Greenlet[[], None] | None = None
 
@@ -74,9 +77,12 @@ class RedisBus:
         on_invalidate: InvalidateHandler,
         on_resubscribed: ResubscribedHandler,
         on_control: ControlHandler | None = None,
+        on_notice: DeliverHandler | None = None,
+        on_blocks: InvalidateHandler | None = None,
     ) -> None:
         self._on_deliver, self._on_invalidate = on_deliver, on_invalidate
         self._on_resubscribed, self._on_control = on_resubscribed, on_control
+        self._on_notice, self._on_blocks = on_notice, on_blocks
         try:
             # subscribed before the node says ready, so a delivery routed
             # here right away finds a listener
@@ -93,14 +99,28 @@ class RedisBus:
 
     def route(self, user_ids: list[int], body: bytes) -> list[int]:
         try:
-            missed = self._route(keys=[], args=[PREFIX, self.node, body, *user_ids])
+            missed = self._route(keys=[], args=[PREFIX, self.node, "D", body, *user_ids])
         except redis.RedisError as e:
             raise Unavailable("bus unavailable") from e
         return [int(u) for u in missed]
 
+    def notify(self, user_ids: list[int], body: bytes) -> None:
+        # the delivery's script, with the notice envelope; who it missed is
+        # offline, and a notice is not stored
+        try:
+            self._route(keys=[], args=[PREFIX, self.node, "N", body, *user_ids])
+        except redis.RedisError as e:
+            raise Unavailable("bus unavailable") from e
+
     def invalidate_group(self, group_id: int) -> None:
         try:
             self.redis.publish(ALL, self._origin + encode_invalidation(group_id))
+        except redis.RedisError as e:
+            raise Unavailable("bus unavailable") from e
+
+    def invalidate_blocks(self, user_id: int) -> None:
+        try:
+            self.redis.publish(ALL, self._origin + encode_blocks_invalidation(user_id))
         except redis.RedisError as e:
             raise Unavailable("bus unavailable") from e
 
@@ -167,7 +187,7 @@ class RedisBus:
                 return  # our own invalidation, already applied
             data = data.partition(b" ")[2]
         try:
-            dispatch(data, self._on_deliver, self._on_invalidate, self._on_control)
+            dispatch(data, self._on_deliver, self._on_invalidate, self._on_control, self._on_notice, self._on_blocks)
         except Exception:
             log.exception("bus: could not handle %r", data[:64])
 

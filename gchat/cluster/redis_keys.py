@@ -107,18 +107,18 @@ end
 return out
 """
 
-# ARGV prefix, this node, body, uid...: publishes body to the live node
-# holding each user (one PUBLISH per node, a delivery envelope of
-# gchat/cluster/bus.py) and returns the users it could not hand to a
+# ARGV prefix, this node, kind, body, uid...: publishes body to the live node
+# holding each user (one PUBLISH per node, an envelope of gchat/cluster/bus.py
+# of that kind: 'D' a delivery, 'N' a notice) and returns the users it could not hand to a
 # listening node: offline, held by a node whose heartbeat expired or that has
 # no subscriber, or claimed by this node itself (claimed here but not
 # connected: the caller stores them). One round trip: a lookup, then a
 # PUBLISH, cost twice the redis-py overhead that dominated a cross-node
 # message (docs/benchmarks.md).
 ROUTE = _LIVE_OWNER + """
-local p, me, body = ARGV[1], ARGV[2], ARGV[3]
+local p, me, kind, body = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local by_node, nodes, missed, alive = {}, {}, {}, {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local uid = ARGV[i]
   local o = live_owner(p, uid, alive)
   if o and o ~= me then
@@ -131,7 +131,7 @@ for i = 4, #ARGV do
 end
 for _, o in ipairs(nodes) do
   local ids = by_node[o]
-  if redis.call('PUBLISH', p .. 'node:' .. o, 'D' .. table.concat(ids, ',') .. ' ' .. body) == 0 then
+  if redis.call('PUBLISH', p .. 'node:' .. o, kind .. table.concat(ids, ',') .. ' ' .. body) == 0 then
     for _, uid in ipairs(ids) do missed[#missed + 1] = uid end
   end
 end

@@ -27,7 +27,7 @@ from redis.commands.core import Script
 
 from gchat.cluster.heartbeat import Heartbeat
 from gchat.cluster.mirror import StateMirror
-from gchat.cluster.presence import ONLINE, LostHandler
+from gchat.cluster.presence import ONLINE, FreedHandler, LostHandler
 from gchat.cluster.reaper import Reaper
 from gchat.cluster.redis_client import connect
 from gchat.cluster.redis_keys import PREFIX, Scripts, node_key, online_key, users_key
@@ -49,6 +49,7 @@ class RedisPresence:
         self._heartbeat = Heartbeat(settings.redis_url, node, interval=self.interval, ttl=self.ttl,
                                     timeout=settings.redis_timeout, on_gone=self._key_gone)
         self._on_lost: LostHandler | None = None
+        self._on_freed: FreedHandler | None = None
         # called with the users re-claimed after this node was reaped (it
         # could not heartbeat): deliveries to them were counted missed
         # meanwhile, so they are checked against the conversation log
@@ -61,8 +62,9 @@ class RedisPresence:
 
     # --- lifecycle -----------------------------------------------------------
 
-    def start(self, on_lost: LostHandler) -> None:
+    def start(self, on_lost: LostHandler, on_freed: FreedHandler | None = None) -> None:
         self._on_lost = on_lost
+        self._on_freed = on_freed
         # register before the node says ready: a claim made by a node without
         # a heartbeat key would count as free to every other node
         try:
@@ -245,4 +247,7 @@ class RedisPresence:
             if freed:
                 # those who already logged in again elsewhere stay online
                 back = self.online(freed)
-                self._mirror.offline_many([u for u in freed if u not in back])
+                gone = [u for u in freed if u not in back]
+                self._mirror.offline_many(gone)
+                if gone and self._on_freed is not None:
+                    self._on_freed(gone)

@@ -34,9 +34,12 @@ class User(Base):
 
 
 class Friend(Base):
-    """One direction, as in the original: `friendid` is in `userid`'s list."""
+    """One direction, as in the original: `friendid` is in `userid`'s list.
+    An accepted friend request writes both directions."""
 
     __tablename__ = "friend"
+    # who sees a user's presence is looked up by friendid: on MySQL the
+    # foreign key's own index serves it
     __table_args__ = MYSQL_TABLE_ARGS
 
     userid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
@@ -71,6 +74,27 @@ class OfflineMessage(Base):
     message: Mapped[str] = mapped_column(MessageText)
 
 
+class FriendRequest(Base):
+    """A pending friend request (docs/protocol.md section F): gone once
+    accepted or declined."""
+
+    __tablename__ = "friendrequest"
+    __table_args__ = (Index(None, "toid"), MYSQL_TABLE_ARGS)
+
+    fromid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+    toid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+    note: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    created: Mapped[int] = mapped_column(BigInteger)  # Unix seconds
+
+
+class Block(Base):
+    """`userid` blocked `blockedid`: their chats and requests are refused."""
+
+    __tablename__ = "block"
+    __table_args__ = (Index(None, "blockedid"), MYSQL_TABLE_ARGS)
+
+    userid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
+    blockedid: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True)
 # --- the conversation log (docs/architecture.md, "The conversation log") ---
 #
 # The log is the record: a chat message exists once its row is committed, and
