@@ -76,6 +76,8 @@ setup(
             "selenium>=4.20",
             # the raw WebSocket client of the tests: another implementation than the node's
             "wsproto>=1.2",
+            # tests/test_tls.py makes a CA and a server certificate at test time
+            "cryptography>=41",
         ],
     },
     entry_points={
