@@ -12,15 +12,15 @@ at one boundary.
 from __future__ import annotations
 
 
-class GchatError(Exception):
+class DomainError(Exception):
     """Root of gchat's domain failures."""
 
 
-class Unavailable(GchatError):
+class Unavailable(DomainError):
     """A backing store (the database, Redis) did not answer in time; nothing
     the failed unit of work would have written was written."""
 
 
-class Conflict(GchatError):
+class Conflict(DomainError):
     """A write would break a unique key: the row already exists (a racing
     registration, friendship or membership)."""

@@ -19,7 +19,7 @@ from gevent.event import Event
 
 from gchat import store
 from gchat.cluster.bus import Bus
-from gchat.errors import GchatError, Unavailable
+from gchat.errors import DomainError, Unavailable
 from gchat.metrics import Counts
 from gchat.registry import Registry
 from gchat.sessions import NOT_STORED, Sessions
@@ -93,7 +93,7 @@ class Router:
         if elsewhere:
             try:
                 missed = self.bus.route(elsewhere, b"%d,%d %s" % (w.conv, w.seq, w.body))
-            except GchatError as e:
+            except DomainError as e:
                 # the log has it: the recipients' nodes repair when their bus
                 # comes back, or the recipients get it at their next login
                 log.warning("bus unavailable (%s); %d recipient(s) of %d:%d get it from the log",
@@ -119,7 +119,7 @@ class Router:
         if elsewhere:
             try:
                 self.bus.route(elsewhere, b"- " + body)
-            except GchatError as e:
+            except DomainError as e:
                 log.info("bus unavailable (%s): %d notification(s) not sent", e, len(elsewhere))
 
     def on_bus_logged(self, user_ids: list[int], body: bytes) -> bool:

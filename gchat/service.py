@@ -24,7 +24,7 @@ from gchat import audit, convlog, friends, groups, store
 from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.cluster.presence import Presence
-from gchat.errors import Conflict, GchatError, Unavailable
+from gchat.errors import Conflict, DomainError, Unavailable
 from gchat.handling import Reply as Reply  # re-exported: the server's type of a reply
 from gchat.handling import acked, refuse, session_user
 from gchat.metrics import Counts
@@ -212,7 +212,7 @@ class Pending:
             return self.wait()
         except ProtocolError as e:
             return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
-        except GchatError as e:
+        except DomainError as e:
             return [refusal(ERRNO_OF[type(e)], str(e), req.msgid, req.seq)]
 
 
@@ -287,7 +287,7 @@ def login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     except ProtocolError as e:
         svc.failed_logins.failed(getattr(e, "why", e.errmsg), _ip(peer), user=req.get("id"))
         raise
-    except GchatError as e:
+    except DomainError as e:
         result = "unavailable"
         svc.failed_logins.failed(str(e), _ip(peer), user=req.get("id"))
         raise
@@ -322,7 +322,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
             ok = svc.passwords.verify(stored, password) and user is not None
         else:
             ok = _token_valid(user, token)
-    except GchatError:
+    except DomainError:
         svc.throttle.cancel(user_id, address)
         raise
     if not ok or user is None:
@@ -356,7 +356,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
             new_hash = svc.passwords.hash(password)
             with svc.db.transaction() as s:
                 store.set_password(s, user_id, new_hash)
-    except GchatError:
+    except DomainError:
         _leave(svc, peer)
         raise
     svc.sessions.open(user_id, {c: last for c, (_d, _r, _j, last) in cursors.items()})
@@ -366,7 +366,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         # section D: the log's messages by conversation, the client acknowledges them
         try:
             convs = loghandlers.sync_reply(svc, user_id, cursors, backlog)
-        except GchatError:
+        except DomainError:
             _leave(svc, peer)
             raise
         reply = _login_reply(svc, user_id, user.name, friend_list, group_list, offline)
@@ -382,7 +382,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     if req.get("notices"):
         try:
             reply.update(friends.login_extras(svc, user_id))
-        except GchatError:
+        except DomainError:
             _leave(svc, peer)
             raise
         peer.notices = True
@@ -632,7 +632,7 @@ HANDLERS: dict[MsgId, Handler] = {
 
 # The one place where gchat's own failures become errnos of docs/protocol.md
 # (part B); the text the peer sees is the exception's.
-ERRNO_OF: dict[type[GchatError], Errno] = {
+ERRNO_OF: dict[type[DomainError], Errno] = {
     Unavailable: Errno.UNAVAILABLE,
     Conflict: Errno.CONFLICT,
 }
@@ -655,7 +655,7 @@ def handle(svc: Services, peer: Peer, req: Request) -> list[Reply] | Pending:
     except ProtocolError as e:
         svc.counts.error(e.errno)
         return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
-    except GchatError as e:
+    except DomainError as e:
         errno = ERRNO_OF[type(e)]
         svc.counts.error(errno)
         return [refusal(errno, str(e), req.msgid, req.seq)]

@@ -30,7 +30,7 @@ from typing import Protocol
 import gevent
 
 from gchat import convlog
-from gchat.errors import GchatError
+from gchat.errors import DomainError
 from gchat.protocol import ProtocolError
 from gchat.store import Database
 
@@ -234,7 +234,7 @@ class Sessions:
                             break
                         while sess.peer.queued() > DRAINED and not sess.closed:
                             gevent.sleep(0.05)
-                except (GchatError, ProtocolError) as e:
+                except (DomainError, ProtocolError) as e:
                     # the database is down: the log keeps it; try again
                     log.warning("user %d: could not repair conversation %d: %s", sess.user_id, conv, e)
                     sess.parked.setdefault(conv, [])[:0] = parked
@@ -278,7 +278,7 @@ class Sessions:
         try:
             with self.db.transaction() as s:
                 cursors = convlog.cursors_of(s, [x.user_id for x in sessions])
-        except (GchatError, ProtocolError) as e:
+        except (DomainError, ProtocolError) as e:
             log.warning("could not check %d session(s) against the log: %s", len(sessions), e)
             return
         behind = 0
@@ -323,7 +323,7 @@ class Sessions:
         try:
             with self.db.transaction() as s:
                 convlog.set_delivered(s, marks)
-        except (GchatError, ProtocolError) as e:
+        except (DomainError, ProtocolError) as e:
             # the cursor stays behind: at worst the next login hands these again
             log.warning("could not write %d delivered cursor(s): %s", len(marks), e)
             for uid, conv, _ in marks:
