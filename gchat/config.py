@@ -36,9 +36,7 @@ class Settings:
     redis_url: str = _opt("", "redis://HOST:PORT/DB of the cluster bus; empty = single node, in-process bus")
     node_id: str = _opt("", "this node's name in the cluster (default: HOSTNAME:PORT)")
     log_level: str = _opt("INFO", "how much the node logs", choices=LOG_LEVELS)
-    log_format: str = _opt(
-        "text", "text (one readable line per event) or json (one JSON object per line)", choices=("text", "json")
-    )
+    log_format: str = _opt("text", "text (one readable line per event) or json (one JSON object per line)")
     login_failures_logged: int = _opt(10, "failed logins logged one by one per window; the rest are summarised")
     login_failures_window: float = _opt(60.0, "seconds of the window that failed logins are summarised over")
     metrics_bind: str = _opt(
@@ -251,10 +249,11 @@ def from_sources(
         except ValueError:
             raise ValueError(f"{f.name}: {raw!r} is not a valid {kind.__name__}") from None
         choices = f.metadata["choices"]
-        if choices:
-            values[f.name] = raw.upper()
-            if values[f.name] not in choices:
+        if choices:  # any case; the value is the choice as spelled here
+            canonical = {c.lower(): c for c in choices}
+            if raw.lower() not in canonical:
                 raise ValueError(f"{f.name}: {raw!r} is not one of {', '.join(choices)}")
+            values[f.name] = canonical[raw.lower()]
     settings = Settings(**values)
     if not settings.bind.rpartition(":")[2].isdigit():
         raise ValueError(f"bind: {settings.bind!r} is not HOST:PORT")
