@@ -87,6 +87,7 @@ class App:
         self.services.failed_logins.flush()  # the summary of a storm cut short by the stop
         self.bus.stop()
         self.presence.stop()
+        self.services.writer.close()
         self.db.dispose()
         log.info("stopped")
 

@@ -5,7 +5,8 @@ user's cursors.
 As in gchat/store.py, every function takes a session and never commits; the
 caller makes one unit of work of them. The hot statements (the writer's lock,
 advance and insert, the cursors' flush) are SQLAlchemy Core: one statement
-per batch, never one per row.
+per batch, never one per row. The writer's take its own Connection
+(gchat/writer.py holds one), not a session.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, Table, and_, bindparam, case, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from gchat.models import Conversation, Cursor, GroupUser, Message
@@ -148,25 +149,25 @@ def conv_info(s: Session, conv_ids: Iterable[int]) -> dict[int, ConvInfo]:
 # --- the writer's unit of work ---------------------------------------------
 
 
-def lock_conversations(s: Session, conv_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+def lock_conversations(conn: Connection, conv_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
     """(last_seq, member_epoch) of each conversation, its row locked until
     the commit. Locked in id order, so two nodes locking overlapping sets
     wait for each other instead of deadlocking."""
     ids = sorted(set(conv_ids))
-    return {i: (int(last), int(epoch)) for i, last, epoch in s.connection().execute(_LOCK, {"ids": ids})}
+    return {i: (int(last), int(epoch)) for i, last, epoch in conn.execute(_LOCK, {"ids": ids})}
 
 
-def group_members(s: Session, group_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
+def group_members(conn: Connection, group_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
     ids = list(group_ids)
     out: dict[int, list[int]] = {g: [] for g in ids}
     if ids:
         q = select(GroupUser.groupid, GroupUser.userid).where(GroupUser.groupid.in_(ids))
-        for gid, uid in s.execute(q.order_by(GroupUser.groupid, GroupUser.userid)):
+        for gid, uid in conn.execute(q.order_by(GroupUser.groupid, GroupUser.userid)):
             out[gid].append(uid)
     return {g: tuple(m) for g, m in out.items()}
 
 
-def advance(s: Session, added: Mapping[int, int]) -> None:
+def advance(conn: Connection, added: Mapping[int, int]) -> None:
     """Raise each conversation's last_seq by the number of messages added
     (its row is locked: lock_conversations). One statement per distinct
     count: one for the batch when each conversation got as many (pingpong)."""
@@ -174,12 +175,11 @@ def advance(s: Session, added: Mapping[int, int]) -> None:
     for conv, n in added.items():
         if n:
             by_count.setdefault(n, []).append(conv)
-    conn = s.connection()
     for n, ids in by_count.items():
         conn.execute(_ADVANCE, {"ids": sorted(ids), "n": n})
 
 
-def advance_if(s: Session, expected: Mapping[int, tuple[int, int, int]]) -> bool:
+def advance_if(conn: Connection, expected: Mapping[int, tuple[int, int, int]]) -> bool:
     """The writer's fast path: conv -> (last_seq, member_epoch, n) as this
     node last wrote them; raise each last_seq by n where both still hold.
     False when some conversation moved (another node wrote to it, a member
@@ -189,18 +189,17 @@ def advance_if(s: Session, expected: Mapping[int, tuple[int, int, int]]) -> bool
     by_count: dict[int, list[tuple[int, int, int]]] = {}
     for conv, (last, epoch, n) in expected.items():
         by_count.setdefault(n, []).append((conv, last, epoch))
-    conn = s.connection()
     matched = 0
     for n, keys in by_count.items():
         matched += conn.execute(_ADVANCE_IF, {"keys": sorted(keys), "n": n}).rowcount
     return matched == len(expected)
 
 
-def append(s: Session, rows: Sequence[Mapping[str, object]]) -> None:
+def append(conn: Connection, rows: Sequence[Mapping[str, object]]) -> None:
     """Insert messages (conversation_id, seq, sender, created, body): one
     multi-row INSERT (the driver's executemany) for the batch."""
     if rows:
-        s.connection().execute(_APPEND, list(rows))
+        conn.execute(_APPEND, list(rows))
 
 
 # --- reading the log -------------------------------------------------------

@@ -75,18 +75,9 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         """One unit of work: committed if the block ends normally, rolled
         back whole otherwise, so nothing is ever half-written."""
-        try:
+        with driver_errors():
             with self.sessions.begin() as session:
                 yield session
-        except sa_exc.IntegrityError as e:
-            # a key the request would break: duplicate friend, member, name
-            raise Conflict("already exists") from e
-        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as e:
-            if _deadlock(e):
-                log.info("deadlock: the unit of work was rolled back")
-                raise Unavailable("database deadlock, nothing was changed") from e
-            log.warning("database unavailable: %s", e.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
-            raise Unavailable("database unavailable, nothing was changed") from e
 
     def run(self, work: Callable[[Session], T]) -> T:
         """work(session) as one unit of work, as `transaction()`; run again
@@ -99,7 +90,7 @@ class Database:
                 with self.transaction() as s:
                     return work(s)
             except Unavailable as e:
-                if attempt >= self.retry.attempts or not _deadlock(e.__cause__):
+                if attempt >= self.retry.attempts or not deadlock(e.__cause__):
                     raise
             time.sleep(self.retry.delay(attempt))
             attempt += 1
@@ -108,7 +99,27 @@ class Database:
         self.engine.dispose()
 
 
-def _deadlock(e: BaseException | None) -> bool:
+@contextlib.contextmanager
+def driver_errors() -> Iterator[None]:
+    """The boundary where the driver's errors become gchat's own: Conflict
+    for a violated key, Unavailable for anything else (the database is down,
+    a pool wait timed out, a deadlock rolled the work back)."""
+    try:
+        yield
+    except sa_exc.IntegrityError as e:
+        # a key the request would break: duplicate friend, member, name
+        raise Conflict("already exists") from e
+    except (sa_exc.DBAPIError, sa_exc.TimeoutError) as e:
+        if deadlock(e):
+            log.info("deadlock: the unit of work was rolled back")
+            raise Unavailable("database deadlock, nothing was changed") from e
+        log.warning("database unavailable: %s", e.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+        raise Unavailable("database unavailable, nothing was changed") from e
+
+
+def deadlock(e: BaseException | None) -> bool:
+    """e (an Unavailable's cause) is InnoDB's deadlock: the work was rolled
+    back whole and may run again."""
     args: tuple[Any, ...] = getattr(getattr(e, "orig", None), "args", ())
     return len(args) > 0 and args[0] == ER_LOCK_DEADLOCK
 

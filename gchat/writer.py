@@ -12,6 +12,13 @@ gchat/batch.py's logins):
 4. commit. Only then are the messages delivered (in seq order) and their
    senders answered: an ACK with errno 0 means the message is in the log.
 
+The writer holds one connection of the pool for its batches (one batch is in
+flight at a time): a checkout per batch, with its ping and the ORM session
+around it, was a sixth of a batch's CPU. A driver error drops the connection
+(the next batch checks out a fresh one, pinged); a batch that lost its
+connection before its commit, or was a deadlock victim, is run again as
+store.Database.run would, as it was rolled back whole.
+
 Under load a batch holds tens of messages and they share the commit (and its
 fsync); alone, a message is a batch of one.
 """
@@ -25,13 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gevent.event import AsyncResult
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from gchat import convlog
 from gchat.batch import Batcher
-from gchat.errors import Conflict
+from gchat.errors import Conflict, Unavailable
 from gchat.protocol import ProtocolError, dumps
-from gchat.store import Database
+from gchat.store import Database, deadlock, driver_errors
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,13 @@ class LogWriter:
         # left it: the fast path's expectation (see convlog.advance_if)
         self._last: dict[int, tuple[int, int]] = {}
         self._epochs: dict[int, int] = {}
+        self._conn: Connection | None = None  # the batches' own, checked out once
+
+    def close(self) -> None:
+        """Return the writer's connection to the pool (before the engine's dispose)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def append(self, msg: Outgoing) -> tuple[Written, int]:
         """Log one message; returns it as written and how many recipients
@@ -149,13 +163,11 @@ class LogWriter:
         written: list[Written] | None = None
         if all(c in self._last for _, c in items):
             try:
-                with self.db.transaction() as s:
-                    written = self._number(s, items, fast=True)
+                written = self._run(items, fast=True)
             except _Moved:
                 written = None
         if written is None:
-            with self.db.transaction() as s:
-                written = self._number(s, items, fast=False)
+            written = self._run(items, fast=False)
         for w in written:  # committed: what this node wrote is where each conversation is
             self._last[w.conv] = (w.seq, self._epochs[w.conv])
         # committed: now, and only now, anyone may hear of it
@@ -170,7 +182,40 @@ class LogWriter:
             out.append((w, reached))
         return out
 
-    def _number(self, s: Session, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written]:
+    def _run(self, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written]:
+        """_number in one transaction on the writer's connection, committed;
+        run again (up to the retry policy's attempts) when it was rolled back
+        whole: a deadlock victim, or its connection lost before the commit
+        was sent (a database restarted since the last batch)."""
+        attempt = 1
+        while True:
+            committing = False
+            try:
+                with driver_errors():
+                    if self._conn is None:
+                        self._conn = self.db.engine.connect()
+                    with self._conn.begin() as tx:
+                        written = self._number(self._conn, items, fast)
+                        committing = True
+                        tx.commit()
+                    return written
+            except Unavailable as e:
+                self._drop()
+                lost = not committing and bool(getattr(e.__cause__, "connection_invalidated", False))
+                if attempt >= self.db.retry.attempts or not (lost or deadlock(e.__cause__)):
+                    raise
+            time.sleep(self.db.retry.delay(attempt))
+            attempt += 1
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()  # never back into the pool: its state is unknown
+            except Exception:
+                log.debug("closing the writer's connection failed", exc_info=True)
+
+    def _number(self, s: Connection, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written]:
         """Number and insert a batch in the caller's transaction. fast: from
         where this node last left each conversation, checked by the UPDATE
         (_Moved when another node or a join moved it); else under the rows'

@@ -214,3 +214,36 @@ def test_a_deadlock_victim_is_run_again_before_errno_11(mariadb) -> None:  # typ
     print(f"\nthe unit of work ran {result} times: the first was the deadlock victim, the second committed")
     assert not errors, errors
     assert result == 2
+
+
+def test_the_writer_survives_its_connection_killed_between_batches(mariadb) -> None:  # type: ignore[no-untyped-def]
+    """The writer holds one connection for its batches (no checkout and ping
+    per batch). When the database drops it between two batches (a restart,
+    wait_timeout), the next message is still logged, numbered next, instead
+    of failing with errno 11: the lost batch was rolled back whole and runs
+    again on a fresh connection."""
+    import pymysql
+
+    from gchat.store import Database
+    from gchat.writer import LogWriter, Outgoing
+    from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
+
+    db = Database(mariadb.create())
+    try:
+        with db.transaction() as s:
+            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
+        writer = LogWriter(db)
+        first, _ = writer.append(Outgoing(a, {"msg": "one"}, to=b))
+        assert writer._conn is not None
+        thread_id = writer._conn.connection.dbapi_connection.thread_id()  # type: ignore[union-attr]
+        admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD)
+        with admin.cursor() as cur:
+            cur.execute(f"KILL {int(thread_id)}")
+        admin.close()
+        second, _ = writer.append(Outgoing(a, {"msg": "two"}, to=b))
+        assert (second.conv, second.seq) == (first.conv, first.seq + 1)
+        with db.transaction() as s:
+            assert [m.seq for m in convlog.messages_between(s, first.conv, 0)] == [first.seq, second.seq]
+        writer.close()
+    finally:
+        db.dispose()
