@@ -69,7 +69,36 @@ class Transport(Protocol):
         goodbye if the transport has a way to, and release the socket."""
 
 
-class TcpTransport:
+class SocketIO:
+    """The socket calls every transport makes the same way (TCP, WebSocket)."""
+
+    __slots__ = ()
+    sock: socket.socket
+
+    def send(self, data: bytes | memoryview) -> int:
+        return self.sock.send(data)
+
+    def send_nowait(self, data: bytes) -> int:
+        try:
+            # gevent's socket takes a timeout; 0 never waits
+            return self.sock.send(data, 0, 0.0)  # type: ignore[call-arg]
+        except BlockingIOError:
+            return 0
+
+    def shutdown_read(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class TcpTransport(SocketIO):
     """A client's TCP socket. Frames end at NUL or LF; replies end with the
     terminator the client's frames use, as the decoder found it
     (docs/protocol.md, framing)."""
@@ -96,27 +125,6 @@ class TcpTransport:
     def frame(self, body: bytes) -> bytes:
         return body + self.decoder.reply_terminator
 
-    def send(self, data: bytes | memoryview) -> int:
-        return self.sock.send(data)
-
-    def send_nowait(self, data: bytes) -> int:
-        try:
-            # gevent's socket takes a timeout; 0 never waits
-            return self.sock.send(data, 0, 0.0)  # type: ignore[call-arg]
-        except BlockingIOError:
-            return 0
-
-    def shutdown_read(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
-
-    def shutdown(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def close(self, reason: str = "") -> None:
         try:

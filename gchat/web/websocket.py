@@ -26,7 +26,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gchat.protocol import Errno, FrameTooLarge, ProtocolError
-from gchat.transport import RECV_SIZE, Incoming
+from gchat.transport import RECV_SIZE, Incoming, SocketIO
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Writer(Protocol):
     def reply(self, body: bytes) -> None: ...
 
 
-class WebSocketTransport:
+class WebSocketTransport(SocketIO):
     """A client's WebSocket after the handshake (gchat.web.listener)."""
 
     __slots__ = ("sock", "ws", "frame_max", "writer", "heard", "pinged", "received", "_parts", "_size", "_goodbye",
@@ -180,29 +180,7 @@ class WebSocketTransport:
             for data in self.ws.data_to_send():
                 self._control(data)
 
-    def send(self, data: bytes | memoryview) -> int:
-        return self.sock.send(data)
-
-    def send_nowait(self, data: bytes) -> int:
-        try:
-            # gevent's socket takes a timeout; 0 never waits
-            return self.sock.send(data, 0, 0.0)  # type: ignore[call-arg]
-        except BlockingIOError:
-            return 0
-
     # --- the end -------------------------------------------------------------
-
-    def shutdown_read(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
-
-    def shutdown(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def close(self, reason: str = "") -> None:
         """After the outbox's last flush: the close frame (the peer's code
