@@ -129,6 +129,15 @@ class TerminalClient:
             self.io.show(describe(e, during))
             return None
 
+    def done(self, what: Callable[[], object]) -> bool:
+        """Run a request that answers nothing but success; False when it
+        failed (the error is shown)."""
+        def run() -> bool:
+            what()
+            return True
+
+        return bool(self.call(run))
+
     # the menu ---------------------------------------------------------------
 
     def run(self) -> int:
@@ -311,13 +320,12 @@ def _loginout(t: TerminalClient, c: Client, rest: str) -> None:
 def _chat(t: TerminalClient, c: Client, rest: str) -> None:
     to, msg = t.number_and_text(rest, COMMANDS["chat"].usage)
     if to is not None:
-        try:
-            state = c.chat(to, msg)
-        except ConnectionLost:
-            raise
-        except GchatError as e:
-            t.io.show(describe(e))
+        # a 1-tuple: None is a refusal (shown by call), while the answer itself
+        # may be None (no acknowledgement)
+        got = t.call(lambda: (c.chat(to, msg),))
+        if got is None:
             return
+        (state,) = got
         if state == "offline":
             t.io.show(f"user {to} is offline; the message waits for their next login")
         else:  # None: the server does not acknowledge (--classic, or the original server)
@@ -348,12 +356,7 @@ def _creategroup(t: TerminalClient, c: Client, rest: str) -> None:
 def _addgroup(t: TerminalClient, c: Client, rest: str) -> None:
     gid = t.number(rest, COMMANDS["addgroup"].usage)
     if gid is not None:
-        try:
-            c.join_group(gid)
-        except ConnectionLost:
-            raise
-        except GchatError as e:
-            t.io.show(describe(e))
+        if not t.done(lambda: c.join_group(gid)):
             return
         # without acks a refusal may still come, shown when it does
         t.io.show(f"joined group {gid}" if c.acks else f"asked to join group {gid}")
@@ -362,13 +365,10 @@ def _addgroup(t: TerminalClient, c: Client, rest: str) -> None:
 def _groupchat(t: TerminalClient, c: Client, rest: str) -> None:
     gid, msg = t.number_and_text(rest, COMMANDS["groupchat"].usage)
     if gid is not None:
-        try:
-            members = c.group_chat(gid, msg)
-        except ConnectionLost:
-            raise
-        except GchatError as e:
-            t.io.show(describe(e))
+        got = t.call(lambda: (c.group_chat(gid, msg),))
+        if got is None:
             return
+        (members,) = got
         t.io.show(f"sent to group {gid}" + (f" ({members} other member(s))" if members is not None else ""))
 
 

@@ -94,16 +94,6 @@ def _known(t: TerminalClient) -> Known:
     return t.known
 
 
-def _done(t: TerminalClient, what: Callable[[], object]) -> bool:
-    """Run a request that answers nothing but success; False when it failed
-    (the error is shown)."""
-    def run() -> bool:
-        what()
-        return True
-
-    return bool(t.call(run))
-
-
 def user_id(t: TerminalClient, c: Client, text: str, usage: str) -> int | None:
     """A user given by id or by exact name (any case)."""
     text = text.strip()
@@ -147,7 +137,7 @@ def _answer(accept: bool) -> Callable[[TerminalClient, Client, str], None]:
             if friend is not None:
                 known.befriend(friend)
                 t.io.show(f"you are friends with {friend.name} ({friend.id}) now")
-        elif _done(t, lambda: c.answer_request(uid, False)):
+        elif t.done(lambda: c.answer_request(uid, False)):
             known.incoming.pop(uid, None)
             t.io.show(f"declined the request of user {uid}")
     return run
@@ -155,7 +145,7 @@ def _answer(accept: bool) -> Callable[[TerminalClient, Client, str], None]:
 
 def _remove(t: TerminalClient, c: Client, rest: str) -> None:
     uid = t.number(rest, SOCIAL["remove"].usage)
-    if uid is not None and _done(t, lambda: c.remove_friend(uid)):
+    if uid is not None and t.done(lambda: c.remove_friend(uid)):
         who = _known(t).name(uid)
         _known(t).friends.pop(uid, None)
         t.io.show(f"{who} is no longer your friend")
@@ -164,7 +154,7 @@ def _remove(t: TerminalClient, c: Client, rest: str) -> None:
 def _block(on: bool) -> Callable[[TerminalClient, Client, str], None]:
     def run(t: TerminalClient, c: Client, rest: str) -> None:
         uid = t.number(rest, SOCIAL["block" if on else "unblock"].usage)
-        if uid is not None and _done(t, lambda: c.block(uid, on)):
+        if uid is not None and t.done(lambda: c.block(uid, on)):
             if on:
                 _known(t).friends.pop(uid, None)
             t.io.show(f"user {uid} {'blocked' if on else 'unblocked'}")
@@ -208,26 +198,26 @@ def _group_and_user(t: TerminalClient, rest: str, usage: str) -> tuple[int | Non
 
 def _leavegroup(t: TerminalClient, c: Client, rest: str) -> None:
     gid = t.number(rest, SOCIAL["leavegroup"].usage)
-    if gid is not None and _done(t, lambda: c.leave_group(gid)):
+    if gid is not None and t.done(lambda: c.leave_group(gid)):
         _known(t).groups.pop(gid, None)
         t.io.show(f"you left group {gid}")
 
 
 def _removemember(t: TerminalClient, c: Client, rest: str) -> None:
     gid, uid = _group_and_user(t, rest, SOCIAL["removemember"].usage)
-    if gid is not None and uid is not None and _done(t, lambda: c.remove_member(gid, uid)):
+    if gid is not None and uid is not None and t.done(lambda: c.remove_member(gid, uid)):
         t.io.show(f"user {uid} removed from group {gid}")
 
 
 def _handover(t: TerminalClient, c: Client, rest: str) -> None:
     gid, uid = _group_and_user(t, rest, SOCIAL["handover"].usage)
-    if gid is not None and uid is not None and _done(t, lambda: c.hand_over(gid, uid)):
+    if gid is not None and uid is not None and t.done(lambda: c.hand_over(gid, uid)):
         t.io.show(f"user {uid} now leads group {gid}")
 
 
 def _deletegroup(t: TerminalClient, c: Client, rest: str) -> None:
     gid = t.number(rest, SOCIAL["deletegroup"].usage)
-    if gid is not None and _done(t, lambda: c.delete_group(gid)):
+    if gid is not None and t.done(lambda: c.delete_group(gid)):
         _known(t).groups.pop(gid, None)
         t.io.show(f"group {gid} deleted")
 
