@@ -21,13 +21,27 @@ def _err(errno: Errno, msg: str) -> ProtocolError:
 
 
 def sync_reply(svc: Services, user_id: int, cursors: dict[int, tuple[int, int, int, int]],
-               backlog: list[convlog.Logged]) -> list[dict[str, Any]]:
+               backlog: list[convlog.Logged], notices: bool = False) -> list[dict[str, Any]]:
     """The `convs` of a sync login: each conversation with its cursors,
-    unread count and the first `sync_max` messages after the delivered
-    cursor (the rest through history)."""
-    by_conv: dict[int, list[convlog.Logged]] = {}
-    for m in backlog:
-        by_conv.setdefault(m.conv, []).append(m)
+    unread count and the messages after the delivered cursor (a group's
+    notices too when the login asked for them). All conversations share one
+    budget, `sync_max` messages and `sync_bytes` bytes of their text, filled
+    oldest first across conversations: a conversation's `msgs` always follow
+    its delivered cursor without a hole, and one cut short says `more` (the
+    rest through history)."""
+    waiting = sorted((m for m in backlog if notices or m.kind == convlog.CHAT),
+                     key=lambda m: (m.created, m.conv, m.seq))
+    by_conv: dict[int, list[str]] = {}
+    cut: set[int] = set()
+    size = 0
+    for n, m in enumerate(waiting):
+        size += len(m.body)
+        if n >= svc.sync_max or size > svc.sync_bytes:
+            # past the budget: nothing more of any conversation, so each
+            # keeps its order; those with messages left say `more`
+            cut = {x.conv for x in waiting[n:]}
+            break
+        by_conv.setdefault(m.conv, []).append(m.body)
     with svc.db.transaction() as s:
         info = convlog.conv_info(s, cursors)
         unread = convlog.unread_counts(s, user_id)
@@ -39,15 +53,17 @@ def sync_reply(svc: Services, user_id: int, cursors: dict[int, tuple[int, int, i
         i = info.get(conv)
         if i is None:
             continue
-        msgs = by_conv.get(conv, [])
+        if i.kind == convlog.GROUP and i.groupid is None and delivered >= last:
+            continue  # a deleted group's conversation, all of it handed over
         entry: dict[str, Any] = {"conv": conv, "kind": i.kind, "last": last, "delivered": delivered,
                                  "read": read, "unread": unread.get(conv, 0)}
         if i.kind == convlog.PAIR:
             entry["with"], entry["peer_read"] = i.other(user_id), peers_read.get(conv, 0)
         else:
             entry["groupid"] = i.groupid
-        entry["msgs"] = [m.body for m in msgs[: svc.sync_max]]
-        entry["more"] = len(msgs) > svc.sync_max
+        entry["msgs"] = by_conv.get(conv, [])
+        # read up to sync_max numbers past the cursor (convlog.backlog)
+        entry["more"] = conv in cut or last > delivered + svc.sync_max
         out.append(entry)
     return out
 
@@ -133,12 +149,13 @@ def history(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if cur is None:
             raise _err(Errno.FORBIDDEN, "not a member of that conversation")
         _d, _r, joined, last = cur
+        # a group's notices are in the history of sessions that asked for them
         if req.get("after") is not None:
-            page = convlog.messages_between(s, conv, max(joined, req["after"]), limit=limit)
+            page = convlog.messages_between(s, conv, max(joined, req["after"]), limit=limit, notices=peer.notices)
         else:
             before = req.get("before")
             upto = last if before is None else min(last, before - 1)
-            page = convlog.messages_between(s, conv, joined, upto, limit=limit, newest=True)
+            page = convlog.messages_between(s, conv, joined, upto, limit=limit, newest=True, notices=peer.notices)
     return _acked(req, conv=conv, last=last, msgs=[m.body for m in page])
 
 
