@@ -321,27 +321,35 @@ def cursors_of(s: Session, user_ids: Sequence[int]) -> dict[int, dict[int, tuple
     return out
 
 
-def backlog(s: Session, user_ids: Sequence[int], per_conv: int | None = None) -> dict[int, list[Logged]]:
+def backlog(s: Session, cursors: Mapping[int, Mapping[int, tuple[int, int, int, int]]],
+            per_conv: int | None = None) -> dict[int, list[Logged]]:
     """What each user has not been handed: the messages after its delivered
-    cursor that others sent, by conversation and seq; in one query for all
-    the users and their conversations. `per_conv`: only the first that many
-    numbers after each delivered cursor (a range of the primary key, so a
-    conversation far behind costs that many rows, not all of them)."""
-    out: dict[int, list[Logged]] = {u: [] for u in user_ids}
-    if not user_ids:
+    cursor that others sent, by conversation and seq. `cursors` is
+    cursors_of's answer for the users; only conversations with something
+    after a cursor are read, each as a range of the primary key, all in one
+    statement. `per_conv`: only the first that many numbers after each
+    cursor (a conversation far behind costs that many rows, not all)."""
+    out: dict[int, list[Logged]] = {u: [] for u in cursors}
+    # conversation -> (user, after, upto) of those behind in it
+    behind: dict[int, list[tuple[int, int, int]]] = {}
+    for uid, convs in cursors.items():
+        for conv, (delivered, _read, _joined, last) in convs.items():
+            if last > delivered:
+                upto = last if per_conv is None else min(last, delivered + per_conv)
+                behind.setdefault(conv, []).append((uid, delivered, upto))
+    if not behind:
         return out
-    after = and_(Message.conversation_id == Cursor.conversation_id, Message.seq > Cursor.delivered_seq)
-    if per_conv is not None:
-        after = and_(after, Message.seq <= Cursor.delivered_seq + per_conv)
+    ranges = [and_(Message.conversation_id == conv, Message.seq > min(a for _, a, _ in who),
+                   Message.seq <= max(b for _, _, b in who)) for conv, who in sorted(behind.items())]
     q = (
-        select(Cursor.user_id, Message.conversation_id, Message.seq, Message.sender, Message.created, Message.body,
-               Message.kind)
-        .join(Message, after)
-        .where(Cursor.user_id.in_(list(user_ids)), Message.sender != Cursor.user_id)
-        .order_by(Cursor.user_id, Message.conversation_id, Message.seq)
+        select(Message.conversation_id, Message.seq, Message.sender, Message.created, Message.body, Message.kind)
+        .where(or_(*ranges))
+        .order_by(Message.conversation_id, Message.seq)
     )
-    for uid, conv, seq, sender, created, body, kind in s.execute(q):
-        out[uid].append(Logged(conv, seq, sender, created, body, kind))
+    for conv, seq, sender, created, body, kind in s.execute(q):
+        for uid, after, upto in behind[conv]:
+            if after < seq <= upto and sender != uid:
+                out[uid].append(Logged(conv, seq, sender, created, body, kind))
     return out
 
 

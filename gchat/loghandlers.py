@@ -1,16 +1,20 @@
 """The handlers of docs/protocol.md section D: a sync login's reply,
 receipts, read cursors, readers and history. Registered in
 `service.HANDLERS`; the same rules as service.py (the session is the identity,
-ProtocolErrors carry the errno)."""
+ProtocolErrors carry the errno), from gchat/handling.py as friends.py and
+groups.py have them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gchat import convlog
+from gchat.handling import Reply, acked, session_user
 from gchat.protocol import Errno, MsgId, ProtocolError, Request, dumps
 from gchat.registry import Peer
-from gchat.service import Handler, Reply, Services, _acked, _session_user
+
+if TYPE_CHECKING:  # types only: service.py imports this module for its HANDLERS
+    from gchat.service import Handler, Services
 
 HISTORY_DEFAULT = 50
 HISTORY_MAX = 200
@@ -86,16 +90,16 @@ def _position(req: Request, last: int) -> int:
 def received(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     """A modern client has everything up to cseq: its delivered cursor moves
     (never back). What it does not acknowledge comes again at its next sync."""
-    user_id = _session_user(peer, req)
+    user_id = session_user(peer, req)
     conv = req["conv"]
     _d, _r, _j, last = _member_cursor(svc, user_id, conv)
     seq = _position(req, last)
     svc.receipts((user_id, conv, seq))
-    return _acked(req)
+    return acked(req)
 
 
 def read(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    user_id = _session_user(peer, req)
+    user_id = session_user(peer, req)
     conv = req["conv"]
     _d, _r, _j, last = _member_cursor(svc, user_id, conv)
     seq = _position(req, last)
@@ -107,25 +111,25 @@ def read(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         # live when the other side is online; otherwise its next sync shows `peer_read`
         body = dumps({"msgid": int(MsgId.READ_RECEIPT), "conv": conv, "id": user_id, "cseq": seq})
         svc.router.tell([other], body)
-    return _acked(req, conv=conv, cseq=seq)
+    return acked(req, conv=conv, cseq=seq)
 
 
 def readers(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     """How many of the other members have read up to cseq."""
-    user_id = _session_user(peer, req)
+    user_id = session_user(peer, req)
     conv = req["conv"]
     _d, _r, _j, last = _member_cursor(svc, user_id, conv)
     seq = _position(req, last)
     with svc.db.transaction() as s:
         n = convlog.readers(s, conv, seq, exclude=user_id)
         members = convlog.member_count(s, conv) - 1
-    return _acked(req, conv=conv, cseq=seq, readers=n, members=members)
+    return acked(req, conv=conv, cseq=seq, readers=n, members=members)
 
 
 def history(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     """A page of a conversation: after a seq (oldest first), before a seq,
     or the newest; a member who joined a group reads what followed the join."""
-    user_id = _session_user(peer, req)
+    user_id = session_user(peer, req)
     named = [k for k in ("conv", "to", "groupid") if req.get(k) is not None]
     if len(named) != 1:
         raise _err(Errno.BAD_REQUEST, "name one conversation: conv, to or groupid")
@@ -138,7 +142,7 @@ def history(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if req.get("to") is not None:
             conv = convlog.find_pair(s, user_id, req["to"])
             if conv is None:  # never talked: nothing to read
-                return _acked(req, conv=None, last=0, msgs=[])
+                return acked(req, conv=None, last=0, msgs=[])
         elif req.get("groupid") is not None:
             conv = convlog.find_group(s, req["groupid"])
             if conv is None:
@@ -156,7 +160,7 @@ def history(svc: Services, peer: Peer, req: Request) -> list[Reply]:
             before = req.get("before")
             upto = last if before is None else min(last, before - 1)
             page = convlog.messages_between(s, conv, joined, upto, limit=limit, newest=True, notices=peer.notices)
-    return _acked(req, conv=conv, last=last, msgs=[m.body for m in page])
+    return acked(req, conv=conv, last=last, msgs=[m.body for m in page])
 
 
 HANDLERS: dict[MsgId, Handler] = {

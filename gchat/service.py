@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from gchat import audit, convlog, friends, groups, store
+from gchat import audit, convlog, friends, groups, loghandlers, store
 from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.cluster.presence import Presence
@@ -154,11 +154,12 @@ class Services:
             groups = store.groups_of_many(s, ids)
             offline = store.take_offline_many(s, ids)
             cursors = convlog.cursors_of(s, ids)
-            # one query for all the sync logins of the batch, each
-            # conversation read up to what a reply may carry; a classic
-            # client is handed everything at once (part A)
-            backlog = convlog.backlog(s, synced, per_conv=self.sync_max)
-            backlog.update(convlog.backlog(s, classic))
+            # one query for all the sync logins of the batch (only the
+            # conversations with something waiting, each read up to what a
+            # reply may carry), one for the classic ones, handed everything
+            # at once (part A)
+            backlog = convlog.backlog(s, {u: cursors[u] for u in synced}, per_conv=self.sync_max)
+            backlog.update(convlog.backlog(s, {u: cursors[u] for u in classic}))
             return [(friends[uid], groups[uid], offline[uid], backlog[uid], cursors[uid]) for uid in ids]
 
         return self.db.run(work)
@@ -626,6 +627,7 @@ HANDLERS: dict[MsgId, Handler] = {
     MsgId.LOGINOUT: logout,
     **friends.HANDLERS,
     **groups.HANDLERS,
+    **loghandlers.HANDLERS,
 }
 
 
@@ -635,11 +637,6 @@ ERRNO_OF: dict[type[DomainError], Errno] = {
     Unavailable: Errno.UNAVAILABLE,
     Conflict: Errno.CONFLICT,
 }
-
-# section D's handlers live in their own module, which builds on this one
-from gchat import loghandlers  # noqa: E402
-
-HANDLERS.update(loghandlers.HANDLERS)
 
 
 def handle(svc: Services, peer: Peer, req: Request) -> list[Reply] | Pending:
