@@ -11,6 +11,7 @@ from typing import Any
 from gchat.service import Services
 from gchat.writer import Outgoing
 from tests import test_service
+from tests.support import unique
 from tests.test_service import FakePeer, call, new_user, refused
 
 svc = test_service.svc  # the same fixture: a SQLite store, an in-process bus
@@ -203,3 +204,38 @@ def test_admin_delete_user_takes_requests_blocks_cursors_and_memberships(svc: Se
         assert s.scalar(select(func.count()).select_from(Message).where(Message.sender == d_id)) == 2  # join, chat
     assert call(svc, bob, msgid=8, groupid=gid, seq=6)[0]["errno"] == 0
     assert call(svc, ann, msgid=9, groupid=gid, msg="on without", seq=7)[0]["members"] == 1
+
+
+def test_the_client_library_tells_missed_group_notices_as_events_not_chats(make_server) -> None:  # type: ignore[no-untyped-def]
+    """gchat.client with sync and notices: a group's notices missed while
+    away come as events at login, once, acknowledged with the chats; its
+    history holds the chats only."""
+    from gchat.client import Client
+    from gchat.client.types import Notice
+
+    node = make_server()
+    with Client.connect(node.host, node.port) as c:
+        ann_id, bob_id = c.register(unique("ann"), "pa"), c.register(unique("bob"), "pb")
+    with Client.connect(node.host, node.port) as ann:
+        ann.login(ann_id, "pa", sync=True, notices=True)
+        gid = ann.create_group(unique("g"))
+        assert gid is not None
+    with Client.connect(node.host, node.port) as bob:
+        bob.login(bob_id, "pb")
+        bob.join_group(gid)
+        bob.group_chat(gid, "hello")
+        bob.leave_group(gid)
+    for _ in range(2):  # the second login finds them acknowledged
+        with Client.connect(node.host, node.port) as ann:
+            me = ann.login(ann_id, "pa", sync=True, notices=True)
+            (conv,) = me.convs
+            events = []
+            while (e := ann.next_event(0.5)) is not None:
+                events.append(e)
+            assert [m.text for m in ann.history(groupid=gid)] == ["hello"]
+            if _ == 0:
+                assert [m.text for m in conv.messages] == ["hello"]
+                assert [(e.kind, e.person("user").id) for e in events if isinstance(e, Notice)] == [  # type: ignore[union-attr]
+                    ("group_join", bob_id), ("group_leave", bob_id)]
+            else:
+                assert conv.messages == () and conv.notices == ()
