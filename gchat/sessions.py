@@ -163,10 +163,14 @@ class Sessions:
                 sess.tracks.setdefault(conv, Track(0)).take(seq)
 
     def joined(self, user_id: int, conv: int, joined_seq: int) -> None:
-        """The user joined a group here: it is owed what follows joined_seq."""
+        """The user joined a group here: it is owed what follows joined_seq,
+        and nothing before (a member who left and joins again is not owed
+        what was said meanwhile: its track starts afresh)."""
         sess = self._by_user.get(user_id)
-        if sess is not None and conv not in sess.tracks:
-            sess.tracks[conv] = Track(joined_seq)
+        if sess is not None:
+            track = sess.tracks.get(conv)
+            if track is None or track.high < joined_seq:
+                sess.tracks[conv] = Track(joined_seq)
 
     def end(self, user_id: int, peer: LogPeer) -> None:
         """The session is over (log-out, disconnect, a failed login): write

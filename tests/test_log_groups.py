@@ -98,6 +98,12 @@ def test_live_notices_go_to_sessions_that_asked_and_a_removed_member_keeps_nothi
     call(svc, bob, msgid=8, groupid=gid)
     call(svc, owner, msgid=9, groupid=gid, msg="again")
     assert [m["msg"] for m in bob.pushed] == ["again"]
+    # removed while online, and back: what was said meanwhile is not his
+    call(svc, owner, msgid=26, groupid=gid, userid=bob_id, seq=6)
+    call(svc, owner, msgid=9, groupid=gid, msg="without bob")
+    call(svc, bob, msgid=8, groupid=gid)
+    call(svc, owner, msgid=9, groupid=gid, msg="with bob")
+    assert [m["msg"] for m in bob.pushed] == ["again", "with bob"]
     assert owner_id
 
 
