@@ -334,14 +334,17 @@ class Sessions:
         by the sweep before and still missing now was lost on its way (a bus
         notification dropped, and no later message of the conversation to
         reveal the gap): it is repaired from the log. One query per
-        SWEEP_BATCH sessions; how many conversations were repaired."""
+        SWEEP_BATCH sessions, of the conversations with something after the
+        user's delivered cursor only (few: a classic client's cursor follows
+        what it was handed within cursor_flush, a modern one's its
+        receipts); how many conversations were repaired."""
         sessions = [x for x in list(self._by_user.values()) if x.ready]
         repaired = 0
         for i in range(0, len(sessions), SWEEP_BATCH):
             part = sessions[i:i + SWEEP_BATCH]
             try:
                 with self.db.transaction() as s:
-                    cursors = convlog.cursors_of(s, [x.user_id for x in part])
+                    cursors = convlog.cursors_of(s, [x.user_id for x in part], behind=True)
             except (DomainError, ProtocolError) as e:
                 log.warning("sweep: could not check %d session(s) against the log: %s", len(part), e)
                 return repaired

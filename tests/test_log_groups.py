@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import gevent
+
 from gchat.service import Services
 from gchat.writer import Outgoing
 from tests import test_service
@@ -245,3 +247,34 @@ def test_the_client_library_tells_missed_group_notices_as_events_not_chats(make_
                     ("group_join", bob_id), ("group_leave", bob_id)]
             else:
                 assert conv.messages == () and conv.notices == ()
+
+
+def test_the_sweep_repairs_what_stayed_missing_for_a_whole_sweep(svc: Services) -> None:
+    """Two nodes on one store with no bus between them: a message from a
+    user on one to a user on the other is never told there (a lost
+    notification, and the last of its conversation). The other node's first
+    sweep only notes it (it might be in flight); the second delivers it."""
+    from gchat.cluster.bus import LocalBus
+    from gchat.cluster.mirror import StateMirror
+    from gchat.cluster.presence import LocalPresence
+    from gchat.passwords import Passwords
+    from gchat.registry import Registry
+    from gchat.router import Router
+
+    registry, bus = Registry(), LocalBus()
+    other = Services(db=svc.db, registry=registry, presence=LocalPresence("n2", StateMirror(svc.db)),
+                     router=Router(registry, bus, svc.db), passwords=Passwords(time_cost=1, memory_kib=8))
+    bus.start(other.router.on_bus_delivery, other.invalidate_group, lambda: None)
+    a, a_id = new_user(svc, "alice")
+    (reg,) = call(svc, FakePeer(), msgid=3, name="bob", password="pw")
+    bob = FakePeer()
+    assert call(other, bob, msgid=1, id=reg["id"], password="pw")[0]["errno"] == 0
+    assert call(svc, a, msgid=5, to=reg["id"], msg="lost", seq=1)[0]["delivered"] == "offline"
+    assert other.sessions.sweep() == 0 and bob.pushed == []
+    assert other.sessions.sweep() == 1
+    for _ in range(200):  # the repair runs on a greenlet of its own
+        if bob.pushed:
+            break
+        gevent.sleep(0.05)
+    assert [(m["msg"], m["cseq"]) for m in bob.pushed] == [("lost", 1)]
+    assert other.sessions.sweep() == 0 and len(bob.pushed) == 1  # had: nothing more
