@@ -140,7 +140,8 @@ def build(settings: Settings) -> App:
         db=db,
         registry=registry,
         presence=presence,
-        router=Router(registry, bus, db, Sessions(db, flush_interval=settings.cursor_flush), counts),
+        router=Router(registry, bus, db, Sessions(db, flush_interval=settings.cursor_flush,
+                                                       sweep_interval=settings.repair_sweep), counts),
         passwords=Passwords(settings.hash_time_cost, settings.hash_memory_kib, offload=_offload),
         limits=settings.limits,
         throttle=LoginThrottle(
@@ -156,6 +157,7 @@ def build(settings: Settings) -> App:
         cache=Cache(settings.cache_groups),
         friend_requests=settings.friend_requests,
         sync_max=settings.sync_max,
+        sync_bytes=settings.sync_bytes,
         counts=counts,
         failed_logins=FailedLogins(settings.login_failures_logged, settings.login_failures_window),
     )

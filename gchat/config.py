@@ -111,7 +111,12 @@ class Settings:
     # the conversation log (docs/architecture.md)
     cursor_flush: float = _opt(1.0, "seconds between writes of classic clients' delivered cursors "
                                     "(a node killed loses at most this much: those messages come again)")
-    sync_max: int = _opt(100, "messages per conversation in a sync login's reply (the rest through history)")
+    sync_max: int = _opt(5000, "messages in a sync login's reply, all its conversations together (the rest "
+                         "through history)")
+    sync_bytes: int = _opt(4 * 1024 * 1024, "bytes of messages in a sync login's reply (the rest through history)")
+    repair_sweep: float = _opt(10.0, "seconds between two checks of the node's sessions against the log: a "
+                               "message whose live delivery was lost and that is the last of its conversation "
+                               "arrives within two of these; 0 = no sweep")
     retention_days: float = _opt(0.0, "gchat-admin prune: delete messages older than this many days; 0 = keep")
     retention_keep: int = _opt(0, "gchat-admin prune: keep at most this many messages per conversation; 0 = all")
 

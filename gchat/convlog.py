@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, case, delete, func, i
 from sqlalchemy.orm import Session
 
 from gchat.models import Conversation, Cursor, GroupUser, Message
+from gchat.protocol import dumps
 
 # The hot statements run on the session's Connection with the Core tables:
 # the ORM's bulk paths (per-row state, identity map) cost more CPU than the
@@ -47,6 +48,17 @@ _APPEND = insert(MESSAGE)
 
 PAIR = "pair"
 GROUP = "group"
+# message.kind (migration 0005)
+CHAT = "chat"
+NOTICE = "notice"
+# how a notice's delivered text starts (gchat.handling.notice puts msgid
+# first; a chat's msgid is 5 or 9): the live path and the bus carry the text
+# only, and this tells them apart without parsing it
+NOTICE_HEAD = b'{"msgid":31,'
+
+
+def is_notice(body: bytes | str) -> bool:
+    return (body.encode() if isinstance(body, str) else body).startswith(NOTICE_HEAD)
 
 
 def pair_key(a: int, b: int) -> tuple[int, int]:
@@ -104,6 +116,26 @@ def create_group_conversation(s: Session, group_id: int, creator_id: int) -> int
     return conv.id
 
 
+def lock_group(s: Session, group_id: int) -> tuple[int, int] | None:
+    """The group's conversation locked until the commit (the lock the writer
+    takes before numbering: a membership change and a message are put in
+    one order); (conversation id, last_seq), None when the group has none
+    (deleted meanwhile: its conversation is detached, gchat/groups.py)."""
+    row = s.execute(
+        select(Conversation.id, Conversation.last_seq).where(Conversation.groupid == group_id).with_for_update()
+    ).first()
+    return None if row is None else (int(row.id), int(row.last_seq))
+
+
+def _members_changed(s: Session, conv_id: int, **values: object) -> None:
+    s.execute(
+        update(Conversation)
+        .where(Conversation.id == conv_id)
+        .values(member_epoch=Conversation.member_epoch + 1, **values)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def join_group(s: Session, group_id: int, user_id: int) -> tuple[int, int]:
     """In the transaction that adds the member: lock the group's
     conversation, raise its member epoch and give the member a cursor at the
@@ -113,28 +145,68 @@ def join_group(s: Session, group_id: int, user_id: int) -> tuple[int, int]:
     numbered after this commit sees the new epoch and reloads the members
     (the joiner among them); one numbered before has a seq <= joined_seq,
     which the joiner is not owed."""
-    conv_id = find_group(s, group_id)
-    if conv_id is None:  # a group made before the log, not migrated (never expected)
+    locked = lock_group(s, group_id)
+    if locked is None:  # a group made before the log, not migrated (never expected)
         conv = Conversation(kind=GROUP, groupid=group_id, last_seq=0, member_epoch=0)
         s.add(conv)
         s.flush()
-        conv_id = conv.id
-    row = s.execute(
-        select(Conversation.last_seq).where(Conversation.id == conv_id).with_for_update()
-    ).one()
-    joined = int(row.last_seq)
-    s.execute(
-        update(Conversation)
-        .where(Conversation.id == conv_id)
-        .values(member_epoch=Conversation.member_epoch + 1)
-        .execution_options(synchronize_session=False)
-    )
+        locked = conv.id, 0
+    conv_id, joined = locked
+    _members_changed(s, conv_id)
     s.execute(
         insert(Cursor),
         [{"user_id": user_id, "conversation_id": conv_id, "delivered_seq": joined, "read_seq": joined,
           "joined_seq": joined}],
     )
     return conv_id, joined
+
+
+def leave_group(s: Session, conv_id: int, user_ids: Sequence[int]) -> None:
+    """In the transaction that removes the members, after lock_group: raise
+    the member epoch (as a join does) and drop their cursors. A writer on any
+    node numbering a message after this commit reloads the members under the
+    same lock, so no message numbered after the removal is addressed to
+    them; without a cursor, neither a login, a repair nor history hands them
+    one from the log."""
+    _members_changed(s, conv_id)
+    s.execute(delete(Cursor).where(Cursor.conversation_id == conv_id, Cursor.user_id.in_(list(user_ids))))
+
+
+def members_left(s: Session, user_ids: Sequence[int]) -> None:
+    """Users about to be deleted (gchat-admin delete-user): every group
+    conversation they are in gets its member epoch raised, under its lock in
+    id order, as a leave does; the caller deletes their cursors and
+    memberships in the same transaction."""
+    convs = select(Conversation.id).join(GroupUser, GroupUser.groupid == Conversation.groupid).where(
+        GroupUser.userid.in_(list(user_ids)))
+    ids = sorted({int(c) for c in s.scalars(convs)})
+    if ids:
+        s.execute(select(Conversation.id).where(Conversation.id.in_(ids)).order_by(Conversation.id).with_for_update())
+        s.execute(update(Conversation).where(Conversation.id.in_(ids))
+                  .values(member_epoch=Conversation.member_epoch + 1).execution_options(synchronize_session=False))
+
+
+def detach_group(s: Session, conv_id: int) -> None:
+    """Before the group's row is deleted (its foreign key would take the
+    conversation with it), after lock_group: the conversation stays, with its
+    messages and the members' cursors (history by `conv`), and no group; its
+    member epoch rises, so a writer holding the member list reloads it (empty)."""
+    _members_changed(s, conv_id, groupid=None)
+
+
+def note(s: Session, conv_id: int, last_seq: int, sender: int, body: dict[str, object],
+         now: int) -> tuple[int, bytes]:
+    """Append a notice (a group's membership change, docs/protocol.md
+    section F) to the conversation, after lock_group returned last_seq: its
+    own seq, in the one order of the conversation. Returns (seq, delivered
+    text)."""
+    seq = last_seq + 1
+    text = dumps({**body, "conv": conv_id, "cseq": seq, "ts": now})
+    s.execute(update(Conversation).where(Conversation.id == conv_id).values(last_seq=seq)
+              .execution_options(synchronize_session=False))
+    s.execute(insert(Message), [{"conversation_id": conv_id, "seq": seq, "sender": sender, "created": now,
+                                 "body": text.decode(), "kind": NOTICE}])
+    return seq, text
 
 
 def conv_info(s: Session, conv_ids: Iterable[int]) -> dict[int, ConvInfo]:
@@ -212,17 +284,20 @@ class Logged:
     sender: int
     created: int
     body: str
+    kind: str = CHAT
 
 
 def messages_between(s: Session, conv_id: int, after: int, upto: int | None = None,
-                     limit: int | None = None, newest: bool = False) -> list[Logged]:
+                     limit: int | None = None, newest: bool = False, notices: bool = True) -> list[Logged]:
     """Messages with after < seq (<= upto), oldest first; with `newest`, the
-    last `limit` of them (still returned oldest first)."""
-    q = select(Message.conversation_id, Message.seq, Message.sender, Message.created, Message.body).where(
-        Message.conversation_id == conv_id, Message.seq > after
-    )
+    last `limit` of them (still returned oldest first); without `notices`,
+    chats only."""
+    q = select(Message.conversation_id, Message.seq, Message.sender, Message.created, Message.body,
+               Message.kind).where(Message.conversation_id == conv_id, Message.seq > after)
     if upto is not None:
         q = q.where(Message.seq <= upto)
+    if not notices:
+        q = q.where(Message.kind == CHAT)
     q = q.order_by(Message.seq.desc() if newest else Message.seq)
     if limit is not None:
         q = q.limit(limit)
@@ -230,8 +305,11 @@ def messages_between(s: Session, conv_id: int, after: int, upto: int | None = No
     return rows[::-1] if newest else rows
 
 
-def cursors_of(s: Session, user_ids: Sequence[int]) -> dict[int, dict[int, tuple[int, int, int, int]]]:
-    """Each user's conversations: conv -> (delivered, read, joined, last_seq)."""
+def cursors_of(s: Session, user_ids: Sequence[int], behind: bool = False,
+               ) -> dict[int, dict[int, tuple[int, int, int, int]]]:
+    """Each user's conversations: conv -> (delivered, read, joined, last_seq);
+    with `behind`, only those with something after the delivered cursor (the
+    repair sweep: the others the user has, however it got them)."""
     out: dict[int, dict[int, tuple[int, int, int, int]]] = {u: {} for u in user_ids}
     if not user_ids:
         return out
@@ -241,34 +319,52 @@ def cursors_of(s: Session, user_ids: Sequence[int]) -> dict[int, dict[int, tuple
         .join(Conversation, Conversation.id == Cursor.conversation_id)
         .where(Cursor.user_id.in_(list(user_ids)))
     )
+    if behind:
+        q = q.where(Conversation.last_seq > Cursor.delivered_seq)
     for uid, conv, d, r, j, last in s.execute(q):
         out[uid][conv] = (int(d), int(r), int(j), int(last))
     return out
 
 
-def backlog(s: Session, user_ids: Sequence[int]) -> dict[int, list[Logged]]:
+def backlog(s: Session, cursors: Mapping[int, Mapping[int, tuple[int, int, int, int]]],
+            per_conv: int | None = None) -> dict[int, list[Logged]]:
     """What each user has not been handed: the messages after its delivered
-    cursor that others sent, by conversation and seq."""
-    out: dict[int, list[Logged]] = {u: [] for u in user_ids}
-    if not user_ids:
+    cursor that others sent, by conversation and seq. `cursors` is
+    cursors_of's answer for the users; only conversations with something
+    after a cursor are read, each as a range of the primary key, all in one
+    statement. `per_conv`: only the first that many numbers after each
+    cursor (a conversation far behind costs that many rows, not all)."""
+    out: dict[int, list[Logged]] = {u: [] for u in cursors}
+    # conversation -> (user, after, upto) of those behind in it
+    behind: dict[int, list[tuple[int, int, int]]] = {}
+    for uid, convs in cursors.items():
+        for conv, (delivered, _read, _joined, last) in convs.items():
+            if last > delivered:
+                upto = last if per_conv is None else min(last, delivered + per_conv)
+                behind.setdefault(conv, []).append((uid, delivered, upto))
+    if not behind:
         return out
+    ranges = [and_(Message.conversation_id == conv, Message.seq > min(a for _, a, _ in who),
+                   Message.seq <= max(b for _, _, b in who)) for conv, who in sorted(behind.items())]
     q = (
-        select(Cursor.user_id, Message.conversation_id, Message.seq, Message.sender, Message.created, Message.body)
-        .join(Message, and_(Message.conversation_id == Cursor.conversation_id, Message.seq > Cursor.delivered_seq))
-        .where(Cursor.user_id.in_(list(user_ids)), Message.sender != Cursor.user_id)
-        .order_by(Cursor.user_id, Message.conversation_id, Message.seq)
+        select(Message.conversation_id, Message.seq, Message.sender, Message.created, Message.body, Message.kind)
+        .where(or_(*ranges))
+        .order_by(Message.conversation_id, Message.seq)
     )
-    for uid, conv, seq, sender, created, body in s.execute(q):
-        out[uid].append(Logged(conv, seq, sender, created, body))
+    for conv, seq, sender, created, body, kind in s.execute(q):
+        for uid, after, upto in behind[conv]:
+            if after < seq <= upto and sender != uid:
+                out[uid].append(Logged(conv, seq, sender, created, body, kind))
     return out
 
 
 def unread_counts(s: Session, user_id: int) -> dict[int, int]:
-    """Messages after the read cursor that others sent, per conversation."""
+    """Chat messages after the read cursor that others sent, per
+    conversation (a notice is not something to read)."""
     q = (
         select(Message.conversation_id, func.count())
         .join(Cursor, and_(Cursor.conversation_id == Message.conversation_id, Message.seq > Cursor.read_seq))
-        .where(Cursor.user_id == user_id, Message.sender != user_id)
+        .where(Cursor.user_id == user_id, Message.sender != user_id, Message.kind == CHAT)
         .group_by(Message.conversation_id)
     )
     return {int(c): int(n) for c, n in s.execute(q)}

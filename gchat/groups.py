@@ -1,19 +1,29 @@
-"""Groups beyond create, join and chat (docs/protocol.md section F): leave;
+"""Groups beyond create and chat (docs/protocol.md section F): join, leave;
 the creator removes a member, hands the group over, deletes it; the member
-list with states; search by name. Members are told of joins, leaves,
-removals, handovers and deletions by a NOTICE (pushed to sessions that asked
-for notices; never stored)."""
+list with states; search by name.
+
+Members are told of joins, leaves, removals, handovers and deletions by a
+NOTICE that is an entry of the group's conversation log (docs/protocol.md
+sections D and F): written in the transaction that changes the group, under
+the conversation's row lock (the writer's, gchat/writer.py), with its own
+seq. So every member sees it in the one order of the conversation, a sync
+login and history carry it, and a lost push is repaired from the log like a
+chat message. Only sessions that asked for notices are handed one."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
-from gchat import store
+from sqlalchemy.orm import Session
+
+from gchat import convlog, store
 from gchat.errors import Unavailable
 from gchat.friends import page_of
-from gchat.handling import Reply, answered, notice, refuse, session_user
+from gchat.handling import Reply, answered, refuse, session_user
 from gchat.protocol import Errno, MsgId, Request
 from gchat.registry import Peer
+from gchat.writer import Written
 
 if TYPE_CHECKING:
     from gchat.service import Services
@@ -41,15 +51,63 @@ def _changed(svc: Services, group_id: int) -> None:
     svc.router.invalidate_group(group_id)
 
 
-def _tell(svc: Services, user_ids: list[int], kind: str, **fields: Any) -> None:
-    if user_ids:
-        svc.router.notify(user_ids, notice(kind, **fields))
+def _note(s: Session, conv: int, last: int, sender: int, to: list[int], kind: str, **fields: Any) -> Written:
+    """The notice as an entry of the conversation (after convlog.lock_group
+    returned `last`), for `to` but its sender."""
+    now = int(time.time() * 1000)
+    body = {"msgid": int(MsgId.NOTICE), "kind": kind, **fields}
+    seq, text = convlog.note(s, conv, last, sender, body, now)
+    return Written(conv, seq, now, sender, text, tuple(u for u in to if u != sender))
 
 
-def joined(svc: Services, group_id: int, user_id: int, name: str) -> None:
-    """A user joined (msgid 8): the other members are told."""
-    others = [m for m in svc.members(group_id) if m != user_id]
-    _tell(svc, others, "group_join", groupid=group_id, user={"id": user_id, "name": name})
+def _lock(s: Session, group_id: int) -> tuple[int, int]:
+    """The group's conversation, locked (convlog.lock_group); errno 7 when
+    the group went meanwhile."""
+    locked = convlog.lock_group(s, group_id)
+    if locked is None:
+        raise refuse(Errno.NOT_FOUND, f"no group {group_id}")
+    return locked
+
+
+def join(svc: Services, group_id: int, user_id: int, name: str) -> int:
+    """A user joins (msgid 8): the member, its cursor at the conversation's
+    end and the raised member epoch (gchat/convlog.py join_group), and the
+    `group_join` notice for the other members, in one transaction. Returns
+    the conversation."""
+    with svc.db.transaction() as s:
+        if not store.group_exists(s, group_id):
+            raise refuse(Errno.NOT_FOUND, f"no group {group_id}")
+        if store.is_member(s, group_id, user_id):
+            raise refuse(Errno.CONFLICT, f"already a member of group {group_id}")
+        # the conversation's lock first, as every change of the group and the
+        # writer take it: one lock order, no deadlock between them
+        _lock(s, group_id)
+        store.add_member(s, group_id, user_id)
+        # the writers of every node see this join under the conversation's
+        # lock: every message numbered after it reaches the new member
+        conv, joined = convlog.join_group(s, group_id, user_id)
+        w = _note(s, conv, joined, user_id, store.member_ids(s, group_id), "group_join", groupid=group_id,
+                  user={"id": user_id, "name": name})
+    svc.sessions.joined(user_id, conv, joined)
+    _changed(svc, group_id)
+    svc.writer.known_group(group_id, conv)
+    svc.router.deliver_logged(w)
+    return conv
+
+
+def _leave(svc: Services, group_id: int, sender: int, leaver: int, kind: str, **fields: Any) -> Written:
+    """`leaver` goes (its cursor too, the member epoch rises: gchat/convlog.py
+    leave_group) and the remaining members get the notice `sender` made, in
+    one transaction; errno 7 when another request removed it first."""
+    with svc.db.transaction() as s:
+        conv, last = _lock(s, group_id)
+        if not store.remove_member(s, group_id, leaver):
+            raise refuse(Errno.NOT_FOUND, f"user {leaver} is not a member of group {group_id}")
+        convlog.leave_group(s, conv, [leaver])
+        w = _note(s, conv, last, sender, store.member_ids(s, group_id), kind, **fields)
+    _changed(svc, group_id)
+    svc.router.deliver_logged(w)
+    return w
 
 
 def group_leave(svc: Services, peer: Peer, req: Request) -> list[Reply]:
@@ -60,11 +118,8 @@ def group_leave(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         raise refuse(Errno.FORBIDDEN, f"not a member of group {group_id}")
     if _creator(members) == user_id:
         raise refuse(Errno.FORBIDDEN, "the creator hands the group over or deletes it")
-    with svc.db.transaction() as s:
-        store.remove_member(s, group_id, user_id)
-    _changed(svc, group_id)
-    others = [uid for uid, _, _ in members if uid != user_id]
-    _tell(svc, others, "group_leave", groupid=group_id, user={"id": user_id, "name": peer.user_name})
+    _leave(svc, group_id, user_id, user_id, "group_leave", groupid=group_id,
+           user={"id": user_id, "name": peer.user_name})
     return answered(req, groupid=group_id)
 
 
@@ -92,11 +147,11 @@ def group_remove(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     user_id, group_id, _, members = _as_creator(svc, peer, req)
     target = req["userid"]
     name = _other_member(members, user_id, target, group_id)
-    with svc.db.transaction() as s:
-        store.remove_member(s, group_id, target)
-    _changed(svc, group_id)
-    _tell(svc, [uid for uid, _, _ in members if uid != user_id], "group_remove", groupid=group_id,
-          user={"id": target, "name": name}, by=user_id)
+    w = _leave(svc, group_id, user_id, target, "group_remove", groupid=group_id,
+               user={"id": target, "name": name}, by=user_id)
+    # the removed member has no cursor in the conversation any more: told
+    # live only (a notice, never stored), like every notice before the log
+    svc.router.notify([target], w.body)
     return answered(req, groupid=group_id, userid=target)
 
 
@@ -105,19 +160,26 @@ def group_handover(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     target = req["userid"]
     name = _other_member(members, user_id, target, group_id)
     with svc.db.transaction() as s:
+        conv, last = _lock(s, group_id)
         store.hand_over(s, group_id, user_id, target)
-    _tell(svc, [uid for uid, _, _ in members if uid != user_id], "group_handover", groupid=group_id,
-          creator={"id": target, "name": name})
+        w = _note(s, conv, last, user_id, store.member_ids(s, group_id), "group_handover", groupid=group_id,
+                  creator={"id": target, "name": name})
+    svc.router.deliver_logged(w)
     return answered(req, groupid=group_id, userid=target)
 
 
 def group_delete(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    user_id, group_id, name, members = _as_creator(svc, peer, req)
+    user_id, group_id, name, _ = _as_creator(svc, peer, req)
     with svc.db.transaction() as s:
+        conv, last = _lock(s, group_id)
+        # the notice is the conversation's last entry; the conversation
+        # stays (history by conv), without its group
+        w = _note(s, conv, last, user_id, store.member_ids(s, group_id), "group_delete", groupid=group_id,
+                  groupname=name)
+        convlog.detach_group(s, conv)
         store.delete_group(s, group_id)
     _changed(svc, group_id)
-    _tell(svc, [uid for uid, _, _ in members if uid != user_id], "group_delete", groupid=group_id,
-          groupname=name)
+    svc.router.deliver_logged(w)
     return answered(req, groupid=group_id)
 
 

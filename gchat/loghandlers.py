@@ -1,16 +1,20 @@
 """The handlers of docs/protocol.md section D: a sync login's reply,
 receipts, read cursors, readers and history. Registered in
 `service.HANDLERS`; the same rules as service.py (the session is the identity,
-ProtocolErrors carry the errno)."""
+ProtocolErrors carry the errno), from gchat/handling.py as friends.py and
+groups.py have them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gchat import convlog
+from gchat.handling import Reply, acked, session_user
 from gchat.protocol import Errno, MsgId, ProtocolError, Request, dumps
 from gchat.registry import Peer
-from gchat.service import Handler, Reply, Services, _acked, _session_user
+
+if TYPE_CHECKING:  # types only: service.py imports this module for its HANDLERS
+    from gchat.service import Handler, Services
 
 HISTORY_DEFAULT = 50
 HISTORY_MAX = 200
@@ -21,13 +25,27 @@ def _err(errno: Errno, msg: str) -> ProtocolError:
 
 
 def sync_reply(svc: Services, user_id: int, cursors: dict[int, tuple[int, int, int, int]],
-               backlog: list[convlog.Logged]) -> list[dict[str, Any]]:
+               backlog: list[convlog.Logged], notices: bool = False) -> list[dict[str, Any]]:
     """The `convs` of a sync login: each conversation with its cursors,
-    unread count and the first `sync_max` messages after the delivered
-    cursor (the rest through history)."""
-    by_conv: dict[int, list[convlog.Logged]] = {}
-    for m in backlog:
-        by_conv.setdefault(m.conv, []).append(m)
+    unread count and the messages after the delivered cursor (a group's
+    notices too when the login asked for them). All conversations share one
+    budget, `sync_max` messages and `sync_bytes` bytes of their text, filled
+    oldest first across conversations: a conversation's `msgs` always follow
+    its delivered cursor without a hole, and one cut short says `more` (the
+    rest through history)."""
+    waiting = sorted((m for m in backlog if notices or m.kind == convlog.CHAT),
+                     key=lambda m: (m.created, m.conv, m.seq))
+    by_conv: dict[int, list[str]] = {}
+    cut: set[int] = set()
+    size = 0
+    for n, m in enumerate(waiting):
+        size += len(m.body)
+        if n >= svc.sync_max or size > svc.sync_bytes:
+            # past the budget: nothing more of any conversation, so each
+            # keeps its order; those with messages left say `more`
+            cut = {x.conv for x in waiting[n:]}
+            break
+        by_conv.setdefault(m.conv, []).append(m.body)
     with svc.db.transaction() as s:
         info = convlog.conv_info(s, cursors)
         unread = convlog.unread_counts(s, user_id)
@@ -39,15 +57,17 @@ def sync_reply(svc: Services, user_id: int, cursors: dict[int, tuple[int, int, i
         i = info.get(conv)
         if i is None:
             continue
-        msgs = by_conv.get(conv, [])
+        if i.kind == convlog.GROUP and i.groupid is None and delivered >= last:
+            continue  # a deleted group's conversation, all of it handed over
         entry: dict[str, Any] = {"conv": conv, "kind": i.kind, "last": last, "delivered": delivered,
                                  "read": read, "unread": unread.get(conv, 0)}
         if i.kind == convlog.PAIR:
             entry["with"], entry["peer_read"] = i.other(user_id), peers_read.get(conv, 0)
         else:
             entry["groupid"] = i.groupid
-        entry["msgs"] = [m.body for m in msgs[: svc.sync_max]]
-        entry["more"] = len(msgs) > svc.sync_max
+        entry["msgs"] = by_conv.get(conv, [])
+        # read up to sync_max numbers past the cursor (convlog.backlog)
+        entry["more"] = conv in cut or last > delivered + svc.sync_max
         out.append(entry)
     return out
 
@@ -70,16 +90,16 @@ def _position(req: Request, last: int) -> int:
 def received(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     """A modern client has everything up to cseq: its delivered cursor moves
     (never back). What it does not acknowledge comes again at its next sync."""
-    user_id = _session_user(peer, req)
+    user_id = session_user(peer, req)
     conv = req["conv"]
     _d, _r, _j, last = _member_cursor(svc, user_id, conv)
     seq = _position(req, last)
     svc.receipts((user_id, conv, seq))
-    return _acked(req)
+    return acked(req)
 
 
 def read(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    user_id = _session_user(peer, req)
+    user_id = session_user(peer, req)
     conv = req["conv"]
     _d, _r, _j, last = _member_cursor(svc, user_id, conv)
     seq = _position(req, last)
@@ -91,25 +111,25 @@ def read(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         # live when the other side is online; otherwise its next sync shows `peer_read`
         body = dumps({"msgid": int(MsgId.READ_RECEIPT), "conv": conv, "id": user_id, "cseq": seq})
         svc.router.tell([other], body)
-    return _acked(req, conv=conv, cseq=seq)
+    return acked(req, conv=conv, cseq=seq)
 
 
 def readers(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     """How many of the other members have read up to cseq."""
-    user_id = _session_user(peer, req)
+    user_id = session_user(peer, req)
     conv = req["conv"]
     _d, _r, _j, last = _member_cursor(svc, user_id, conv)
     seq = _position(req, last)
     with svc.db.transaction() as s:
         n = convlog.readers(s, conv, seq, exclude=user_id)
         members = convlog.member_count(s, conv) - 1
-    return _acked(req, conv=conv, cseq=seq, readers=n, members=members)
+    return acked(req, conv=conv, cseq=seq, readers=n, members=members)
 
 
 def history(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     """A page of a conversation: after a seq (oldest first), before a seq,
     or the newest; a member who joined a group reads what followed the join."""
-    user_id = _session_user(peer, req)
+    user_id = session_user(peer, req)
     named = [k for k in ("conv", "to", "groupid") if req.get(k) is not None]
     if len(named) != 1:
         raise _err(Errno.BAD_REQUEST, "name one conversation: conv, to or groupid")
@@ -122,7 +142,7 @@ def history(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if req.get("to") is not None:
             conv = convlog.find_pair(s, user_id, req["to"])
             if conv is None:  # never talked: nothing to read
-                return _acked(req, conv=None, last=0, msgs=[])
+                return acked(req, conv=None, last=0, msgs=[])
         elif req.get("groupid") is not None:
             conv = convlog.find_group(s, req["groupid"])
             if conv is None:
@@ -133,13 +153,14 @@ def history(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         if cur is None:
             raise _err(Errno.FORBIDDEN, "not a member of that conversation")
         _d, _r, joined, last = cur
+        # a group's notices are in the history of sessions that asked for them
         if req.get("after") is not None:
-            page = convlog.messages_between(s, conv, max(joined, req["after"]), limit=limit)
+            page = convlog.messages_between(s, conv, max(joined, req["after"]), limit=limit, notices=peer.notices)
         else:
             before = req.get("before")
             upto = last if before is None else min(last, before - 1)
-            page = convlog.messages_between(s, conv, joined, upto, limit=limit, newest=True)
-    return _acked(req, conv=conv, last=last, msgs=[m.body for m in page])
+            page = convlog.messages_between(s, conv, joined, upto, limit=limit, newest=True, notices=peer.notices)
+    return acked(req, conv=conv, last=last, msgs=[m.body for m in page])
 
 
 HANDLERS: dict[MsgId, Handler] = {

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from gchat import audit, convlog, friends, groups, store
+from gchat import audit, convlog, friends, groups, loghandlers, store
 from gchat.batch import Batcher
 from gchat.cache import Cache
 from gchat.cluster.presence import Presence
@@ -57,8 +57,9 @@ class Handover(Reply):
         self.marks = marks or []
 
 
-# a login's session to open: user id, and (token hash, expiry) when it asked for one
-SessionOpen = tuple[int, tuple[str, int] | None]
+# a login's session to open: user id, (token hash, expiry) when it asked for
+# one, and whether it is a sync login (its backlog is bounded: section D)
+SessionOpen = tuple[int, tuple[str, int] | None, bool]
 # what its reply carries: friends, groups with their members, legacy stored
 # messages, the log's backlog (what the user has not been handed), and its
 # conversations: conv -> (delivered, read, joined, last_seq)
@@ -76,8 +77,10 @@ class Services:
     router: Router
     passwords: Passwords
     limits: Limits = field(default_factory=Limits)
-    # a sync login's messages per conversation (docs/protocol.md section D)
-    sync_max: int = 100
+    # a sync login's messages, and their bytes, all conversations together
+    # (docs/protocol.md section D)
+    sync_max: int = 5000
+    sync_bytes: int = 4 * 1024 * 1024
     writer: LogWriter = field(init=False, repr=False)
     # modern clients' cumulative receipts, written in batches
     receipts: Batcher[tuple[int, int, int], None] = field(init=False, repr=False)
@@ -139,17 +142,24 @@ class Services:
     def _open_sessions(self, items: list[SessionOpen]) -> list[SessionData]:
         """A new token where asked, and what each login reply
         carries: friends, groups, stored messages (taken)."""
-        ids = [uid for uid, _ in items]
+        ids = [uid for uid, _, _ in items]
+        synced = [uid for uid, _, sync in items if sync]
+        classic = [uid for uid, _, sync in items if not sync]
 
         def work(s: Session) -> list[SessionData]:
             # user rows (a new token's) before offline rows: the lock order
             # of store.store_offline
-            store.set_tokens(s, [(uid, *tok) for uid, tok in items if tok is not None])
+            store.set_tokens(s, [(uid, *tok) for uid, tok, _ in items if tok is not None])
             friends = store.friends_of_many(s, ids)
             groups = store.groups_of_many(s, ids)
             offline = store.take_offline_many(s, ids)
             cursors = convlog.cursors_of(s, ids)
-            backlog = convlog.backlog(s, ids)
+            # one query for all the sync logins of the batch (only the
+            # conversations with something waiting, each read up to what a
+            # reply may carry), one for the classic ones, handed everything
+            # at once (part A)
+            backlog = convlog.backlog(s, {u: cursors[u] for u in synced}, per_conv=self.sync_max)
+            backlog.update(convlog.backlog(s, {u: cursors[u] for u in classic}))
             return [(friends[uid], groups[uid], offline[uid], backlog[uid], cursors[uid]) for uid in ids]
 
         return self.db.run(work)
@@ -341,7 +351,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # deliveries that come before the read below are parked, then sorted
     # against it: none is missed, none handed twice
     sync = req.get("sync") is True
-    svc.sessions.begin(user_id, peer, sync)  # type: ignore[arg-type]
+    svc.sessions.begin(user_id, peer, sync, req.get("notices") is True)  # type: ignore[arg-type]
     svc.registry.bind(user_id, peer)
     peer.user_id, peer.user_name = user_id, user.name
     # bound: from here on messages to the user are pushed (after this reply);
@@ -351,7 +361,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # a new token replaces (so revokes) any earlier one
     token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None
     try:
-        friend_list, group_list, offline, backlog, cursors = svc.session_data((user_id, token))
+        friend_list, group_list, offline, backlog, cursors = svc.session_data((user_id, token, sync))
         if password is not None and svc.passwords.needs_rehash(user.password):
             new_hash = svc.passwords.hash(password)
             with svc.db.transaction() as s:
@@ -365,7 +375,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     if sync:
         # section D: the log's messages by conversation, the client acknowledges them
         try:
-            convs = loghandlers.sync_reply(svc, user_id, cursors, backlog)
+            convs = loghandlers.sync_reply(svc, user_id, cursors, backlog, req.get("notices") is True)
         except DomainError:
             _leave(svc, peer)
             raise
@@ -373,6 +383,9 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         reply["convs"] = convs
         marks: list[tuple[int, int]] = []
     else:
+        # part A's offlinemsg holds chat messages only: a group's notices
+        # are for sessions that asked for them (section F), live
+        backlog = [m for m in backlog if m.kind == convlog.CHAT]
         backlog.sort(key=lambda m: (m.created, m.conv, m.seq))
         handed = [*offline, *(m.body for m in backlog)]
         reply = _login_reply(svc, user_id, user.name, friend_list, group_list, handed)
@@ -599,20 +612,7 @@ def create_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
 def add_group(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     user_id = _session_user(peer, req)
     group_id = req["groupid"]
-    with svc.db.transaction() as s:
-        if not store.group_exists(s, group_id):
-            raise _err(Errno.NOT_FOUND, f"no group {group_id}")
-        if store.is_member(s, group_id, user_id):
-            raise _err(Errno.CONFLICT, f"already a member of group {group_id}")
-        store.add_member(s, group_id, user_id)
-        # the writers of every node see this join under the conversation's
-        # lock: every message numbered after it reaches the new member
-        conv, joined = convlog.join_group(s, group_id, user_id)
-    svc.sessions.joined(user_id, conv, joined)
-    # after the commit, so a node that reloads sees the new member
-    svc.invalidate_group(group_id)
-    svc.router.invalidate_group(group_id)
-    groups.joined(svc, group_id, user_id, peer.user_name)
+    groups.join(svc, group_id, user_id, peer.user_name)
     return _acked(req, groupid=group_id)
 
 
@@ -627,6 +627,7 @@ HANDLERS: dict[MsgId, Handler] = {
     MsgId.LOGINOUT: logout,
     **friends.HANDLERS,
     **groups.HANDLERS,
+    **loghandlers.HANDLERS,
 }
 
 
@@ -636,11 +637,6 @@ ERRNO_OF: dict[type[DomainError], Errno] = {
     Unavailable: Errno.UNAVAILABLE,
     Conflict: Errno.CONFLICT,
 }
-
-# section D's handlers live in their own module, which builds on this one
-from gchat import loghandlers  # noqa: E402
-
-HANDLERS.update(loghandlers.HANDLERS)
 
 
 def handle(svc: Services, peer: Peer, req: Request) -> list[Reply] | Pending:

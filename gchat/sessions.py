@@ -13,6 +13,16 @@ delivery is then
   was stale). It is parked, and the missing numbers are read from the log and
   pushed first, in order: one repair at a time per session and conversation.
 
+Group notices are log entries too (docs/protocol.md section F): a session
+that did not ask for notices is not pushed them, but counts their numbers as
+had, so they open no gap.
+
+A message whose live delivery was lost and that is the last of its
+conversation reveals no gap: every `sweep_interval` seconds the node compares
+its sessions with the log's last_seq (one query per batch of sessions) and
+repairs what has stayed missing since the sweep before (a message still in
+flight then is not repaired for nothing).
+
 A session of a classic client (docs/protocol.md part A) counts a message as
 delivered when the kernel took its last byte: its delivered cursors are
 written from what its connection no longer holds, every `flush_interval`
@@ -47,10 +57,13 @@ NOT_STORED: Mark = (0, 0)
 # of 8 KB messages must not make its client look like a slow reader
 REPAIR_PAGE = 200
 DRAINED = 1024 * 1024
+# sessions compared with the log per query of a sweep (one IN list)
+SWEEP_BATCH = 500
 
 
 class LogPeer(Protocol):
     user_id: int | None
+    notices: bool
 
     def push(self, body: bytes, mark: Mark | None = None) -> None: ...
 
@@ -89,6 +102,7 @@ class Session:
     user_id: int
     peer: LogPeer
     sync: bool = False
+    notices: bool = False  # it asked for notices: the log's are pushed to it
     ready: bool = False  # the login's read set the tracks
     tracks: dict[int, Track] = field(default_factory=dict)
     # deliveries waiting for the login's read, or for a repair of their conversation
@@ -96,27 +110,36 @@ class Session:
     repairing: set[int] = field(default_factory=set)
     flushed: dict[int, int] = field(default_factory=dict)  # delivered cursors as last written
     closed: bool = False
+    # conversation -> the last_seq the sweep before found beyond `high`
+    suspect: dict[int, int] = field(default_factory=dict)
+
+    def wants(self, body: bytes) -> bool:
+        return self.notices or not convlog.is_notice(body)
 
 
 class Sessions:
-    def __init__(self, db: Database, flush_interval: float = 1.0) -> None:
+    def __init__(self, db: Database, flush_interval: float = 1.0, sweep_interval: float = 0.0) -> None:
         self.db = db
         self.flush_interval = flush_interval
+        self.sweep_interval = sweep_interval
         self._by_user: dict[int, Session] = {}
         self._flusher: gevent.Greenlet[[], None] | None = None
+        self._sweeper: gevent.Greenlet[[], None] | None = None
         # repairs run on their own greenlets: a hook for tests and stats
         self.repairs = 0
         self.on_repair: Callable[[int, int, int], None] | None = None
 
     # --- the session's life ------------------------------------------------
 
-    def begin(self, user_id: int, peer: LogPeer, sync: bool) -> None:
+    def begin(self, user_id: int, peer: LogPeer, sync: bool, notices: bool = False) -> None:
         """Before the login binds the user: deliveries that come before the
         login's read are parked, then sorted against it (no duplicate of the
         login reply's messages, nothing missed)."""
-        self._by_user[user_id] = Session(user_id, peer, sync)
+        self._by_user[user_id] = Session(user_id, peer, sync, notices)
         if self._flusher is None and self.flush_interval > 0:
             self._flusher = gevent.spawn(self._flush_loop)
+        if self._sweeper is None and self.sweep_interval > 0:
+            self._sweeper = gevent.spawn(self._sweep_loop)
 
     def open(self, user_id: int, highs: dict[int, int]) -> None:
         """The login's read is done: the session has everything up to
@@ -140,10 +163,14 @@ class Sessions:
                 sess.tracks.setdefault(conv, Track(0)).take(seq)
 
     def joined(self, user_id: int, conv: int, joined_seq: int) -> None:
-        """The user joined a group here: it is owed what follows joined_seq."""
+        """The user joined a group here: it is owed what follows joined_seq,
+        and nothing before (a member who left and joins again is not owed
+        what was said meanwhile: its track starts afresh)."""
         sess = self._by_user.get(user_id)
-        if sess is not None and conv not in sess.tracks:
-            sess.tracks[conv] = Track(joined_seq)
+        if sess is not None:
+            track = sess.tracks.get(conv)
+            if track is None or track.high < joined_seq:
+                sess.tracks[conv] = Track(joined_seq)
 
     def end(self, user_id: int, peer: LogPeer) -> None:
         """The session is over (log-out, disconnect, a failed login): write
@@ -188,7 +215,8 @@ class Sessions:
             return True
         if track is not None and seq == track.high + 1:
             track.take(seq)
-            sess.peer.push(body, (conv, seq))
+            if sess.wants(body):
+                sess.peer.push(body, (conv, seq))
             return True
         # a gap, or a conversation this session has not seen yet
         sess.parked.setdefault(conv, []).append((seq, body))
@@ -227,7 +255,7 @@ class Sessions:
                             if track.has(seq):
                                 continue
                             track.take(seq)
-                            if sender != sess.user_id:
+                            if sender != sess.user_id and sess.wants(body):
                                 sess.peer.push(body, (conv, seq))
                                 pushed += 1
                         if end >= upto:
@@ -284,15 +312,69 @@ class Sessions:
         behind = 0
         for sess in sessions:
             for conv, (delivered, _read, _joined, last) in cursors.get(sess.user_id, {}).items():
-                track = sess.tracks.setdefault(conv, Track(delivered))
-                if last > track.high:
+                track = sess.tracks.get(conv)
+                if last > (delivered if track is None else track.high):
                     behind += 1
-                    sess.parked.setdefault(conv, []).append((last, b""))
-                    if conv not in sess.repairing:
-                        sess.repairing.add(conv)
-                        gevent.spawn(self._repair, sess, conv)
+                    self._behind(sess, conv, delivered, last)
         if behind:
             log.info("checked against the log: repairing %d conversation(s)", behind)
+
+    def _behind(self, sess: Session, conv: int, delivered: int, upto: int) -> None:
+        """The log holds up to `upto` in conv, beyond what the session has:
+        repair up to there."""
+        sess.tracks.setdefault(conv, Track(delivered))
+        sess.parked.setdefault(conv, []).append((upto, b""))
+        if conv not in sess.repairing:
+            sess.repairing.add(conv)
+            gevent.spawn(self._repair, sess, conv)
+
+    def sweep(self) -> int:
+        """The periodic check: for each ready session and conversation, the
+        log's last_seq against what the session has. A number found missing
+        by the sweep before and still missing now was lost on its way (a bus
+        notification dropped, and no later message of the conversation to
+        reveal the gap): it is repaired from the log. One query per
+        SWEEP_BATCH sessions, of the conversations with something after the
+        user's delivered cursor only (few: a classic client's cursor follows
+        what it was handed within cursor_flush, a modern one's its
+        receipts); how many conversations were repaired."""
+        sessions = [x for x in list(self._by_user.values()) if x.ready]
+        repaired = 0
+        for i in range(0, len(sessions), SWEEP_BATCH):
+            part = sessions[i:i + SWEEP_BATCH]
+            try:
+                with self.db.transaction() as s:
+                    cursors = convlog.cursors_of(s, [x.user_id for x in part], behind=True)
+            except (DomainError, ProtocolError) as e:
+                log.warning("sweep: could not check %d session(s) against the log: %s", len(part), e)
+                return repaired
+            for sess in part:
+                if sess.closed:
+                    continue
+                suspect: dict[int, int] = {}
+                for conv, (delivered, _read, _joined, last) in cursors.get(sess.user_id, {}).items():
+                    track = sess.tracks.get(conv)
+                    high = delivered if track is None else track.high
+                    if last <= high:
+                        continue
+                    was = sess.suspect.get(conv)
+                    if was is not None and high < was:
+                        repaired += 1
+                        self._behind(sess, conv, delivered, last)
+                    else:
+                        suspect[conv] = last
+                sess.suspect = suspect
+        if repaired:
+            log.info("sweep: repairing %d conversation(s) whose last message never arrived", repaired)
+        return repaired
+
+    def _sweep_loop(self) -> None:
+        while True:
+            gevent.sleep(self.sweep_interval)
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("sweep failed")
 
     # --- classic clients' delivered cursors ---------------------------------------
 

@@ -24,7 +24,7 @@ from gchat.client.errors import (
 from gchat.client.framing import TERMINATOR, ReplySplitter, ReplyTo
 from gchat.client.seen import Seen
 from gchat.client.social import SocialCalls
-from gchat.client.types import ChatMessage, Event, Friend, LoginResult, event_from_obj
+from gchat.client.types import ChatMessage, Event, Friend, LoginResult, Notice, event_from_obj
 from gchat.protocol import TIME_FORMAT, Errno, MsgId, ProtocolError, dumps, loads
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,13 @@ class Client(SocialCalls):
             return
         event = event_from_obj(obj)
         if event is not None:
+            place = event.place if isinstance(event, Notice) else None
+            if place is not None and self._sync:
+                # a group's notice, logged: at least once, as a chat message
+                if not self.seen.first(place):
+                    return
+                self.seen.took(place)
+                self.ack_received(place.conv)
             if self.on_event is not None:
                 self.on_event(event)
             else:
@@ -350,8 +357,13 @@ class Client(SocialCalls):
         if sync:
             for c in self.user.convs:
                 self.seen.start(c.conv, c.delivered)
-                for m in c.messages:
-                    self.seen.first(m)
+                # in the conversation's order: the notices missed while
+                # away are told as events
+                told = {n.place.cseq: n for n in c.notices if n.place is not None}
+                places = [*c.messages, *(n.place for n in c.notices if n.place is not None)]
+                for m in sorted(places, key=lambda m: m.cseq or 0):
+                    if self.seen.first(m) and m.cseq in told:
+                        self._events.put(told[m.cseq])
                     self.seen.took(m)
             self.ack_received()
         return self.user
@@ -383,7 +395,10 @@ class Client(SocialCalls):
             if value is not None:
                 obj[key] = value
         reply = self.request(obj)
-        return [ChatMessage.from_obj(m) for m in reply.get("msgs") or ()]
+        # a group's notices (a session with notices gets them in history too)
+        # are not chat messages
+        entries = [loads(m) if isinstance(m, (str, bytes)) else m for m in reply.get("msgs") or ()]
+        return [ChatMessage.from_obj(m) for m in entries if m.get("msgid") != MsgId.NOTICE]
 
     def mark_read(self, conv: int, cseq: int) -> None:
         """Read up to cseq; the other side of a pair gets a receipt (msgid 14,

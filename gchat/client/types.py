@@ -132,9 +132,13 @@ class Conversation:
     peer_read: int = 0
     messages: tuple[ChatMessage, ...] = ()
     more: bool = False
+    # a group's notices among the waiting entries (a login with notices:
+    # they are entries of the conversation log, section F)
+    notices: tuple[Notice, ...] = ()
 
     @classmethod
     def from_obj(cls, d: dict[str, Any]) -> Conversation:
+        entries = [_obj(m) for m in d.get("msgs") or ()]
         return cls(
             conv=int(d["conv"]),
             kind=str(d.get("kind", "")),
@@ -145,8 +149,9 @@ class Conversation:
             with_user=_int_or_none(d.get("with")),
             groupid=_int_or_none(d.get("groupid")),
             peer_read=int(d.get("peer_read", 0)),
-            messages=tuple(ChatMessage.from_obj(m) for m in d.get("msgs") or ()),
+            messages=tuple(ChatMessage.from_obj(m) for m in entries if m.get("msgid") != MsgId.NOTICE),
             more=bool(d.get("more", False)),
+            notices=tuple(Notice.of(m) for m in entries if m.get("msgid") == MsgId.NOTICE),
         )
 
 
@@ -241,6 +246,20 @@ class Notice:
     kind: str
     fields: dict[str, Any]
 
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> Notice:
+        return cls(str(obj.get("kind", "")), {k: v for k, v in obj.items() if k not in ("msgid", "kind")})
+
+    @property
+    def place(self) -> ChatMessage | None:
+        """A group's notice is an entry of the conversation log (its `conv`
+        and `cseq`): its place, for de-duplication and receipts as a chat
+        message's; None for the friends' notices."""
+        conv, cseq = _int_or_none(self.fields.get("conv")), _int_or_none(self.fields.get("cseq"))
+        if conv is None or cseq is None:
+            return None
+        return ChatMessage(int(MsgId.NOTICE), 0, "", "", conv=conv, cseq=cseq)
+
     def person(self, key: str) -> Person | None:
         """The user object under key ("from", "friend", "user", "creator")."""
         value = self.fields.get(key)
@@ -256,8 +275,7 @@ def event_from_obj(obj: dict[str, Any]) -> Event | None:
     if msgid == MsgId.PRESENCE:
         return PresenceChange(int(obj["id"]), str(obj.get("state", "offline")))
     if msgid == MsgId.NOTICE:
-        fields = {k: v for k, v in obj.items() if k not in ("msgid", "kind")}
-        return Notice(str(obj.get("kind", "")), fields)
+        return Notice.of(obj)
     return None
 
 

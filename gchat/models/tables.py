@@ -141,6 +141,10 @@ class Message(Base):
     sender: Mapped[int] = mapped_column(Integer)
     created: Mapped[int] = mapped_column(BigInteger)
     body: Mapped[str] = mapped_column(MessageText)
+    # "chat" (msgid 5 or 9) or "notice" (a group's membership notice, msgid
+    # 31), so a hand-over can leave notices out for clients that did not ask
+    # for them (docs/protocol.md section D); migration 0005
+    kind: Mapped[str] = mapped_column(String(8), default="chat", server_default="chat")
 
 
 class Cursor(Base):

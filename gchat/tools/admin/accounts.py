@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from gchat import store
+from gchat import convlog, store
 from gchat.cluster.redis_keys import online_key
 from gchat.config import Settings
 from gchat.models import User
@@ -89,11 +89,18 @@ def _delete(settings: Settings, db: Database, doomed: Sequence[User], confirmed:
             kick_user(settings, u.id, label, "account deleted")
         except Refused as e:
             raise Refused(f"{label} is online and could not be kicked, nothing deleted: {e}") from e
+    ids = [u.id for u in doomed]
     with db.transaction() as s:
-        done = store.delete_users(s, [u.id for u in doomed])
+        # the groups' member epochs first (under their conversations' locks,
+        # as a leave: a writer holding a member list reloads it), then the
+        # friend requests and blocks (section F), then the rest
+        convlog.members_left(s, ids)
+        social = store.delete_social(s, ids)
+        done = store.delete_users(s, ids)
     print(f"deleted {done['users']} user(s), {done['friendships']} friendship(s), "
           f"{done['memberships']} group membership(s), {done['messages']} stored message(s), "
-          f"{done['groups']} group(s) left empty")
+          f"{done['groups']} group(s) left empty, {social['requests']} friend request(s), "
+          f"{social['blocks']} block(s)")
     forget_users(settings, [u.id for u in doomed])
 
 

@@ -1,0 +1,129 @@
+"""A group's membership changes against the log across two nodes (issues 10
+and 12): a removal raises the member epoch under the writer's lock, so a
+node whose member list is cached from before it addresses nothing numbered
+after it to the removed member; and the periodic sweep delivers a message
+whose live notification was lost, with no later message to reveal the gap.
+Two nodes on one MariaDB database and a Redis of the module's own."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gchat.cluster.redis_keys import online_key
+from tests.cluster_support import FAST, Cluster, RedisServer
+from tests.support import Wire, unique, user
+
+
+@pytest.fixture(scope="module")
+def cluster(mariadb: Any, redis_server: RedisServer) -> Iterator[Cluster]:
+    c = Cluster(mariadb.create(), redis_server, extra=(*FAST, "--repair-sweep", "0.5"))
+    try:
+        c.add_nodes(2)
+        yield c
+    finally:
+        c.stop()
+
+
+def modern(address: tuple[str, int]) -> tuple[Wire, int, dict[str, Any]]:
+    """A user logged in with sync and notices (docs/protocol.md D and F)."""
+    w = Wire(address)
+    uid = w.register(unique("m"))
+    reply = w.request({"msgid": 1, "id": uid, "password": "pw", "sync": True, "notices": True})
+    assert reply["errno"] == 0, reply
+    return w, uid, reply
+
+
+def answer(w: Wire, req: dict[str, Any]) -> dict[str, Any]:
+    """The reply to req, past whatever is pushed to w meanwhile."""
+    w.send(req)
+    while True:
+        got = w.recv(30)
+        if got.get("msgid") == 11 and got.get("ack") == req["msgid"] and got.get("seq") == req["seq"]:
+            return got
+
+
+def test_a_removed_member_gets_nothing_numbered_after_its_removal_on_any_node(cluster: Cluster) -> None:
+    """Node B caches the group's member list, then the creator on node A
+    removes members one by one, each removal followed at once by a message
+    from node B: no removed member gets it (nor at its next login), and a
+    member with notices sees every removal and every message in one
+    gap-free order."""
+    n0, n1 = cluster.nodes[0].address, cluster.nodes[1].address
+    creator, _ = user(n0)
+    sender, _ = user(n1)
+    watcher, _, _ = modern(n0)
+    gid = creator.request({"msgid": 7, "groupname": unique("g"), "seq": 1})["groupid"]
+    victims = [user(n0) for _ in range(10)]
+    for w in [sender, watcher, *(v for v, _ in victims)]:
+        assert w.request({"msgid": 8, "groupid": gid, "seq": 1})["errno"] == 0
+    # node B caches the member list, the victims in it
+    warm = sender.request({"msgid": 9, "groupid": gid, "msg": "warm", "seq": 2})
+    assert warm["errno"] == 0 and warm["members"] == 12
+    for v, _ in victims:
+        assert v.recv()["msg"] == "warm"
+    acks = []
+    try:
+        for i, (_, vid) in enumerate(victims):
+            removed = answer(creator, {"msgid": 26, "groupid": gid, "userid": vid, "seq": 10 + i})
+            assert removed["errno"] == 0, removed
+            ack = answer(sender, {"msgid": 9, "groupid": gid, "msg": f"after removal {i}", "seq": 10 + i})
+            assert ack["errno"] == 0 and ack["members"] == 11 - i, ack
+            acks.append(ack)
+        # a one-to-one message from node B marks the end: whatever the group
+        # sent a victim after its removal would come before it. Victim i was
+        # a member for the messages before its removal, and only those
+        for i, (v, vid) in enumerate(victims):
+            assert answer(sender, {"msgid": 5, "to": vid, "msg": "the end", "seq": 100 + i})["errno"] == 0
+            got = [v.recv(30)]
+            while got[-1].get("msg") != "the end":
+                got.append(v.recv(30))
+            assert [m["msg"] for m in got[:-1]] == [f"after removal {j}" for j in range(i)], (i, got)
+            v.request({"msgid": 10, "seq": 1})
+            stale = [m for m in map(json.loads, v.login(vid).get("offlinemsg", [])) if m.get("groupid") == gid]
+            assert stale == [], stale
+        # the watcher: the joins, "warm", then per victim its removal notice
+        # and the message after it, with their own numbers, none missing
+        frames = []
+        while len([f for f in frames if f.get("msgid") == 9]) < 11:
+            frames.append(watcher.recv(30))
+        logged = [f for f in frames if "cseq" in f]
+        seqs = [f["cseq"] for f in logged]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+        removals = [f for f in logged if f.get("kind") == "group_remove"]
+        assert [f["user"]["id"] for f in removals] == [vid for _, vid in victims]
+        for removal, ack in zip(removals, acks, strict=True):
+            assert ack["cseq"] == removal["cseq"] + 1
+    finally:
+        for v, _ in victims:
+            v.close()
+        creator.close(), sender.close(), watcher.close()
+
+
+def test_the_sweep_delivers_a_last_message_whose_notification_was_lost(cluster: Cluster,
+                                                                       redis_server: RedisServer) -> None:
+    """The recipient's claim is taken out of Redis for one message, so the
+    sender's node routes it nowhere (as if the recipient's node had missed
+    the publish), and nothing follows it in the conversation: the recipient's
+    node finds it missing at its sweep and delivers it from the log."""
+    n0, n1 = cluster.nodes[0].address, cluster.nodes[1].address
+    a, _ = user(n0)
+    b, ub = user(n1)
+    assert a.request({"msgid": 5, "to": ub, "msg": "first", "seq": 1})["delivered"] == "online"
+    assert b.recv()["msg"] == "first"
+    r = redis_server.client()
+    owner = r.get(online_key(ub))
+    assert owner is not None
+    r.delete(online_key(ub))
+    try:
+        lost = a.request({"msgid": 5, "to": ub, "msg": "lost on the way", "seq": 2})
+        assert lost["errno"] == 0 and lost["delivered"] == "offline"
+    finally:
+        r.set(online_key(ub), owner)
+    got = b.recv(30)
+    assert (got["msg"], got["cseq"]) == ("lost on the way", lost["cseq"])
+    cluster.nodes[1].wait_for_log("sweep: repairing")
+    a.close(), b.close()
