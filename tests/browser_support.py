@@ -152,10 +152,50 @@ class Browser:
         self.find("#dialog-ok").click()
         self.wait(lambda d: not self.find("#dialog").is_displayed(), "the dialog closed")
 
-    def add_friend(self, user_id: int) -> None:
+    def find_people(self, query: str) -> None:
+        """The finder (Add a friend) open, with what the search for `query` found."""
         self.menu("add-friend")
-        self.dialog({"id": str(user_id)})
+        self.type_into("#finder-query", query)
+
+    def request_friend(self, user_id: int, query: str | None = None, note: str = "") -> None:
+        """Ask a user to be friends from the finder: searched by name when
+        `query` is given, else by id."""
+        self.find_people(query or str(user_id))
+        if note:
+            self.type_into("#finder-note", note)
+        button = self.visible(f'#finder-results li[data-id="{user_id}"] button.primary')
+        label = button.text
+        button.click()
+        if label == "Add":
+            self.wait(lambda d: self.text(f'#finder-results li[data-id="{user_id}"] button') in ("Requested", "Chat"),
+                      "the request sent")
+        self.close_finder()
+
+    def close_finder(self) -> None:
+        if self.find("#finder").is_displayed():
+            self.find("#finder-close").click()
+        self.wait(lambda d: not self.find("#finder").is_displayed(), "the finder closed")
+
+    def accept(self, user_id: int) -> None:
+        """Accept a friend request shown in the sidebar."""
+        self.visible(f'#requests li[data-id="{user_id}"][data-dir="in"] .accept').click()
         self.wait(lambda d: self.finds(f'.conv-item[data-key="u:{user_id}"]'), f"friend {user_id} listed")
+
+    def presence(self, user_id: int) -> str:
+        """A friend's state as the conversation list shows it (its dot)."""
+        dots = self.finds(f'.conv-item[data-key="u:{user_id}"] .presence')
+        return "online" if dots and "online" in str(dots[0].get_attribute("class")).split() else "offline"
+
+    def conv_action(self, label: str) -> None:
+        """An item of the open conversation's own menu."""
+        self.visible("#conv-menu-button").click()
+        item = self.wait(lambda d: next((b for b in self.finds("#conv-menu button") if b.text == label), False),
+                         f"{label!r} in the conversation's menu")
+        item.click()
+
+    def confirm(self) -> None:
+        self.visible("#dialog-ok").click()
+        self.wait(lambda d: not self.find("#dialog").is_displayed(), "the dialog closed")
 
     def create_group(self, name: str) -> int:
         self.menu("create-group")
@@ -165,9 +205,12 @@ class Browser:
                          f"group {name} in the list")
         return int(str(item.get_attribute("data-key"))[2:])
 
-    def join_group(self, group_id: int) -> None:
+    def join_group(self, group_id: int, query: str | None = None) -> None:
+        """Join from the finder: searched by name when `query` is given, else by id."""
         self.menu("join-group")
-        self.dialog({"id": str(group_id)})
+        self.type_into("#finder-query", query or str(group_id))
+        self.visible(f'#finder-results li[data-id="{group_id}"] button.primary').click()
+        self.wait(lambda d: not self.find("#finder").is_displayed(), "the finder closed")
         self.wait(lambda d: self.finds(f'.conv-item[data-key="g:{group_id}"]'), f"group {group_id} listed")
 
     def open(self, key: str) -> None:

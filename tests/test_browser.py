@@ -1,8 +1,9 @@
 """The web app in a real browser (headless Chromium, tests/browser_support.py):
-people register, become friends, chat both ways and in a group, reload and
-find their conversation and what was sent while they were away; a browser
-chats with the terminal client's library; the same through nginx over two
-nodes. Screenshots are taken on the way (GCHAT_SCREENSHOTS=docs/img keeps
+people register, become friends (a request found by name, accepted), see each
+other come and go, chat both ways and in a group, manage the group, block,
+reload and find their conversation and what was sent while they were away,
+scroll back through history; a browser chats with the terminal client's
+library; the same through nginx over two nodes. Screenshots are taken on the way (GCHAT_SCREENSHOTS=docs/img keeps
 them for the docs; otherwise they go to the test's temporary directory)."""
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def test_two_people_become_friends_and_chat_both_ways_and_in_a_group(
     alice_id = alice.register(person("Alice"))
     bob_id = bob.register(person("Bob"))
 
-    alice.add_friend(bob_id)
-    bob.add_friend(alice_id)
+    alice.request_friend(bob_id)
+    bob.accept(alice_id)  # opens her conversation
+    alice.wait(lambda d: alice.finds(f'.conv-item[data-key="u:{bob_id}"]'), "Bob in Alice's friends")
     alice.open(f"u:{bob_id}")
     alice.send("Hi Bob! Are we still on for Saturday?")
     # adding Alice opened her conversation at Bob's: the message appears there
@@ -139,10 +141,12 @@ def test_a_narrow_window_shows_one_pane_at_a_time(node: ServerProcess, browsers:
     friend_id = wide.register(person("Dana"))
     phone = open_browser(browsers, node.url, width=400, height=780)
     me = phone.register(person("Chris"))
-    phone.add_friend(friend_id)  # opens the conversation, alone on the screen
+    wide.request_friend(me)
+    phone.accept(friend_id)  # opens the conversation, alone on the screen
+    phone.visible("#message-input")
     assert not phone.find(".sidebar").is_displayed()
     phone.find("#back").click()
-    wide.add_friend(me)
+    wide.wait(lambda d: wide.finds(f'.conv-item[data-key="u:{me}"]'), "the phone's user in the friends")
     wide.open(f"u:{me}")
     wide.send("Hello from a laptop")
     phone.wait(lambda d: phone.unread(f"u:{friend_id}") == 1, "an unread badge on the phone")
@@ -164,7 +168,9 @@ def test_a_browser_and_the_terminal_clients_library_chat(node: ServerProcess, br
     with Client.connect(*node.address) as term:
         term_id = term.register(unique(), "pw")
         term.login(term_id, "pw")
-        browser.add_friend(term_id)
+        browser.request_friend(term_id)
+        term.answer_request(web_id, True)
+        browser.wait(lambda d: browser.finds(f'.conv-item[data-key="u:{term_id}"]'), "the terminal user a friend")
         browser.open(f"u:{term_id}")
         browser.send("hello terminal")
         got = term.next_message(timeout=20)
@@ -222,7 +228,9 @@ def test_through_nginx_a_browser_on_one_node_chats_with_a_tcp_client_on_another(
                 break
         else:
             raise AssertionError("nginx never sent a TCP client to the other node")
-        browser.add_friend(term_id)
+        browser.request_friend(term_id)
+        term.answer_request(web_id, True)  # on the other node: the browser is told through Redis
+        browser.wait(lambda d: browser.finds(f'.conv-item[data-key="u:{term_id}"]'), "the TCP user a friend")
         browser.open(f"u:{term_id}")
         browser.send("across the cluster")
         got = term.next_message(timeout=20)
@@ -232,10 +240,12 @@ def test_through_nginx_a_browser_on_one_node_chats_with_a_tcp_client_on_another(
         # and a second browser, through the same nginx, chats with the first
         other = open_browser(browsers, nginx.url)
         other_id = other.register(person("Second"))
-        other.add_friend(web_id)
+        other.request_friend(web_id)
+        browser.accept(other_id)
+        other.wait(lambda d: other.finds(f'.conv-item[data-key="u:{web_id}"]'), "accepted")
         other.open(f"u:{web_id}")
         other.send("two browsers, one proxy")
-        browser.wait(lambda d: browser.unread(f"u:{other_id}") == 1, "the second browser's message")
+        browser.wait_message("two browsers, one proxy")  # accepting opened the conversation
     finally:
         for c in clients:
             c.close()
