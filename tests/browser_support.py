@@ -116,6 +116,41 @@ class Browser:
         badges = self.finds(f'.conv-item[data-key="{key}"] .badge')
         return int(badges[0].text) if badges else 0
 
+    def unlabelled(self) -> list[str]:
+        """The visible controls a screen reader could not name."""
+        return list(self.driver.execute_script("""
+            const bad = [];
+            for (const e of document.querySelectorAll('button, input, textarea, [role=menuitem], [role=tab]')) {
+              if (!e.getClientRects().length) continue;  // not shown
+              const labels = e.labels ? [...e.labels].map((l) => l.textContent).join('') : '';
+              const by = (e.getAttribute('aria-labelledby') || '').split(' ').filter(Boolean)
+                .map((id) => (document.getElementById(id) || {}).textContent || '').join('');
+              const name = [e.getAttribute('aria-label'), labels, by, e.textContent, e.title, e.placeholder]
+                .map((x) => (x || '').trim()).find(Boolean);
+              if (!name) bad.push(e.outerHTML.slice(0, 160));
+            }
+            return bad;
+        """))
+
+    def focused(self) -> Any:
+        return self.driver.switch_to.active_element
+
+    def keys(self, *keys: str) -> None:
+        """Keys typed into whatever has the focus, as a keyboard user does."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(self.driver).send_keys(*keys).perform()
+
+    def tab_to(self, css: str, limit: int = 40) -> None:
+        """Press Tab until the element matching `css` has the focus."""
+        from selenium.webdriver.common.keys import Keys
+
+        for _ in range(limit):
+            if self.driver.execute_script("return document.activeElement.matches(arguments[0])", css):
+                return
+            self.keys(Keys.TAB)
+        raise AssertionError(f"{css}: never reached with Tab")
+
     # --- doing ---------------------------------------------------------------
 
     def type_into(self, css: str, text: str) -> None:
@@ -135,8 +170,7 @@ class Browser:
         return int(me.rsplit(" ", 1)[1])
 
     def sign_in(self, user_id: int, password: str = "secret") -> None:
-        self.visible("#login-id")
-        self.find("#tab-login").click()
+        self.visible("#tab-login").click()
         self.type_into("#login-id", str(user_id))
         self.type_into("#login-password", password)
         self.find("#login-form button[type=submit]").click()

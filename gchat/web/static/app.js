@@ -429,6 +429,11 @@
       notice(m);
     } else if (m.msgid === MSG.ACK && m.errno) {
       if (m.errno === ERR.RATE) toast("Slow down a little: the server is rate limiting you.");
+    } else if (m.msgid !== MSG.ACK && typeof m.conv === "number" && typeof m.cseq === "number") {
+      // something a newer server keeps in a conversation: a neutral line
+      logged(m);
+      renderAll();
+      save();
     }
   }
 
@@ -1043,8 +1048,9 @@
       no.type = "button";
       no.setAttribute("aria-label", `Decline ${r.name}'s friend request`);
       no.addEventListener("click", () => answerRequest(r.id, false));
-      li.setAttribute("aria-label", `Friend request from ${r.name}${r.note ? ": " + r.note : ""}`);
-      li.append(av, text, yes, no);
+      const actions = el("div", "actions");
+      actions.append(yes, no);
+      li.append(av, text, actions);
       items.push(li);
     }
     for (const r of state.requests.out.values()) {
@@ -1687,6 +1693,15 @@
     });
     $("#finder-more").addEventListener("click", () => { finder.page += 1; search(true); });
     $("#finder-close").addEventListener("click", () => $("#finder").close());
+    // a closed dialog gives the focus back to where the user was, or else
+    // to the menu it was opened from (its item is hidden by then)
+    for (const d of [$("#finder"), $("#dialog")]) {
+      d.addEventListener("close", () => {
+        if (document.activeElement === document.body || !document.activeElement) {
+          (state.active && !$("#composer").hidden ? $("#message-input") : $("#menu-button")).focus();
+        }
+      });
+    }
     $("#composer-note-action").addEventListener("click", () => {
       const c = state.convs.get(state.active);
       if (c && c.kind === "user") setBlocked(c.peer, false);
