@@ -1167,7 +1167,22 @@
     document.title = unread ? `(${unread}) gchat` : "gchat";
   }
 
-  function renderLists() {
+  // The lists are redrawn whole (a presence dot, a new message): the control
+  // that had the keyboard focus gets it back in the new list.
+  function keepingFocus(draw) {
+    const a = document.activeElement;
+    const item = a && a !== document.body ? a.closest(".lists [data-key], .lists [data-id], #member-list [data-id]") : null;
+    const at = item ? { key: item.dataset.key, id: item.dataset.id, cls: a.classList[a.classList.length - 1] } : null;
+    draw();
+    if (!at || document.activeElement !== document.body) return;
+    const again = at.key ? document.querySelector(`.lists [data-key="${at.key}"]`)
+      : document.querySelector(`.lists [data-id="${at.id}"] .${at.cls}, #member-list [data-id="${at.id}"] .${at.cls}`);
+    if (again) again.focus();
+  }
+
+  function renderLists() { keepingFocus(drawLists); }
+
+  function drawLists() {
     const filter = state.filter.toLowerCase();
     const sorted = (list) => list
       .filter((c) => !filter || convName(c).toLowerCase().includes(filter))
@@ -1229,7 +1244,9 @@
     }));
   }
 
-  function renderHeader() {
+  function renderHeader() { keepingFocus(drawHeader); }
+
+  function drawHeader() {
     const c = state.convs.get(state.active);
     const has = !!c;
     $("#placeholder").hidden = has;
