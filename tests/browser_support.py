@@ -272,7 +272,8 @@ class Browser:
         self.menu("join-group")
         self.type_into("#finder-query", query or str(group_id))
         self.click(f'#finder-results li[data-id="{group_id}"] button.primary')
-        self.wait(lambda d: not self.find("#finder").is_displayed(), "the finder closed")
+        self.wait(lambda d: not self.find("#finder").is_displayed(),
+                  f"the finder closed (it says {self.texts('#finder-status')})")
         self.wait(lambda d: self.finds(f'.conv-item[data-key="g:{group_id}"]'), f"group {group_id} listed")
 
     def open(self, key: str) -> None:

@@ -98,6 +98,11 @@ def test_two_people_become_friends_and_chat_both_ways_and_in_a_group(
     alice.find("#members-button").click()
     alice.wait(lambda d: len(alice.finds("#member-list li")) == 2, "both members listed")
     alice.find("#members-button").click()
+    # Bob leaves the group: it goes from his list, and Alice sees him go
+    bob.conv_action("Leave group")
+    bob.confirm()
+    bob.wait(lambda d: not bob.finds(f'.conv-item[data-key="g:{group_id}"]'), "the group gone from Bob's list")
+    alice.wait(lambda d: any("left the group" in e for e in alice.texts("#message-list .event")), "a line: Bob left")
     alice.open(f"u:{bob_id}")
     alice.quiet()
     alice.screenshot(shots / "chat.png")
@@ -211,13 +216,16 @@ def test_a_friend_request_by_name_presence_and_a_group_managed_by_its_owner(
              "Ben the owner")
     ben.open(f"g:{group_id}")
     ben.wait(lambda d: any("are now the group's owner" in e for e in events(ben)), "Ben told he owns it")
-    # Ann, no longer the owner, may leave; the group goes from her list
-    ann.conv_action("Leave group")
-    ann.confirm()
-    ann.wait(lambda d: not ann.finds(f'.conv-item[data-key="g:{group_id}"]'), "the group gone from Ann's list")
-    ben.wait(lambda d: any("left the group" in e for e in events(ben)), "a line: Ann left")
+    # the new owner removes Ann: she is told, and can no longer write there
     ben.find("#members-button").click()
-    ben.wait(lambda d: set(member_states(ben)) == {ben_id}, "Ben alone in the member list")
+    ben.click(f'#member-list li[data-id="{ann_id}"] .member-remove')
+    ben.confirm()
+    ben.wait(lambda d: set(member_states(ben)) == {ben_id}, "Ann gone from the member list")
+    ann.wait(lambda d: "You were removed from the group" in events(ann), "Ann told she was removed")
+    ann.wait(lambda d: ann.find("#composer-note").is_displayed() and not ann.find("#composer").is_displayed(),
+             "no composer in a group Ann was removed from")
+    ann.conv_action("Remove this conversation")
+    ann.wait(lambda d: not ann.finds(f'.conv-item[data-key="g:{group_id}"]'), "the group gone from Ann's list")
     # the owner deletes it: nothing more can be written there
     ben.conv_action("Delete group")
     ben.confirm()
@@ -253,6 +261,11 @@ def test_a_blocked_user_can_no_longer_write(node: ServerProcess, browsers: list[
     cat.visible("#message-input")
     cat.send("sorry, that was a mistake")
     dan.wait_message("sorry, that was a mistake")
+    # she asks to be friends again; he declines, and the request is gone
+    cat.request_friend(dan_id)
+    dan.click(f'#requests li[data-id="{cat_id}"] .decline')
+    dan.wait(lambda d: not dan.finds(f'#requests li[data-id="{cat_id}"]'), "the request gone once declined")
+    assert dan.presence(cat_id) == "offline"  # no friends: her state is not shown, though she is online
 
 
 def test_history_loads_as_you_scroll_up_and_a_long_absence_arrives_whole(

@@ -948,6 +948,7 @@
     if (!q) { renderFinder(); finderStatus(state.social ? "Type the first letters of a name." : "Type the id."); return; }
     const id = asId(q);
     if (!append && id !== null) finder.items.push({ id, name: finder.kind === "people" ? `User id ${id}` : `Group id ${id}`, byId: true });
+    if (!append) renderFinder();  // an id is usable before the search by name answers
     if (state.social) {
       finderStatus("Searching…");
       let ack;
