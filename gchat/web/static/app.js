@@ -326,9 +326,18 @@
     for (const text of reply.offlinemsg || []) incoming(typeof text === "string" ? JSON.parse(text) : text, true);
     if (state.sync) {
       for (const cv of reply.convs) {
-        const key = cv.kind === "group" ? `g:${cv.groupid}` : `u:${cv.with}`;
+        const key = convKey(cv);
+        if (!key) continue;
+        if (forgotten().includes(cv.conv)) {
+          // a conversation this user removed from the list (a group it
+          // deleted): received, so the server stops listing it, not shown
+          if (cv.last) link.post({ msgid: MSG.RECEIVED, conv: cv.conv, cseq: cv.last });
+          continue;
+        }
         const c = conv(key);
         c.conv = cv.conv;
+        c.delivered = cv.delivered || 0;
+        if (cv.kind === "group" && typeof cv.groupid !== "number") c.deleted = true;
         c.last = cv.last;
         c.read = cv.read;
         c.peerRead = cv.peer_read || 0;
@@ -351,6 +360,23 @@
     renderAll();
     if (state.active) openConv(state.active, { focus: false });
     save();
+  }
+
+  // the conversation of a sync login's entry; a deleted group's conversation
+  // comes with "groupid": null until all of it was received: known here by its
+  // conv, or by the group_delete notice among its messages
+  function convKey(cv) {
+    if (cv.kind !== "group") return `u:${cv.with}`;
+    if (typeof cv.groupid === "number") return `g:${cv.groupid}`;
+    const known = state.byServerConv.get(cv.conv);
+    if (known) return known;
+    for (const text of cv.msgs || []) {
+      try {
+        const m = JSON.parse(text);
+        if (typeof m.groupid === "number") return `g:${m.groupid}`;
+      } catch { /* not ours to read */ }
+    }
+    return null;
   }
 
   function timeOf(m) {
@@ -476,7 +502,9 @@
     c.catchingUp = true;
     try {
       for (;;) {
-        const after = held(c);
+        // from what this device holds, or from the delivered cursor when it
+        // holds less (a new device: not the whole conversation)
+        const after = Math.max(held(c), c.delivered || 0);
         if (after >= c.last || !link.ready) break;
         const reply = await link.request({ msgid: MSG.HISTORY, conv: c.conv, after, limit: 200 });
         if (reply.errno !== 0 || !(reply.msgs || []).length) break;
@@ -696,14 +724,20 @@
         break;
       case "group_delete":
         state.groups.delete(m.groupid);
+        if (c) c.deleted = true;
         break;
       default:
         break;
     }
     if (c && m.kind && m.kind.startsWith("group_")) {
-      // a notice kept in the log comes again through sync and history, with
-      // its cseq: addEvent keeps one of the two
+      // a group's notice is an entry of its conversation's log (conv, cseq):
+      // it comes again through sync and history, where addEvent keeps one
+      if (typeof m.conv === "number") { c.conv = m.conv; state.byServerConv.set(m.conv, c.key); }
       addEvent(c, noticeText(m), typeof m.cseq === "number" ? m : null);
+      if (typeof m.cseq === "number") {
+        received(c);
+        if (state.active === c.key && document.visibilityState === "visible") read(c);
+      }
       if (m.kind === "group_remove" || m.kind === "group_delete") announce(`${convName(c)}: ${noticeText(m)}`);
     }
     renderAll();
@@ -829,15 +863,25 @@
     return !!me && me.role === "creator";
   }
 
-  // after leaving or deleting a group: its conversation goes from the list
-  function forgetGroup(groupid) {
-    state.groups.delete(groupid);
-    const key = `g:${groupid}`;
+  // server conversations removed from the list on this device (kept by id)
+  function forgottenKey() { return `gchat.forgotten.${state.me.id}`; }
+  function forgotten() { return state.me ? storage.get(forgottenKey(), []) : []; }
+
+  // `final`: a deleted group, whose conversation can never come back to life
+  // (a group left, or joined again, keeps its conversation: not recorded)
+  function forgetConv(key, final) {
+    const c = state.convs.get(key);
+    if (final && c && c.conv !== null) storage.set(forgottenKey(), [...forgotten(), c.conv].slice(-200));
     if (state.active === key) closeConv();
     state.convs.delete(key);
-    if (state.convs.get(state.active) === undefined) state.active = null;
     renderAll();
     save();
+  }
+
+  // after leaving or deleting a group: its conversation goes from the list
+  function forgetGroup(groupid, deleted) {
+    state.groups.delete(groupid);
+    forgetConv(`g:${groupid}`, deleted);
   }
 
   function leaveGroup(groupid) {
@@ -847,7 +891,7 @@
       const ack = await link.request({ msgid: MSG.GROUP_LEAVE, groupid });
       const err = refusal(ack, { [ERR.FORBIDDEN]: "The owner hands the group over or deletes it." });
       if (err) return err;
-      forgetGroup(groupid);
+      forgetGroup(groupid, false);
       toast(`You left ${name}.`);
       return null;
     });
@@ -861,7 +905,7 @@
         const ack = await link.request({ msgid: MSG.GROUP_DELETE, groupid });
         const err = refusal(ack, { [ERR.FORBIDDEN]: "Only the owner deletes the group." });
         if (err) return err;
-        forgetGroup(groupid);
+        forgetGroup(groupid, true);
         toast(`${name} was deleted.`);
         return null;
       });
@@ -1091,7 +1135,7 @@
         else items.push(["Leave group", () => leaveGroup(c.peer)]);
       }
     }
-    if (closedReason(c)) items.push(["Remove this conversation", () => { const k = c.key; closeConv(); state.convs.delete(k); renderAll(); save(); }]);
+    if (closedReason(c)) items.push(["Remove this conversation", () => forgetConv(c.key, !!c.deleted)]);
     return items;
   }
 
