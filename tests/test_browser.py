@@ -268,9 +268,19 @@ def test_a_blocked_user_can_no_longer_write(node: ServerProcess, browsers: list[
     assert dan.presence(cat_id) == "offline"  # no friends: her state is not shown, though she is online
 
 
+@pytest.fixture
+def small_sync_node(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A node whose sync login brings at most 100 messages: the rest is the
+    client's to fetch through history (docs/protocol.md section D, "more")."""
+    proc = ServerProcess(f"sqlite:///{tmp_path / 'sync.db'}", extra=["--sync-max", "100"]).start()
+    yield proc
+    proc.stop()
+
+
 def test_history_loads_as_you_scroll_up_and_a_long_absence_arrives_whole(
-        node: ServerProcess, browsers: list[Browser]) -> None:
-    count = 130  # more than a sync login brings at once (sync_max, 100)
+        small_sync_node: ServerProcess, browsers: list[Browser]) -> None:
+    node = small_sync_node
+    count = 130  # more than this node's sync login brings at once (100)
     with Client.connect(*node.address) as web, Client.connect(*node.address) as term:
         web_id = web.register(person("Fay"), "secret")
         term_id = term.register(unique(), "pw")
