@@ -1,8 +1,9 @@
 """The web app in a real browser (headless Chromium, tests/browser_support.py):
-people register, become friends, chat both ways and in a group, reload and
-find their conversation and what was sent while they were away; a browser
-chats with the terminal client's library; the same through nginx over two
-nodes. Screenshots are taken on the way (GCHAT_SCREENSHOTS=docs/img keeps
+people register, become friends (a request found by name, accepted), see each
+other come and go, chat both ways and in a group, manage the group, block,
+reload and find their conversation and what was sent while they were away,
+scroll back through history; a browser chats with the terminal client's
+library; the same through nginx over two nodes. Screenshots are taken on the way (GCHAT_SCREENSHOTS=docs/img keeps
 them for the docs; otherwise they go to the test's temporary directory)."""
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def test_two_people_become_friends_and_chat_both_ways_and_in_a_group(
     alice_id = alice.register(person("Alice"))
     bob_id = bob.register(person("Bob"))
 
-    alice.add_friend(bob_id)
-    bob.add_friend(alice_id)
+    alice.request_friend(bob_id)
+    bob.accept(alice_id)  # opens her conversation
+    alice.wait(lambda d: alice.finds(f'.conv-item[data-key="u:{bob_id}"]'), "Bob in Alice's friends")
     alice.open(f"u:{bob_id}")
     alice.send("Hi Bob! Are we still on for Saturday?")
     # adding Alice opened her conversation at Bob's: the message appears there
@@ -75,6 +77,8 @@ def test_two_people_become_friends_and_chat_both_ways_and_in_a_group(
     # the read receipt may already have turned them into the read mark
     alice.wait(lambda d: alice.finds('#message-list .msg.mine[data-status="delivered"], '
                                      '#message-list .msg.mine[data-status="read"]'), "delivered mark")
+    # Bob has the conversation open: he read it, and Alice's ticks light up
+    alice.wait(lambda d: alice.finds('#message-list .msg.mine[data-status="read"]'), "read mark")
     alice.send("Great, see you there — à samedi")
     bob.wait_message("Great, see you there — à samedi")
 
@@ -90,12 +94,15 @@ def test_two_people_become_friends_and_chat_both_ways_and_in_a_group(
     alice.send("I will. Bring snacks!")
     bob.wait_message("I will. Bring snacks!")
     # group messages show who wrote them
-    assert any("Bob" in e.text for e in alice.finds("#message-list .sender"))
+    assert any("Bob" in t for t in alice.texts("#message-list .sender"))
     alice.find("#members-button").click()
     alice.wait(lambda d: len(alice.finds("#member-list li")) == 2, "both members listed")
-    alice.quiet()
-    alice.screenshot(shots / "group.png")
     alice.find("#members-button").click()
+    # Bob leaves the group: it goes from his list, and Alice sees him go
+    bob.conv_action("Leave group")
+    bob.confirm()
+    bob.wait(lambda d: not bob.finds(f'.conv-item[data-key="g:{group_id}"]'), "the group gone from Bob's list")
+    alice.wait(lambda d: any("left the group" in e for e in alice.texts("#message-list .event")), "a line: Bob left")
     alice.open(f"u:{bob_id}")
     alice.quiet()
     alice.screenshot(shots / "chat.png")
@@ -134,15 +141,236 @@ def state_of(node: ServerProcess, user_id: int) -> str:
         engine.dispose()
 
 
+def events(b: Browser) -> list[str]:
+    """The neutral lines (joins, leaves, new friends) of the open conversation."""
+    return b.texts("#message-list .event")
+
+
+def member_states(b: Browser) -> dict[int, str]:
+    return dict(zip((int(i) for i in b.attrs("#member-list li", "data-id")),
+                    b.attrs("#member-list li", "data-state"), strict=False))
+
+
+def test_a_friend_request_by_name_presence_and_a_group_managed_by_its_owner(
+        node: ServerProcess, browsers: list[Browser], shots: Path) -> None:
+    ann = open_browser(browsers, node.url)
+    ben = open_browser(browsers, node.url)
+    ann_name, ben_name = person("Ann"), person("Ben")
+    ann_id = ann.register(ann_name)
+    ben_id = ben.register(ben_name)
+
+    # Ann finds Ben by the first letters of his name and asks, with a note
+    ann.find_people(ben_name[:-2].lower())
+    ann.visible(f'#finder-results li[data-id="{ben_id}"]')
+    assert ann.unlabelled() == []
+    ann.quiet()
+    ann.screenshot(shots / "find.png")
+    ann.close_finder()
+    ann.request_friend(ben_id, query=ben_name, note="from the climbing club")
+    ann.visible(f'#requests li[data-id="{ben_id}"][data-dir="out"]')  # waiting for his answer
+    # Ben is told at once, with the note, and answers from the sidebar
+    ben.wait(lambda d: any("from the climbing club" in t for t in ben.texts(f'#requests li[data-id="{ann_id}"]')),
+             "Ann's request, with her note")
+    ben.quiet()
+    ben.screenshot(shots / "requests.png")
+    assert ben.unlabelled() == []
+    ben.accept(ann_id)
+    assert "You are now friends" in events(ben)
+    # Ann learns it by a pushed notice: Ben in her friends, online
+    ann.wait(lambda d: ann.finds(f'.conv-item[data-key="u:{ben_id}"]'), "Ben in Ann's friends")
+    assert not ann.finds(f'#requests li[data-id="{ben_id}"]')
+    ann.wait(lambda d: ann.presence(ben_id) == "online", "Ben's dot online")
+
+    # presence, pushed: Ben goes away, then comes back (the resume token)
+    ben.driver.get("about:blank")
+    ann.wait(lambda d: ann.presence(ben_id) == "offline", "Ben's dot offline once he left")
+    ben.driver.get(node.url)
+    ben.wait(lambda d: ben.connection() == "online", "Ben back")
+    ann.wait(lambda d: ann.presence(ben_id) == "online", "Ben's dot online again")
+
+    # a group: Ben finds it by name and joins; Ann sees him join, in the
+    # conversation and in the member list with his state
+    group_name = f"Crag {unique('')[:-9]}"
+    group_id = ann.create_group(group_name)
+    ben.join_group(group_id, query=group_name)
+    ann.wait(lambda d: any("joined the group" in e for e in events(ann)), "a line: Ben joined")
+    ann.find("#members-button").click()
+    ann.wait(lambda d: member_states(ann) == {ann_id: "online", ben_id: "online"}, "both members, online")
+    assert ann.attrs(f'#member-list li[data-id="{ann_id}"]', "data-role") == ["creator"]
+    ben.open(f"g:{group_id}")
+    ben.send("Hi all")
+    ann.wait_message("Hi all")
+    ann.quiet()
+    ann.screenshot(shots / "group.png")
+    assert ann.unlabelled() == []  # the member list with the owner's buttons, the conversation
+    ben.driver.get("about:blank")
+    ann.wait(lambda d: member_states(ann).get(ben_id) == "offline", "Ben offline in the member list")
+    ben.driver.get(node.url)
+    ben.wait(lambda d: ben.connection() == "online", "Ben back")
+    ann.wait(lambda d: member_states(ann).get(ben_id) == "online", "Ben online in the member list")
+
+    # the owner hands the group over; Ben sees it, and now owns it
+    ann.click(f'#member-list li[data-id="{ben_id}"] .member-handover')
+    ann.confirm()
+    ann.wait(lambda d: ann.attrs(f'#member-list li[data-id="{ben_id}"]', "data-role") == ["creator"],
+             "Ben the owner")
+    ben.open(f"g:{group_id}")
+    ben.wait(lambda d: any("are now the group's owner" in e for e in events(ben)), "Ben told he owns it")
+    # the new owner removes Ann: she is told, and can no longer write there
+    ben.find("#members-button").click()
+    ben.click(f'#member-list li[data-id="{ann_id}"] .member-remove')
+    ben.confirm()
+    ben.wait(lambda d: set(member_states(ben)) == {ben_id}, "Ann gone from the member list")
+    ann.wait(lambda d: "You were removed from the group" in events(ann), "Ann told she was removed")
+    ann.wait(lambda d: ann.find("#composer-note").is_displayed() and not ann.find("#composer").is_displayed(),
+             "no composer in a group Ann was removed from")
+    ann.conv_action("Remove this conversation")
+    ann.wait(lambda d: not ann.finds(f'.conv-item[data-key="g:{group_id}"]'), "the group gone from Ann's list")
+    # the owner deletes it: nothing more can be written there
+    ben.conv_action("Delete group")
+    ben.confirm()
+    ben.wait(lambda d: not ben.finds(f'.conv-item[data-key="g:{group_id}"]'), "the group deleted")
+
+
+def test_a_blocked_user_can_no_longer_write(node: ServerProcess, browsers: list[Browser]) -> None:
+    cat = open_browser(browsers, node.url)
+    dan = open_browser(browsers, node.url)
+    cat_id = cat.register(person("Cat"))
+    dan_id = dan.register(person("Dan"))
+    cat.request_friend(dan_id)
+    dan.accept(cat_id)
+    dan.send("hello Cat")
+    cat.wait(lambda d: cat.unread(f"u:{dan_id}") == 1, "Dan's message")
+    cat.open(f"u:{dan_id}")
+    cat.wait_message("hello Cat")
+
+    cat.conv_action("Block")
+    cat.confirm()
+    cat.visible("#composer-note")  # no composer: "You blocked Dan", and a way back
+    assert not cat.find("#composer").is_displayed()
+    # Dan loses her from his friends, and what he writes is refused
+    dan.wait(lambda d: any("no longer in your friends" in e for e in events(dan)), "Dan told")
+    box = dan.visible("#message-input")
+    box.send_keys("are you there?")
+    from selenium.webdriver.common.keys import Keys
+    box.send_keys(Keys.ENTER)
+    dan.wait(lambda d: dan.finds('#message-list .msg.mine[data-status="failed"]'), "Dan's message refused")
+    assert "are you there?" not in cat.messages()
+    # Cat unblocks: she can write again (they are no longer friends)
+    cat.find("#composer-note-action").click()
+    cat.visible("#message-input")
+    cat.send("sorry, that was a mistake")
+    dan.wait_message("sorry, that was a mistake")
+    # she asks to be friends again; he declines, and the request is gone
+    cat.request_friend(dan_id)
+    dan.click(f'#requests li[data-id="{cat_id}"] .decline')
+    dan.wait(lambda d: not dan.finds(f'#requests li[data-id="{cat_id}"]'), "the request gone once declined")
+    assert dan.presence(cat_id) == "offline"  # no friends: her state is not shown, though she is online
+
+
+@pytest.fixture
+def small_sync_node(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A node whose sync login brings at most 100 messages: the rest is the
+    client's to fetch through history (docs/protocol.md section D, "more")."""
+    proc = ServerProcess(f"sqlite:///{tmp_path / 'sync.db'}", extra=["--sync-max", "100"]).start()
+    yield proc
+    proc.stop()
+
+
+def test_history_loads_as_you_scroll_up_and_a_long_absence_arrives_whole(
+        small_sync_node: ServerProcess, browsers: list[Browser]) -> None:
+    node = small_sync_node
+    count = 130  # more than this node's sync login brings at once (100)
+    with Client.connect(*node.address) as web, Client.connect(*node.address) as term:
+        web_id = web.register(person("Fay"), "secret")
+        term_id = term.register(unique(), "pw")
+        term.login(term_id, "pw")
+        for i in range(1, count + 1):
+            term.chat(web_id, f"message {i}")
+    b = open_browser(browsers, node.url)
+    b.sign_in(web_id)
+    item = f'.conv-item[data-key="u:{term_id}"]'
+    b.wait(lambda d: f"{count} unread" in str(b.find(item).get_attribute("aria-label")) and b.text(".badge") == "99+",
+           f"{count} unread, the badge capped")
+    b.open(f"u:{term_id}")
+    b.wait(lambda d: len(b.messages()) == count, "every message, the 30 after the sync's 100 too")
+    assert b.messages()[-1] == f"message {count}"
+    b.close()
+    browsers.remove(b)
+
+    # a fresh browser: nothing is left to deliver, so the conversation comes
+    # from history, a page at a time as the user scrolls up
+    fresh = open_browser(browsers, node.url)
+    fresh.wait(lambda d: state_of(node, web_id) == "offline", "the first browser gone")
+    fresh.sign_in(web_id)
+    fresh.open(f"u:{term_id}")
+    fresh.wait(lambda d: f"message {count}" in fresh.messages(), "the newest page")
+    first_page = len(fresh.messages())
+    assert first_page < count
+    for _ in range(10):
+        if "message 1" in fresh.messages():
+            break
+        shown = len(fresh.messages())
+        fresh.driver.execute_script("document.querySelector('#messages').scrollTop = 0")
+        fresh.wait(lambda d, shown=shown: len(fresh.messages()) > shown, "an older page after scrolling up")
+    assert fresh.messages() == [f"message {i}" for i in range(1, count + 1)]
+    fresh.wait(lambda d: fresh.text("#history-status") == "Start of the conversation", "the start shown")
+
+
+def test_the_keyboard_alone_befriends_and_chats(node: ServerProcess, browsers: list[Browser]) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    kim = open_browser(browsers, node.url)
+    lee = open_browser(browsers, node.url)
+    lee_name = person("Lee")
+    lee_id = lee.register(lee_name)
+    # the page opens on "create an account", its first field focused
+    kim.visible("#register-name")
+    kim.wait(lambda d: kim.focused().get_attribute("id") == "register-name", "the name field focused")
+    kim.keys(person("Kim"), Keys.TAB, "secret", Keys.ENTER)
+    kim.wait(lambda d: kim.connection() == "online" and kim.find("#me-id").is_displayed(), "signed in")
+    kim_id = int(kim.text("#me-id").rsplit(" ", 1)[1])
+    # the menu, then "Add a friend", a name, Tab to the result's button
+    kim.tab_to("#menu-button")
+    kim.keys(Keys.ENTER)
+    kim.wait(lambda d: kim.focused().get_attribute("data-action") == "add-friend", "the menu's first item focused")
+    kim.keys(Keys.ENTER)
+    kim.wait(lambda d: kim.focused().get_attribute("id") == "finder-query", "the search field focused")
+    kim.keys(lee_name)
+    kim.visible(f'#finder-results li[data-id="{lee_id}"] button.primary')
+    kim.tab_to(f'#finder-results li[data-id="{lee_id}"] button')
+    kim.keys(Keys.ENTER)
+    lee.visible(f'#requests li[data-id="{kim_id}"]')
+    # Escape clears the search field (as in any search field), then closes
+    kim.wait(lambda d: kim.focused().get_attribute("id") == "finder-query", "the focus back in the search")
+    kim.keys(Keys.ESCAPE)
+    kim.wait(lambda d: kim.find("#finder-query").get_attribute("value") == "", "the search cleared")
+    kim.keys(Keys.ESCAPE)
+    kim.wait(lambda d: not kim.find("#finder").is_displayed(), "the finder closed by Escape")
+    lee.accept(kim_id)
+    # the new friend in the list: Tab to it, Enter opens it with the focus
+    # in the message field, Enter sends
+    kim.visible(f'.conv-item[data-key="u:{lee_id}"]')
+    kim.tab_to(f'.conv-item[data-key="u:{lee_id}"]')
+    kim.keys(Keys.ENTER)
+    kim.wait(lambda d: kim.focused().get_attribute("id") == "message-input", "the message field focused")
+    kim.keys("typed, never clicked", Keys.ENTER)
+    lee.wait_message("typed, never clicked")
+    kim.keys(Keys.ESCAPE)  # back out of the conversation
+    kim.wait(lambda d: not kim.find("#conv-header").is_displayed(), "the conversation closed by Escape")
+
+
 def test_a_narrow_window_shows_one_pane_at_a_time(node: ServerProcess, browsers: list[Browser], shots: Path) -> None:
     wide = open_browser(browsers, node.url)
     friend_id = wide.register(person("Dana"))
     phone = open_browser(browsers, node.url, width=400, height=780)
     me = phone.register(person("Chris"))
-    phone.add_friend(friend_id)  # opens the conversation, alone on the screen
+    wide.request_friend(me)
+    phone.accept(friend_id)  # opens the conversation, alone on the screen
+    phone.visible("#message-input")
     assert not phone.find(".sidebar").is_displayed()
     phone.find("#back").click()
-    wide.add_friend(me)
+    wide.wait(lambda d: wide.finds(f'.conv-item[data-key="u:{me}"]'), "the phone's user in the friends")
     wide.open(f"u:{me}")
     wide.send("Hello from a laptop")
     phone.wait(lambda d: phone.unread(f"u:{friend_id}") == 1, "an unread badge on the phone")
@@ -164,7 +392,9 @@ def test_a_browser_and_the_terminal_clients_library_chat(node: ServerProcess, br
     with Client.connect(*node.address) as term:
         term_id = term.register(unique(), "pw")
         term.login(term_id, "pw")
-        browser.add_friend(term_id)
+        browser.request_friend(term_id)
+        term.answer_request(web_id, True)
+        browser.wait(lambda d: browser.finds(f'.conv-item[data-key="u:{term_id}"]'), "the terminal user a friend")
         browser.open(f"u:{term_id}")
         browser.send("hello terminal")
         got = term.next_message(timeout=20)
@@ -222,7 +452,9 @@ def test_through_nginx_a_browser_on_one_node_chats_with_a_tcp_client_on_another(
                 break
         else:
             raise AssertionError("nginx never sent a TCP client to the other node")
-        browser.add_friend(term_id)
+        browser.request_friend(term_id)
+        term.answer_request(web_id, True)  # on the other node: the browser is told through Redis
+        browser.wait(lambda d: browser.finds(f'.conv-item[data-key="u:{term_id}"]'), "the TCP user a friend")
         browser.open(f"u:{term_id}")
         browser.send("across the cluster")
         got = term.next_message(timeout=20)
@@ -232,10 +464,12 @@ def test_through_nginx_a_browser_on_one_node_chats_with_a_tcp_client_on_another(
         # and a second browser, through the same nginx, chats with the first
         other = open_browser(browsers, nginx.url)
         other_id = other.register(person("Second"))
-        other.add_friend(web_id)
+        other.request_friend(web_id)
+        browser.accept(other_id)
+        other.wait(lambda d: other.finds(f'.conv-item[data-key="u:{web_id}"]'), "accepted")
         other.open(f"u:{web_id}")
         other.send("two browsers, one proxy")
-        browser.wait(lambda d: browser.unread(f"u:{other_id}") == 1, "the second browser's message")
+        browser.wait_message("two browsers, one proxy")  # accepting opened the conversation
     finally:
         for c in clients:
             c.close()
