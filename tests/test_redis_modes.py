@@ -19,6 +19,7 @@ import redis
 
 from gchat.cluster.redis_client import parse
 from gchat.cluster.redis_keys import SLOTTED, node_channel
+from gchat.config import from_sources
 from tests.cluster_support import REDIS_SERVER, Cluster, RedisServer, wait_until
 from tests.support import Wire, free_port, user
 
@@ -147,7 +148,9 @@ class RedisClusterSet:
         return "cluster_state:ok" in text if isinstance(info, (bytes, str)) else info["cluster_state"] == "ok"
 
     def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0], socket_timeout=5)
+        """A client that finds the cluster through any node still running."""
+        alive = [redis.cluster.ClusterNode("127.0.0.1", p) for p in self.ports if self.procs[p].poll() is None]
+        return redis.RedisCluster(startup_nodes=alive, socket_timeout=5)
 
     def owner(self, user_id: int) -> str | None:
         raw = self.client().get(SLOTTED.online_key(user_id))
@@ -182,6 +185,10 @@ def test_the_url_forms() -> None:
     for bad in ("redis+sentinel://a:1", "redis+cluster://a:1/0", "redis+cluster://a", "http://a:1"):
         with pytest.raises(ValueError):
             parse(bad)
+    # a URL of no known form is refused when the settings are read, before anything starts
+    with pytest.raises(ValueError, match="redis_url"):
+        from_sources(environ={"GCHAT_REDIS_URL": "sentinel://10.0.0.1:26379/chat"})
+    assert from_sources(environ={"GCHAT_REDIS_URL": "redis+cluster://a:7000"}).redis_url == "redis+cluster://a:7000"
 
 
 def test_a_node_keeps_the_subscription_it_made_before_it_said_ready(mariadb: Any, redis_server: RedisServer) -> None:
@@ -350,3 +357,48 @@ def test_cluster_presence_refuses_a_second_login_and_frees_a_killed_nodes_users(
     # a live node reaped it (whichever swept first)
     wait_until(lambda: any("is dead" in n.log() for n in sharded.nodes if n is not doomed), DEAD_NODE_DEADLINE,
                what="a node reports the dead node reaped")
+
+
+def test_cluster_master_failover_moves_the_subscription_and_loses_nothing(
+        mariadb: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Three masters, each with a replica. The master holding a node's
+    channel is killed in the middle of a conversation: its replica takes the
+    slots over, the node subscribes again there, cross-node chat is live
+    again, and every acknowledged message reaches the recipient once, in
+    order."""
+    rc = RedisClusterSet(tmp_path_factory.mktemp("rcluster-ha"), replicas=True).start()
+    cluster = Cluster(mariadb.create(), rc, extra=FAST)  # type: ignore[arg-type]
+    try:
+        n0, n1 = cluster.add_nodes(2)
+        a, _ = user(n0.address)
+        b, ub = user(n1.address)
+        assert chat(a, ub, "before", 1)["delivered"] == "online"
+        assert b.recv()["msg"] == "before"
+        channel = node_channel(n1.node_id)
+        doomed = rc.port_of(channel)
+        rc.procs[doomed].send_signal(signal.SIGKILL)
+        sent = ["before"]
+        for i in range(5):
+            sent.append(f"during {i}")
+            chat(a, ub, sent[-1], 10 + i)
+
+        def promoted() -> bool:
+            try:
+                return rc.port_of(channel) != doomed
+            except (redis.RedisError, redis.exceptions.RedisClusterException):
+                return False  # the slot not covered yet
+
+        wait_until(promoted, FAILOVER_DEADLINE, every=0.5, what="a replica promoted for the channel's slot")
+
+        def live_again() -> bool:
+            sent.append(f"after {len(sent)}")
+            return chat(a, ub, sent[-1], 100 + len(sent))["delivered"] == "online"
+
+        wait_until(live_again, FAILOVER_DEADLINE, every=0.5, what="live cross-node delivery after the failover")
+        shard = redis.Redis(port=rc.port_of(channel), socket_timeout=5)
+        assert shard.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1] == 1
+        assert [b.recv(30)["msg"] for _ in sent[1:]] == sent[1:]
+        b.nothing(1.0)
+    finally:
+        cluster.stop()
+        rc.stop()

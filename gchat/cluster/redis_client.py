@@ -30,6 +30,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from gchat.cluster.redis_keys import ONE, SLOTTED, Layout
+from gchat.config import REDIS_FORMS
 
 # One Redis or a Sentinel-watched master (redis.Redis), or a Redis Cluster;
 # both answer the commands gchat sends (GET, SMEMBERS, PUBLISH, scripts).
@@ -37,7 +38,6 @@ Client = redis.Redis | RedisCluster
 
 SENTINEL = "redis+sentinel"
 CLUSTER = "redis+cluster"
-FORMS = ("redis://", "rediss://", "unix://", SENTINEL + "://", CLUSTER + "://")
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ class Target:
 def parse(url: str) -> Target:
     """Raises ValueError on a URL that is none of FORMS."""
     scheme, sep, rest = url.partition("://")
-    if not sep or not url.startswith(FORMS):
-        raise ValueError(f"{url!r} is not a Redis URL (one of {', '.join(f + '...' for f in FORMS)})")
+    if not sep or not url.startswith(REDIS_FORMS):
+        raise ValueError(f"{url!r} is not a Redis URL (one of {', '.join(f + '...' for f in REDIS_FORMS)})")
     if scheme not in (SENTINEL, CLUSTER):
         return Target("one", url)
     netloc, _, path = rest.partition("/")
