@@ -69,6 +69,13 @@ class SentinelSet:
         return f"redis+sentinel://{hosts}/gchat/0"
 
     def start(self) -> SentinelSet:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no process left behind by a start that failed
+            raise
+
+    def _start(self) -> SentinelSet:
         self.procs[self.master_port] = _redis(self.master_port, tmp=self.tmp)
         wait_until(lambda: _answers(self.master_port), 10, what="the master")
         self.procs[self.replica_port] = _redis(self.replica_port, "--replicaof", "127.0.0.1",
@@ -123,6 +130,13 @@ class RedisClusterSet:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
 
     def start(self) -> RedisClusterSet:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no process left behind by a start that failed
+            raise
+
+    def _start(self) -> RedisClusterSet:
         for port in self.ports:
             # the bus port on a free port too: the default, port + 10000, may not exist
             self.procs[port] = _redis(port, "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
@@ -367,8 +381,9 @@ def test_cluster_master_failover_moves_the_subscription_and_loses_nothing(
     again, and every acknowledged message reaches the recipient once, in
     order."""
     rc = RedisClusterSet(tmp_path_factory.mktemp("rcluster-ha"), replicas=True).start()
-    cluster = Cluster(mariadb.create(), rc, extra=FAST)  # type: ignore[arg-type]
+    cluster = Cluster("", rc, extra=FAST)  # type: ignore[arg-type]
     try:
+        cluster.database_url = mariadb.create()
         n0, n1 = cluster.add_nodes(2)
         a, _ = user(n0.address)
         b, ub = user(n1.address)
