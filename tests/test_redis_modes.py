@@ -21,7 +21,7 @@ from gchat.cluster.redis_client import parse
 from gchat.cluster.redis_keys import SLOTTED, node_channel
 from gchat.config import from_sources
 from tests.cluster_support import REDIS_SERVER, Cluster, RedisServer, wait_until
-from tests.support import Wire, free_port, user
+from tests.support import ServerProcess, Wire, free_port, user
 
 REDIS_CLI = "/usr/bin/redis-cli"
 # a killed node's users are free after its TTL (3 s) plus a loaded machine's slack
@@ -375,23 +375,30 @@ def test_cluster_presence_refuses_a_second_login_and_frees_a_killed_nodes_users(
 
 def test_cluster_master_failover_moves_the_subscription_and_loses_nothing(
         mariadb: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Three masters, each with a replica. The master holding a node's
-    channel is killed in the middle of a conversation: its replica takes the
-    slots over, the node subscribes again there, cross-node chat is live
-    again, and every acknowledged message reaches the recipient once, in
-    order."""
+    """Three masters, each with a replica. The master holding both a node's
+    channel and presence's slot is killed in the middle of a conversation:
+    its replica takes the slots over, the node subscribes again where its
+    channel went, presence is claimed again, cross-node chat is live again,
+    and every acknowledged message reaches the recipient once, in order."""
     rc = RedisClusterSet(tmp_path_factory.mktemp("rcluster-ha"), replicas=True).start()
     cluster = Cluster("", rc, extra=FAST)  # type: ignore[arg-type]
     try:
         cluster.database_url = mariadb.create()
-        n0, n1 = cluster.add_nodes(2)
+        n0 = cluster.add_node()
+        # n1's name puts its channel on presence's master: one kill (a
+        # majority of masters must live to promote a replica) takes both
+        presence = rc.port_of(SLOTTED.nodes)
+        name = next(f"n1-{i}" for i in range(10_000) if rc.port_of(node_channel(f"n1-{i}")) == presence)
+        n1 = ServerProcess(cluster.database_url, redis_url=rc.url, extra=FAST, node_id=name)
+        cluster.nodes.append(n1)
+        n1.start(timeout=60)
         a, _ = user(n0.address)
         b, ub = user(n1.address)
         assert chat(a, ub, "before", 1)["delivered"] == "online"
         assert b.recv()["msg"] == "before"
         channel = node_channel(n1.node_id)
-        doomed = rc.port_of(channel)
-        rc.procs[doomed].send_signal(signal.SIGKILL)
+        doomed = {presence}
+        rc.procs[presence].send_signal(signal.SIGKILL)
         sent = ["before"]
         for i in range(5):
             sent.append(f"during {i}")
@@ -399,11 +406,11 @@ def test_cluster_master_failover_moves_the_subscription_and_loses_nothing(
 
         def promoted() -> bool:
             try:
-                return rc.port_of(channel) != doomed
+                return rc.port_of(channel) not in doomed and rc.port_of(SLOTTED.nodes) not in doomed
             except (redis.RedisError, redis.exceptions.RedisClusterException):
                 return False  # the slot not covered yet
 
-        wait_until(promoted, FAILOVER_DEADLINE, every=0.5, what="a replica promoted for the channel's slot")
+        wait_until(promoted, FAILOVER_DEADLINE, every=0.5, what="replicas promoted for both slots")
 
         def live_again() -> bool:
             sent.append(f"after {len(sent)}")

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
@@ -114,7 +115,7 @@ def connect(url: str, timeout: float) -> Client:
                                                                    **options)
         return master
     if target.kind == "cluster":
-        return RedisCluster(startup_nodes=_nodes(target.hosts), **target.auth(), **options)
+        return _cluster(startup_nodes=_nodes(target.hosts), **target.auth(), **options)
     return redis.Redis.from_url(url, **options)
 
 
@@ -128,6 +129,27 @@ def sentinel(target: Target, timeout: float, **connection: Any) -> Sentinel:
 
 def _nodes(hosts: Iterable[tuple[str, int]]) -> list[ClusterNode]:
     return [ClusterNode(h, p) for h, p in hosts]
+
+
+class _Cluster(RedisCluster):
+    """A RedisCluster whose failures are all redis.RedisError, which every
+    caller in gchat handles: redis-py raises RedisClusterException, not a
+    RedisError, when no node answers or a slot has no master (in the
+    seconds of a failover)."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisClusterException as e:
+            raise redis.ConnectionError(f"Redis Cluster: {e}") from e
+
+
+def _cluster(**kwargs: Any) -> RedisCluster:
+    """A client of the cluster; it reads the slot map now."""
+    try:
+        return _Cluster(**kwargs)
+    except RedisClusterException as e:
+        raise redis.ConnectionError(f"Redis Cluster: {e}") from e
 
 
 # --- the subscriber ---------------------------------------------------------
@@ -172,10 +194,12 @@ def subscribe(url: str, timeout: float, idle_check: float, own: bytes, everyone:
     if target.kind == "cluster":
         # the slot map is read afresh at every subscription: after a
         # failover the channel's slot has a new master
-        topology = RedisCluster(startup_nodes=_nodes(target.hosts), socket_timeout=timeout,
-                                socket_connect_timeout=timeout, **target.auth())
+        topology = _cluster(startup_nodes=_nodes(target.hosts), socket_timeout=timeout,
+                            socket_connect_timeout=timeout, **target.auth())
         try:
             node = topology.get_node_from_key(own)
+        except RedisClusterException as e:  # the slot has no master now (a failover under way)
+            raise redis.ConnectionError(f"Redis Cluster: {e}") from e
         finally:
             topology.close()
         pool = redis.ConnectionPool(host=node.host, port=node.port, **target.auth(), **options)
@@ -232,7 +256,7 @@ def blocking_client(url: str, timeout: float, connection_class: type[redis.conne
         (host, port), *rest = target.hosts
         # made "from a URL" so that redis-py builds each node's pool with
         # the connection class given
-        return RedisCluster(url=f"redis://{host}:{port}", startup_nodes=_nodes(rest),
-                            connection_class=connection_class, **target.auth(), **options)
+        return _cluster(url=f"redis://{host}:{port}", startup_nodes=_nodes(rest),
+                        connection_class=connection_class, **target.auth(), **options)
     pool = redis.ConnectionPool.from_url(url, connection_class=connection_class, **options)
     return redis.Redis(connection_pool=pool)
