@@ -3,9 +3,10 @@ gchat/cluster/redis_client.py).
 
 On one Redis the ROUTE script (gchat/cluster/redis_keys.py) looks the owners
 up and PUBLISHes to their nodes in one call. In a cluster that script cannot
-be kept whole: a script runs on the node of its keys' slot and may only
-SPUBLISH to channels of that same slot (Redis 7 refuses the others), while
-the per-node channels are spread over the slots on purpose, so that each
+be kept whole: a script runs on the node of its keys' slot and may not
+SPUBLISH to a channel another node serves (Redis 7.0 refuses: "Script
+attempted to access a non local key in a cluster node"), while the per-node
+channels are spread over the slots on purpose, so that each
 message crosses only the shard of its recipient's node (a classic PUBLISH
 crosses every node of a cluster). So the owners are looked up by the OWNERS
 script in presence's slot, then one SPUBLISH goes to each node's channel:
