@@ -25,6 +25,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 LOG_FORMATS = ("text", "json")
 
+# one Redis (redis-py's own forms), a master found through Sentinel, a Redis
+# Cluster (gchat/cluster/redis_client.py parses them; docs/operations.md)
+REDIS_FORMS = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -33,7 +37,10 @@ class Settings:
         "sqlite:///gchat.db",
         "SQLAlchemy URL of the store; mysql://USER:PASS@HOST/DB uses PyMySQL",
     )
-    redis_url: str = _opt("", "redis://HOST:PORT/DB of the cluster bus; empty = single node, in-process bus")
+    redis_url: str = _opt("", "the cluster bus's Redis: redis://HOST:PORT/DB (one server), "
+                              "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] (the master Sentinel names), "
+                              "redis+cluster://HOST:PORT[,HOST:PORT...] (a Redis Cluster, sharded pub/sub); "
+                              "empty = single node, in-process bus (docs/operations.md)")
     node_id: str = _opt("", "this node's name in the cluster (default: HOSTNAME:PORT)")
     log_level: str = _opt("INFO", "how much the node logs", choices=LOG_LEVELS)
     log_format: str = _opt("text", "text (one readable line per event) or json (one JSON object per line)")
@@ -266,6 +273,8 @@ def from_sources(
         raise ValueError(f"web_bind: {settings.web_bind!r} is not HOST:PORT (or empty for no web app)")
     if settings.metrics_bind and not settings.metrics_bind.rpartition(":")[2].isdigit():
         raise ValueError(f"metrics_bind: {settings.metrics_bind!r} is not HOST:PORT (or empty: none)")
+    if settings.redis_url and not settings.redis_url.startswith(REDIS_FORMS):
+        raise ValueError(f"redis_url: {settings.redis_url!r} does not start with one of {', '.join(REDIS_FORMS)}")
     if settings.log_format not in LOG_FORMATS:
         raise ValueError(f"log_format: {settings.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     return settings

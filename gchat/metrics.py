@@ -32,6 +32,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
+from gchat.cluster.redis_client import Client, connect
 from gchat.store import Database
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,12 @@ class Health:
 
     def __init__(self, db: Database, redis_url: str = "") -> None:
         self.db = db
-        self.redis = (redis.Redis.from_url(redis_url, socket_timeout=PROBE_TIMEOUT,
-                                           socket_connect_timeout=PROBE_TIMEOUT) if redis_url else None)
+        self.redis: Client | None = None
+        if redis_url.startswith(("redis+sentinel:", "redis+cluster:")):
+            self.redis = connect(redis_url, PROBE_TIMEOUT)  # the master Sentinel names; the cluster's nodes
+        elif redis_url:
+            self.redis = redis.Redis.from_url(redis_url, socket_timeout=PROBE_TIMEOUT,
+                                              socket_connect_timeout=PROBE_TIMEOUT)
         self._lock = Semaphore()
         self._at = -PROBE_CACHE
         self._problems: list[str] = []

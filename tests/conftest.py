@@ -69,7 +69,7 @@ class MariaDB:
 # The layers of docs/testing.md, so that one runs with -m unit, -m node or -m cluster.
 UNIT = {"test_protocol", "test_ratelimit", "test_cache", "test_batch", "test_outbox", "test_service", "test_fuzz",
         "test_config", "test_throttle"}
-CLUSTER = {"test_cluster", "test_admin"}
+CLUSTER = {"test_cluster", "test_admin", "test_redis_modes"}
 BROWSER = {"test_browser"}
 
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import redis
 from gevent import monkey
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.sentinel import SentinelManagedConnection
 
-from gchat.cluster.redis_keys import HEARTBEAT, NODES, node_key
+from gchat.cluster.redis_client import blocking_client, parse
+from gchat.cluster.redis_keys import HEARTBEAT
 
 # a loop that has not run for this long cannot serve its users: stop
 # heartbeating so that the cluster frees them (at least 3 TTLs, so a node that
@@ -55,6 +55,10 @@ class _BlockingConnection(redis.connection.Connection):
         return sock
 
 
+class _BlockingSentinelConnection(SentinelManagedConnection, _BlockingConnection):
+    """The connection to the master Sentinel names, on a blocking socket."""
+
+
 class Heartbeat:
     """Renews node:{node} every `interval` seconds with a TTL of `ttl`.
 
@@ -72,18 +76,10 @@ class Heartbeat:
         self._on_gone = on_gone
         self._token = f"{os.getpid()}:{time.time():.6f}"
         self._ttl_ms = str(max(1, int(ttl * 1000)))
-        # no retry inside redis-py: its backoff sleeps with the patched
-        # time.sleep, a greenlet's; a failed beat is simply tried again at the
-        # next interval
-        pool = redis.ConnectionPool.from_url(
-            redis_url,
-            connection_class=_BlockingConnection,
-            socket_timeout=max(timeout, interval),
-            socket_connect_timeout=max(timeout, interval),
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
-        self._client = redis.Redis(connection_pool=pool)
+        # a failed beat is simply tried again at the next interval
+        self._layout = parse(redis_url).layout
+        self._client = blocking_client(redis_url, max(timeout, interval), _BlockingConnection,
+                                       _BlockingSentinelConnection)
         self._script = self._client.register_script(HEARTBEAT)
         allocate_lock = monkey.get_original("_thread", "allocate_lock")
         self._sleep = allocate_lock()  # held until stop(): the thread's sleep
@@ -94,7 +90,8 @@ class Heartbeat:
 
     def beat(self) -> None:
         """One heartbeat, now. Raises redis.RedisError."""
-        kept = self._script(keys=[node_key(self.node), NODES], args=[self._token, self._ttl_ms, self.node])
+        keys = [self._layout.node_key(self.node), self._layout.nodes]
+        kept = self._script(keys=keys, args=[self._token, self._ttl_ms, self.node])
         if kept != 1:
             self._on_gone()
 
@@ -108,7 +105,7 @@ class Heartbeat:
         self._sleep.release()
         if self._running.acquire(True, max(1.0, self.interval) + 1):
             self._running.release()
-        self._client.connection_pool.disconnect()
+        self._disconnect()
 
     def feed(self) -> float:
         """The event loop ran now. Returns how long it had not, when that
@@ -130,5 +127,13 @@ class Heartbeat:
             try:
                 self.beat()
             except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure; it retries
-                self._client.connection_pool.disconnect()
+                self._disconnect()
         self._running.release()
+
+    def _disconnect(self) -> None:
+        """Drop every connection: the next beat connects afresh (asking the
+        sentinels or the cluster where the master is now)."""
+        if isinstance(self._client, redis.Redis):
+            self._client.connection_pool.disconnect()
+        else:
+            self._client.disconnect_connection_pools()

@@ -5,28 +5,28 @@ sweeper gets the list); an operator may reap a node it knows is dead
 
 from __future__ import annotations
 
-import redis
-
-from gchat.cluster.redis_keys import NODES, PREFIX, Scripts, node_key
+from gchat.cluster.redis_client import Client
+from gchat.cluster.redis_keys import ONE, Layout, Scripts
 
 
 class Reaper:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client, layout: Layout = ONE) -> None:
         self.client = client
+        self.keys = layout
         self._scripts = Scripts(client)
 
     def reap(self, node: str, force: bool = False) -> list[int] | None:
         """Free a node's users; None (nothing done) when it is alive and not
         forced. Raises redis.RedisError."""
-        freed = self._scripts.reap(keys=[], args=[PREFIX, node, "1" if force else "0"])
+        freed = self._scripts.reap(keys=self.keys.anchor, args=[self.keys.prefix, node, "1" if force else "0"])
         return None if freed is None else [int(u) for u in freed]
 
     def live_nodes(self) -> dict[str, bool]:
         """Every registered node, with whether its heartbeat is alive."""
-        nodes = sorted(n.decode() for n in self.client.smembers(NODES))  # type: ignore[union-attr]
+        nodes = sorted(n.decode() for n in self.client.smembers(self.keys.nodes))  # type: ignore[union-attr]
         pipe = self.client.pipeline(transaction=False)
         for n in nodes:
-            pipe.exists(node_key(n))
+            pipe.exists(self.keys.node_key(n))
         return {n: bool(alive) for n, alive in zip(nodes, pipe.execute(), strict=True)}
 
     def sweep(self, me: str) -> dict[str, list[int]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -37,8 +38,9 @@ from gchat.cluster.bus import (
     encode_blocks_invalidation,
     encode_invalidation,
 )
-from gchat.cluster.redis_client import connect
+from gchat.cluster.redis_client import connect, subscribe
 from gchat.cluster.redis_keys import ALL, PREFIX, Scripts, node_channel
+from gchat.cluster.redis_shards import ShardedRoute
 from gchat.config import Settings
 from gchat.errors import Unavailable
 
@@ -57,7 +59,9 @@ class RedisBus:
         self.timeout = settings.redis_timeout
         self.idle_check = settings.bus_idle_check
         self.redis = connect(self.url, self.timeout)
-        self._route = Scripts(self.redis).route
+        # in a Redis Cluster, a lookup then SPUBLISH (gchat/cluster/redis_shards.py)
+        self._route: Callable[..., Any] = (Scripts(self.redis).route if isinstance(self.redis, redis.Redis)
+                                           else ShardedRoute(self.redis))
         self._backoff = EqualJitterBackoff(cap=settings.bus_reconnect_max, base=RECONNECT_BASE)
         self._channel = node_channel(node).encode()
         self._all = ALL.encode()
@@ -127,16 +131,9 @@ class RedisBus:
     # --- the subscriber --------------------------------------------------------
 
     def _subscribe(self) -> redis.client.PubSub:
-        # the read timeout outlasts the idle check: an idle channel is
-        # normal, and a dead connection is found by the health-check PING
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=self.timeout,
-                                      socket_timeout=self.idle_check, health_check_interval=self.idle_check)
-        pubsub: redis.client.PubSub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self._channel, ALL)
-        except BaseException:
-            pubsub.close()
-            raise
+        # on one Redis, the master Sentinel names, or the cluster node that
+        # holds this node's shard channel (gchat/cluster/redis_client.py)
+        pubsub = subscribe(self.url, self.timeout, self.idle_check, self._channel, ALL)
         # redis-py reconnects and re-subscribes by itself when Redis closes
         # the subscriber (past its output buffer limit: the node was paused
         # or slow), silently: whatever was published meanwhile is gone, so

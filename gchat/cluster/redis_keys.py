@@ -19,6 +19,7 @@ so a script's text crosses the wire once, not on every call.
 from __future__ import annotations
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 PREFIX = "gchat:"
@@ -163,10 +164,41 @@ class Scripts:
     """The scripts, registered on one client (registering costs no round
     trip: redis-py loads a script the first time Redis says it lacks it)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
         self.heartbeat: Script = client.register_script(HEARTBEAT)
         self.claim: Script = client.register_script(CLAIM)
         self.release: Script = client.register_script(RELEASE)
         self.owners: Script = client.register_script(OWNERS)
         self.route: Script = client.register_script(ROUTE)
         self.reap: Script = client.register_script(REAP)
+
+
+class Layout:
+    """Where the keys live on one kind of deployment (the channels are the
+    same on all: node_channel, ALL).
+
+    On one Redis (or a Sentinel-watched master) the keys are PREFIX's, and a
+    script is called with no KEYS: it builds its key names from the prefix.
+    In a Redis Cluster a script may only touch keys of one hash slot, and the
+    client sends it to the node holding the slot of its first KEY: every key
+    carries the hash tag `{gchat}`, so they all share one slot, and each call
+    names one of them (`anchor`). So presence stays on one shard; what is
+    sharded is the per-node channels (SPUBLISH, gchat/cluster/redis_client.py)."""
+
+    def __init__(self, prefix: str, anchored: bool) -> None:
+        self.prefix = prefix
+        self.nodes = prefix + "nodes"
+        self.anchor: list[str] = [self.nodes] if anchored else []
+
+    def node_key(self, node: str) -> str:
+        return f"{self.prefix}node:{node}"
+
+    def online_key(self, user_id: int | str) -> str:
+        return f"{self.prefix}online:{user_id}"
+
+    def users_key(self, node: str) -> str:
+        return f"{self.prefix}users:{node}"
+
+
+ONE = Layout(PREFIX, anchored=False)
+SLOTTED = Layout("{gchat}:", anchored=True)

@@ -29,8 +29,8 @@ from gchat.cluster.heartbeat import Heartbeat
 from gchat.cluster.mirror import StateMirror
 from gchat.cluster.presence import ONLINE, FreedHandler, LostHandler
 from gchat.cluster.reaper import Reaper
-from gchat.cluster.redis_client import connect
-from gchat.cluster.redis_keys import PREFIX, Scripts, node_key, online_key, users_key
+from gchat.cluster.redis_client import connect, parse
+from gchat.cluster.redis_keys import Scripts
 from gchat.config import Settings
 from gchat.errors import Unavailable
 
@@ -44,8 +44,9 @@ class RedisPresence:
         self.interval = settings.heartbeat_interval
         self.ttl = settings.node_ttl
         self.redis = connect(settings.redis_url, settings.redis_timeout)
+        self.keys = parse(settings.redis_url).layout
         self._scripts = Scripts(self.redis)
-        self._reaper = Reaper(self.redis)
+        self._reaper = Reaper(self.redis, self.keys)
         self._heartbeat = Heartbeat(settings.redis_url, node, interval=self.interval, ttl=self.ttl,
                                     timeout=settings.redis_timeout, on_gone=self._key_gone)
         self._on_lost: LostHandler | None = None
@@ -83,7 +84,7 @@ class RedisPresence:
         self._local.clear()
         try:
             freed = self._reaper.reap(self.node, force=True) or []
-            self.redis.delete(node_key(self.node))
+            self.redis.delete(self.keys.node_key(self.node))
         except redis.RedisError as e:
             log.warning("could not leave the cluster cleanly (%s): other nodes reap this one in %.0f s",
                         e, self.ttl)
@@ -98,7 +99,7 @@ class RedisPresence:
             return False
         self._pending.add(user_id)
         try:
-            won = self._call(self._scripts.claim, PREFIX, self.node, user_id)
+            won = self._call(self._scripts.claim, self.node, user_id)
         finally:
             self._pending.discard(user_id)
         if won:
@@ -109,7 +110,7 @@ class RedisPresence:
     def release(self, user_id: int) -> None:
         self._local.discard(user_id)
         try:
-            released = self._call(self._scripts.release, PREFIX, self.node, user_id)
+            released = self._call(self._scripts.release, self.node, user_id)
         except Unavailable:
             self._resync = True  # the claim is dropped at the next sync
             self._mirror.offline(user_id)
@@ -127,7 +128,7 @@ class RedisPresence:
         found = dict.fromkeys(ids & self._local, self.node)
         rest = sorted(ids - self._local)
         if rest:  # one round trip for all of them (a group's members)
-            owners = self._call(self._scripts.owners, PREFIX, *rest)
+            owners = self._call(self._scripts.owners, *rest)
             found.update((uid, o.decode()) for uid, o in zip(rest, owners, strict=True) if o)
         return found
 
@@ -140,11 +141,11 @@ class RedisPresence:
         "id is online". The heartbeat's age is this node's TTL minus what is
         left of it (the nodes of a cluster share --node-ttl)."""
         try:
-            raw = self.redis.get(online_key(user_id))
+            raw = self.redis.get(self.keys.online_key(user_id))
             holder = raw.decode() if isinstance(raw, bytes) else raw
             if holder is None or holder == self.node:
                 return ONLINE
-            left = int(self.redis.pttl(node_key(holder))) / 1000
+            left = int(self.redis.pttl(self.keys.node_key(holder))) / 1000
         except redis.RedisError:
             return ONLINE
         silent = self.ttl - left
@@ -155,9 +156,11 @@ class RedisPresence:
                 f"in {left:.0f} s: try again then")
 
     def _call(self, script: Script, *args: str | int) -> Any:
-        """Redis errors end here, as Unavailable."""
+        """Runs a script of redis_keys with this deployment's key prefix
+        (and, in a cluster, the key that says where). Redis errors end here,
+        as Unavailable."""
         try:
-            return script(keys=[], args=list(args))
+            return script(keys=self.keys.anchor, args=[self.keys.prefix, *args])
         except redis.RedisError as e:
             self._unavailable(e)
             raise Unavailable("presence store unavailable") from e
@@ -211,15 +214,16 @@ class RedisPresence:
         or after this node was reaped while it could not heartbeat)."""
         self._resync = False
         try:
-            held = {int(u) for u in self.redis.smembers(users_key(self.node))}
+            held = {int(u) for u in self.redis.smembers(self.keys.users_key(self.node))}
             stale = held - self._local - self._pending
             freed: list[int] = []
             if stale:
-                freed = [int(u) for u in self._scripts.release(keys=[], args=[PREFIX, self.node, *sorted(stale)])]
+                freed = [int(u) for u in self._scripts.release(keys=self.keys.anchor,
+                                                               args=[self.keys.prefix, self.node, *sorted(stale)])]
             reclaimed: list[int] = []
             lost: list[int] = []
             for uid in sorted(self._local - held):
-                won = self._scripts.claim(keys=[], args=[PREFIX, self.node, uid])
+                won = self._scripts.claim(keys=self.keys.anchor, args=[self.keys.prefix, self.node, uid])
                 (reclaimed if won else lost).append(uid)
         except redis.RedisError:
             self._resync = True

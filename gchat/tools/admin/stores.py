@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from gchat import schema, store
-from gchat.cluster.redis_client import connect
+from gchat.cluster.redis_client import connect, parse
 from gchat.config import Settings
 from gchat.errors import Unavailable
 from gchat.models import User
@@ -88,7 +88,12 @@ def find_user(db: Database, who: str) -> User:
 def open_redis(settings: Settings, need: str) -> redis.Redis:
     if not settings.redis_url:
         raise Refused(f"{need} needs the cluster's Redis: give --redis-url or GCHAT_REDIS_URL")
+    if parse(settings.redis_url).kind == "cluster":
+        # its keys carry a hash tag and its node channels are sharded
+        # (docs/operations.md): the commands below know neither yet
+        raise Refused(f"{need} does not support a Redis Cluster (redis+cluster://) yet; a Sentinel URL works")
     client = connect(settings.redis_url, timeout=5.0)
+    assert isinstance(client, redis.Redis)
     client.ping()
     return client
 
