@@ -150,6 +150,35 @@ def test_the_app_is_served_on_the_same_address(node: ServerProcess) -> None:
     assert b"HTTP/1.1 404 " in data
 
 
+def test_compression_offered_by_a_browser_is_declined(node: ServerProcess) -> None:
+    """Chromium and Firefox offer permessage-deflate in every handshake; the
+    node answers without it, so every frame goes uncompressed both ways (a
+    chat message is a hundred bytes: deflate would cost CPU per frame on
+    each side and save little, docs/benchmarks.md)."""
+    with socket.create_connection(node.web_address, timeout=10) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(65536)
+            assert chunk, head
+            head += chunk
+        # an uncompressed text frame, masked as a client must (RFC 6455 5.3)
+        mask, text = b"\x01\x02\x03\x04", b'{"msgid":6,"friendid":1,"seq":1}'
+        s.sendall(bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+        data = head.partition(b"\r\n\r\n")[2]
+        while len(data) < 2 or len(data) < 2 + data[1]:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-extensions" not in head.lower()
+    # the reply: one text frame, FIN set, RSV1 (compressed) clear, its JSON readable as it is
+    assert data[0] == 0x81 and data[1] < 126
+    assert json.loads(data[2 : 2 + data[1]])["errno"] == 5  # not logged in
+
+
 def test_a_plain_get_of_the_websocket_path_is_refused(node: ServerProcess) -> None:
     with socket.create_connection(node.web_address, timeout=10) as s:
         s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

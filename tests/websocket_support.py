@@ -47,8 +47,13 @@ class WsWire:
                                                extra_headers=headers)))
         self._partial: list[Any] = []
         while True:
-            for event in self._read():
+            events = self._read()
+            for i, event in enumerate(events):
                 if isinstance(event, AcceptConnection):
+                    # what the node wrote right behind its 101 (a refusal
+                    # with errno 10 and its close frame) may have come in the
+                    # same read: it is kept, not dropped with the handshake
+                    self._handle(events[i + 1:])
                     return
                 if isinstance(event, RejectConnection):
                     self.sock.close()
@@ -84,6 +89,9 @@ class WsWire:
             events = self._read(left)
         except TimeoutError:
             raise AssertionError("no message arrived") from None
+        self._handle(events)
+
+    def _handle(self, events: list[Any]) -> None:
         for event in events:
             if isinstance(event, Message):
                 self._partial.append(event.data)

@@ -30,6 +30,9 @@ from gchat.transport import RECV_SIZE, Incoming, SocketIO
 
 log = logging.getLogger(__name__)
 
+TEXT, BINARY, CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+OPEN = State.OPEN
+
 # The library's own frame log (DEBUG) prints payloads, and a login carries
 # a password: it stays quiet even when the node runs at DEBUG.
 FRAME_LOG = logging.getLogger("gchat.web.frames")
@@ -96,41 +99,56 @@ class WebSocketTransport(SocketIO):
 
     def _feed(self, data: bytes) -> list[Incoming]:
         """The messages completed by these bytes."""
-        self.ws.receive_data(data)
+        ws = self.ws
+        ws.receive_data(data)
         out: list[Incoming] = []
-        for frame in self.ws.events_received():
-            if not isinstance(frame, Frame):  # only frames come after the handshake
+        for frame in ws.events_received():
+            if type(frame) is not Frame:  # only frames come after the handshake
                 continue
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or (opcode is Opcode.CONT and self._parts):
-                self._parts.append(frame.data)
-                self._size += len(frame.data)
-                if frame.fin:
-                    text = bytes(self._parts[0]) if len(self._parts) == 1 else b"".join(self._parts)
-                    self._parts = []
-                    self._size = 0
-                    try:
-                        text.decode()
-                    except UnicodeDecodeError:  # RFC 6455 8.1: fail the connection
-                        self.ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
-                        break
-                    out.append(text)
-            elif opcode is Opcode.BINARY or opcode is Opcode.CONT:
-                if frame.fin:  # answered once, when the message ends, in its place among the frames
-                    out.append(ProtocolError(Errno.BAD_REQUEST, "binary WebSocket message: send JSON as text"))
-        sent = self.ws.data_to_send()
-        if self.ws.state is State.OPEN:
+            opcode, payload = frame.opcode, frame.data
+            if opcode is TEXT and frame.fin and not self._parts:
+                # the usual case, a whole message in one frame: its payload
+                # (bytes: the library unmasked it) is the frame as it is
+                text = payload if type(payload) is bytes else bytes(payload)
+            elif opcode is TEXT or (opcode is CONT and self._parts):
+                self._parts.append(payload)
+                self._size += len(payload)
+                if not frame.fin:
+                    continue
+                text = b"".join(self._parts)
+                self._parts = []
+                self._size = 0
+            else:
+                if opcode is BINARY or opcode is CONT:
+                    if frame.fin:  # answered once, when the message ends, in its place among the frames
+                        out.append(ProtocolError(Errno.BAD_REQUEST, "binary WebSocket message: send JSON as text"))
+                continue  # control frames: the library answers them (below)
+            try:
+                text.decode()
+            except UnicodeDecodeError:  # RFC 6455 8.1: fail the connection
+                ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                break
+            out.append(text)
+        sent = ws.data_to_send()
+        if sent or ws.state is not OPEN:  # a ping, a close or a broken frame: the library answered
+            self._answered(sent, out)
+        return out
+
+    def _answered(self, sent: list[bytes], out: list[Incoming]) -> None:
+        """Write what the library wrote in answer to the peer's frames: a
+        pong now, among the replies; a close frame last, at the end."""
+        ws = self.ws
+        if ws.state is OPEN:
             for data in sent:  # pongs
                 self._control(data)
         else:  # closing: the peer's close, or a frame the library refused
             self._goodbye += sent
             self._ended = True
-            exc = self.ws.parser_exc
+            exc = ws.parser_exc
             if isinstance(exc, PayloadTooBig):
                 raise FrameTooLarge(self.frame_max, [f for f in out if type(f) is bytes])
             if exc is not None and not isinstance(exc, EOFError):
                 log.info("WebSocket protocol error: %s", exc)
-        return out
 
     # --- reading -------------------------------------------------------------
 
@@ -166,7 +184,7 @@ class WebSocketTransport(SocketIO):
         # a server's text frame, unmasked, no extension: what send_text
         # writes, without its state check, so that the errno 9 reply still
         # goes out after the library refused the oversized message
-        return Frame(Opcode.TEXT, body).serialize(mask=False)
+        return Frame(TEXT, body).serialize(mask=False)
 
     def _control(self, data: bytes) -> None:
         if self.writer is not None and data:

@@ -79,8 +79,13 @@ class Conn(RawClient):
         except OSError:
             sock.close()
             raise
-        stream: Any = WebSocketStream(sock, address, RECV_SIZE) if isinstance(address, WebSocketAddress) else sock
-        super().__init__(stream, terminator=terminator, timeout=timeout)
+        if isinstance(address, WebSocketAddress):
+            # the stream writes WebSocket messages and splits what is read into them
+            ws = WebSocketStream(sock, address, RECV_SIZE)
+            super().__init__(ws, terminator=terminator, timeout=timeout, splitter=ws)
+            self.frames += ws.early
+        else:
+            super().__init__(sock, terminator=terminator, timeout=timeout)
 
     def request(self, obj: dict[str, Any], what: str) -> dict[str, Any]:
         """`call`, with its failures and a non-zero errno as BenchError."""
