@@ -91,7 +91,7 @@ def join(svc: Services, group_id: int, user_id: int, name: str) -> int:
     svc.sessions.joined(user_id, conv, joined)
     _changed(svc, group_id)
     svc.writer.known_group(group_id, conv)
-    svc.router.deliver_logged(w)
+    svc.router.deliver_logged([w])
     return conv
 
 
@@ -106,7 +106,7 @@ def _leave(svc: Services, group_id: int, sender: int, leaver: int, kind: str, **
         convlog.leave_group(s, conv, [leaver])
         w = _note(s, conv, last, sender, store.member_ids(s, group_id), kind, **fields)
     _changed(svc, group_id)
-    svc.router.deliver_logged(w)
+    svc.router.deliver_logged([w])
     return w
 
 
@@ -164,7 +164,7 @@ def group_handover(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         store.hand_over(s, group_id, user_id, target)
         w = _note(s, conv, last, user_id, store.member_ids(s, group_id), "group_handover", groupid=group_id,
                   creator={"id": target, "name": name})
-    svc.router.deliver_logged(w)
+    svc.router.deliver_logged([w])
     return answered(req, groupid=group_id, userid=target)
 
 
@@ -179,7 +179,7 @@ def group_delete(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         convlog.detach_group(s, conv)
         store.delete_group(s, group_id)
     _changed(svc, group_id)
-    svc.router.deliver_logged(w)
+    svc.router.deliver_logged([w])
     return answered(req, groupid=group_id)
 
 

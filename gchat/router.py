@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from gevent.event import Event
 
@@ -76,33 +76,45 @@ class Router:
         if user_id in self._storing:
             self._settled.setdefault(user_id, Event()).wait(timeout)
 
-    def deliver_logged(self, w: Written) -> int:
-        """Tell the recipients of a committed message: local sessions here,
-        the others' nodes through the bus. Returns how many were reached live."""
+    def deliver_logged(self, batch: Sequence[Written]) -> list[int]:
+        """Tell the recipients of a committed batch: local sessions here, the
+        others' nodes through the bus, all of the batch in one round trip to
+        Redis (a round trip, not the bytes, is what a message across nodes
+        cost: docs/benchmarks.md). Returns, per message, how many were
+        reached live."""
         sessions = self.sessions
-        sessions.own(w.sender, w.conv, w.seq)
-        elsewhere: list[int] = []
-        reached = 0
-        for uid in w.recipients:
-            if sessions.offer(uid, w.conv, w.seq, w.body):
-                reached += 1
-            else:
-                elsewhere.append(uid)
+        reached: list[int] = []
+        remote: list[tuple[int, list[int]]] = []  # (index in batch, users not here)
+        for i, w in enumerate(batch):
+            sessions.own(w.sender, w.conv, w.seq)
+            here = 0
+            elsewhere: list[int] = []
+            for uid in w.recipients:
+                if sessions.offer(uid, w.conv, w.seq, w.body):
+                    here += 1
+                else:
+                    elsewhere.append(uid)
+            reached.append(here)
+            if elsewhere:
+                remote.append((i, elsewhere))
         counts = self.counts
-        counts.delivered_local += reached
-        if elsewhere:
-            try:
-                missed = self.bus.route(elsewhere, b"%d,%d %s" % (w.conv, w.seq, w.body))
-            except DomainError as e:
-                # the log has it: the recipients' nodes repair when their bus
-                # comes back, or the recipients get it at their next login
-                log.warning("bus unavailable (%s); %d recipient(s) of %d:%d get it from the log",
-                            e, len(elsewhere), w.conv, w.seq)
-                missed = elsewhere
-            routed = len(elsewhere) - len(missed)
+        counts.delivered_local += sum(reached)
+        if not remote:
+            return reached
+        try:
+            missed = self.bus.route_batch(
+                [(elsewhere, b"%d,%d %s" % (batch[i].conv, batch[i].seq, batch[i].body)) for i, elsewhere in remote])
+        except DomainError as e:
+            # the log has it: the recipients' nodes repair when their bus
+            # comes back, or the recipients get it at their next login
+            log.warning("bus unavailable (%s); recipients of %d message(s) get them from the log",
+                        e, len(remote))
+            missed = [elsewhere for _, elsewhere in remote]
+        for (i, elsewhere), lost in zip(remote, missed, strict=True):
+            routed = len(elsewhere) - len(lost)
             counts.routed += routed
-            counts.stored += len(missed)  # kept for them in the log, handed over at their next login
-            reached += routed
+            counts.stored += len(lost)  # kept for them in the log, handed over at their next login
+            reached[i] += routed
         return reached
 
     def tell(self, user_ids: list[int], body: bytes) -> None:

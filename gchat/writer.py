@@ -68,13 +68,14 @@ class Written:
     recipients: tuple[int, ...]
 
 
-Deliver = Callable[[Written], int]
+Deliver = Callable[[list[Written]], list[int]]
 
 
 class LogWriter:
     def __init__(self, db: Database, deliver: Deliver | None = None) -> None:
         self.db = db
-        # called after the commit, in seq order: how many recipients were reached live
+        # called with each committed batch, in seq order: how many recipients
+        # of each message were reached live
         self.deliver = deliver
         self._batcher: Batcher[tuple[Outgoing, int], tuple[Written, int]] = Batcher(self._write)
         self._pairs: dict[tuple[int, int], int] = {}
@@ -170,17 +171,15 @@ class LogWriter:
             written = self._run(items, fast=False)
         for w in written:  # committed: what this node wrote is where each conversation is
             self._last[w.conv] = (w.seq, self._epochs[w.conv])
-        # committed: now, and only now, anyone may hear of it
-        out = []
-        for w in written:
-            reached = 0
-            if self.deliver is not None:
-                try:
-                    reached = self.deliver(w)
-                except Exception:  # it is in the log: repaired from there
-                    log.exception("delivery of %d:%d failed; it stays in the log", w.conv, w.seq)
-            out.append((w, reached))
-        return out
+        # committed: now, and only now, anyone may hear of it (the whole
+        # batch at once: one round trip to the bus for all of it)
+        reached = [0] * len(written)
+        if self.deliver is not None:
+            try:
+                reached = self.deliver(written)
+            except Exception:  # it is in the log: repaired from there
+                log.exception("delivery of a batch of %d failed; it stays in the log", len(written))
+        return list(zip(written, reached, strict=True))
 
     def _run(self, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written]:
         """_number in one transaction on the writer's connection, committed;

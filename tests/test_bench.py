@@ -58,6 +58,15 @@ def test_pingpong_with_acks_over_two_processes(node: ServerProcess) -> None:
     assert r["deliveries"] > 10 and r["sent"] == r["deliveries"] and len(r["bench_cpu_per_proc"]) == 2
 
 
+def test_redis_cpu_reported_beside_the_servers_over_the_same_window(node: ServerProcess) -> None:
+    """--redis-pid: Redis's CPU per delivery next to the nodes', not in it
+    (here the node itself stands in for Redis, so both must agree)."""
+    assert node.proc is not None
+    r = on(node, "pingpong", "--pairs", "2", "--duration", "1", "--redis-pid", str(node.proc.pid))
+    assert r["redis_cpu_s"] > 0 and abs(r["redis_cpu_s"] - r["server_cpu_s"]) <= 0.05
+    assert abs(r["redis_cpu_us_per_delivery"] * r["deliveries"] / 1e6 - r["redis_cpu_s"]) <= 0.001
+
+
 def test_group_offers_the_rate_asked_and_counts_every_member_once(node: ServerProcess) -> None:
     # 5 members at 50 messages/s for 1 s: each member sends every 0.1 s, 10 each
     r = on(node, "group", "--members", "5", "--rate", "50", "--duration", "1", "--procs", "2")

@@ -103,6 +103,39 @@ def test_order_kept_between_one_sender_and_one_recipient(cluster: Cluster) -> No
     assert b.recv()["msg"] == "after the last"  # nothing twice
 
 
+def test_a_burst_to_two_nodes_and_an_offline_user_reaches_each_once_in_order(cluster: Cluster) -> None:
+    """Five senders pipeline their messages, so the writer commits them in
+    batches that it routes in one go, each node getting its share of a batch
+    together: every recipient still gets each sender's messages once, in
+    order, and each ACK says where its own message went."""
+    senders = [user(cluster.nodes[0].address)[0] for _ in range(5)]
+    r1, u1 = user(cluster.nodes[1].address)
+    r2, u2 = user(cluster.nodes[2].address)
+    with Wire(cluster.nodes[0].address) as w:
+        away = w.register()
+    targets = [u1, u2, away]
+    for k, s in enumerate(senders):
+        for i in range(60):
+            s.send({"msgid": 5, "to": targets[i % 3], "msg": f"{k}.{i:02}", "seq": i})
+    for s in senders:
+        acks = [s.recv(30) for _ in range(60)]
+        assert [a["seq"] for a in acks] == list(range(60)), acks[:3]
+        assert all(a["errno"] == 0 for a in acks), [a for a in acks if a["errno"]][:3]
+        assert [a["delivered"] for a in acks] == ["online", "online", "offline"] * 20
+    for r, first in ((r1, 0), (r2, 1)):
+        got = [r.recv(30)["msg"] for _ in range(5 * 20)]
+        for k in range(5):
+            assert [m for m in got if m.startswith(f"{k}.")] == [f"{k}.{i:02}" for i in range(first, 60, 3)]
+        r.nothing(1.0)  # nothing twice
+    reply = login_reply(cluster.nodes[1].address, away)
+    assert reply["errno"] == 0, reply
+    stored = [json.loads(m)["msg"] for m in reply.get("offlinemsg", [])]
+    for k in range(5):
+        assert [m for m in stored if m.startswith(f"{k}.")] == [f"{k}.{i:02}" for i in range(2, 60, 3)]
+    for w in (*senders, r1, r2):
+        w.close()
+
+
 def test_group_chat_reaches_members_on_every_node_once(cluster: Cluster, nginx: Nginx) -> None:
     (a, ua), (b, ub), (c, uc) = spread(cluster, nginx, 3)
     created = a.request({"msgid": 7, "groupname": unique("g"), "groupdesc": "d", "seq": 1})

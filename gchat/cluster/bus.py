@@ -21,6 +21,14 @@ from typing import Protocol
 #   b"N" + b"1,2,3" + b" " + body   a notice for those users (presence, a
 #                                   friend request: docs/protocol.md section
 #                                   F): pushed if they are here, never stored
+#   b"M" + envelope + b"\n" + ...   several D envelopes in order, as one
+#                                   message: a batch of the log's writer
+#                                   (ROUTE_BATCH), so a node wakes once per
+#                                   batch, not once per message. A body never
+#                                   holds a raw LF (gchat/protocol.py dumps).
+#                                   A node older than this logs it as unknown
+#                                   during a rolling upgrade: the messages are
+#                                   then repaired from the log
 DeliverHandler = Callable[[list[int], bytes], None]
 InvalidateHandler = Callable[[int], None]
 # the bus was cut off and is back: invalidations published meanwhile were
@@ -44,7 +52,10 @@ def dispatch(envelope: bytes, on_deliver: DeliverHandler, on_invalidate: Invalid
     """Decode one envelope and hand it to its handler. Raises ValueError on
     an envelope no gchat node would send."""
     kind, rest = envelope[:1], envelope[1:]
-    if kind in (b"D", b"N"):
+    if kind == b"M":
+        for one in rest.split(b"\n"):
+            dispatch(one, on_deliver, on_invalidate, on_control, on_notice, on_blocks)
+    elif kind in (b"D", b"N"):
         ids, _, body = rest.partition(b" ")
         users = [int(u) for u in ids.split(b",")]
         if kind == b"D":
@@ -83,6 +94,11 @@ class Bus(Protocol):
         store. Raises gchat.errors.Unavailable when the bus is down: then
         the caller stores them all."""
 
+    def route_batch(self, items: list[tuple[list[int], bytes]]) -> list[list[int]]:
+        """route() for each (user ids, body) of a batch, in one round trip
+        and with one message per target node; returns, per item, the users
+        it could not reach. Raises gchat.errors.Unavailable as route()."""
+
     def invalidate_group(self, group_id: int) -> None:
         """Tell the other nodes that a group's membership changed. Raises
         gchat.errors.Unavailable when the bus is down."""
@@ -118,6 +134,9 @@ class LocalBus:
 
     def route(self, user_ids: list[int], body: bytes) -> list[int]:
         return list(user_ids)  # no other node: whoever is not connected here is offline
+
+    def route_batch(self, items: list[tuple[list[int], bytes]]) -> list[list[int]]:
+        return [list(user_ids) for user_ids, _ in items]
 
     def invalidate_group(self, group_id: int) -> None:
         pass

@@ -2,13 +2,15 @@
 gchat/cluster/redis_keys.py).
 
 Each node subscribes to its own channel, which carries the deliveries for
-the users it holds (one PUBLISH per target node per message, made by the
-ROUTE script that also looks the owners up), and to the channel of group
+the users it holds (one PUBLISH per target node per message, or per batch of
+the log's writer, made by the ROUTE scripts that also look the owners up), and to the channel of group
 invalidations, each prefixed with its origin so a node skips its own.
 
-Order: a node's writer publishes the messages of a batch in seq order, each
-PUBLISH waiting for Redis's answer; one subscriber connection per node hands
-them on in that order.
+Order: a node's writer routes each committed batch in one call of the
+ROUTE_BATCH script, which publishes to each target node one message holding
+that node's share of the batch in seq order; the next batch waits for
+Redis's answer, and one subscriber connection per node hands them on in that
+order.
 
 The bus is not the record (docs/architecture.md, "The conversation log"): a
 chat message is committed to the log before it is published, and whatever
@@ -50,6 +52,10 @@ log = logging.getLogger(__name__)
 # the first retries are cheap; then the wait doubles up to bus_reconnect_max,
 # with jitter so that the nodes of a cluster do not reconnect in lockstep
 RECONNECT_BASE = 0.05
+# arguments of one ROUTE_BATCH call at most (message bodies and user ids): a
+# script runs alone in Redis, so a batch to very large groups is cut into
+# calls of bounded length rather than holding every other client up
+BATCH_ARGS = 4096
 
 
 class RedisBus:
@@ -59,9 +65,15 @@ class RedisBus:
         self.timeout = settings.redis_timeout
         self.idle_check = settings.bus_idle_check
         self.redis = connect(self.url, self.timeout)
-        # in a Redis Cluster, a lookup then SPUBLISH (gchat/cluster/redis_shards.py)
-        self._route: Callable[..., Any] = (Scripts(self.redis).route if isinstance(self.redis, redis.Redis)
-                                           else ShardedRoute(self.redis))
+        # in a Redis Cluster, a lookup then SPUBLISH per message
+        # (gchat/cluster/redis_shards.py); else the scripts, a batch in one call
+        self._route: Callable[..., Any]
+        self._route_batch: Callable[..., Any] | None
+        if isinstance(self.redis, redis.Redis):
+            scripts = Scripts(self.redis)
+            self._route, self._route_batch = scripts.route, scripts.route_batch
+        else:
+            self._route, self._route_batch = ShardedRoute(self.redis), None
         self._backoff = EqualJitterBackoff(cap=settings.bus_reconnect_max, base=RECONNECT_BASE)
         self._channel = node_channel(node).encode()
         self._all = ALL.encode()
@@ -107,6 +119,28 @@ class RedisBus:
         except redis.RedisError as e:
             raise Unavailable("bus unavailable") from e
         return [int(u) for u in missed]
+
+    def route_batch(self, items: list[tuple[list[int], bytes]]) -> list[list[int]]:
+        if self._route_batch is None:  # a Redis Cluster: one message at a time
+            return [self.route(user_ids, body) for user_ids, body in items]
+        missed: list[list[int]] = []
+        args: list[bytes | str | int] = [PREFIX, self.node]
+        for user_ids, body in items:
+            args += (body, len(user_ids), *user_ids)
+            if len(args) >= BATCH_ARGS:
+                missed += self._call_route_batch(args)
+                args = [PREFIX, self.node]
+        if len(args) > 2:
+            missed += self._call_route_batch(args)
+        return missed
+
+    def _call_route_batch(self, args: list[bytes | str | int]) -> list[list[int]]:
+        assert self._route_batch is not None
+        try:
+            missed = self._route_batch(keys=[], args=args)
+        except redis.RedisError as e:
+            raise Unavailable("bus unavailable") from e
+        return [[int(u) for u in m] for m in missed]
 
     def notify(self, user_ids: list[int], body: bytes) -> None:
         # the delivery's script, with the notice envelope; who it missed is

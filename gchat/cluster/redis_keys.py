@@ -139,6 +139,60 @@ end
 return missed
 """
 
+# ARGV prefix, this node, then for each message of a batch: its body, the
+# number n of its users, and those n user ids. ROUTE for a whole batch of the
+# log's writer in one call: each node gets one PUBLISH, the messages' 'D'
+# envelopes for it in batch order joined by LF under an 'M' envelope (a lone
+# one goes as it is), so the receiver wakes, reads and parses once per batch
+# instead of once per message (gchat/cluster/bus.py). A body never holds a
+# raw LF (gchat/protocol.py dumps). Returns, per message, the users it could
+# not hand to a listening node (as ROUTE).
+ROUTE_BATCH = _LIVE_OWNER + """
+local p, me = ARGV[1], ARGV[2]
+local alive, owner = {}, {}
+local by_node, nodes, missed = {}, {}, {}
+local i, m = 3, 0
+while i <= #ARGV do
+  local body, n = ARGV[i], tonumber(ARGV[i + 1])
+  m = m + 1
+  missed[m] = {}
+  local here = {}  -- node -> this message's users there, in order
+  local order = {}
+  for j = i + 2, i + 1 + n do
+    local uid = ARGV[j]
+    local o = owner[uid]
+    if o == nil then o = live_owner(p, uid, alive) or false; owner[uid] = o end
+    if o and o ~= me then
+      if here[o] == nil then here[o] = {}; order[#order + 1] = o end
+      local ids = here[o]
+      ids[#ids + 1] = uid
+    else
+      local mi = missed[m]
+      mi[#mi + 1] = uid
+    end
+  end
+  for _, o in ipairs(order) do
+    local sent = by_node[o]
+    if sent == nil then sent = {envs = {}, who = {}}; by_node[o] = sent; nodes[#nodes + 1] = o end
+    sent.envs[#sent.envs + 1] = 'D' .. table.concat(here[o], ',') .. ' ' .. body
+    sent.who[#sent.who + 1] = {m, here[o]}
+  end
+  i = i + 2 + n
+end
+for _, o in ipairs(nodes) do
+  local sent = by_node[o]
+  local data = sent.envs[1]
+  if #sent.envs > 1 then data = 'M' .. table.concat(sent.envs, '\\n') end
+  if redis.call('PUBLISH', p .. 'node:' .. o, data) == 0 then
+    for _, w in ipairs(sent.who) do
+      local mi = missed[w[1]]
+      for _, uid in ipairs(w[2]) do mi[#mi + 1] = uid end
+    end
+  end
+end
+return missed
+"""
+
 # ARGV prefix, node, force. Reaps a node whose heartbeat expired (or any
 # node, with force='1'): its claims go, it leaves the registry. Returns the
 # users freed, or nil when the node is alive. Atomic, so when several nodes
@@ -170,6 +224,7 @@ class Scripts:
         self.release: Script = client.register_script(RELEASE)
         self.owners: Script = client.register_script(OWNERS)
         self.route: Script = client.register_script(ROUTE)
+        self.route_batch: Script = client.register_script(ROUTE_BATCH)
         self.reap: Script = client.register_script(REAP)
 
 

@@ -92,8 +92,11 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_before": os.getloadavg()[0]}
 
 
-def run(opts: scenarios.Options, pids: list[int], quiet: bool = False) -> dict[str, Any]:
-    """Plan, start the processes, drive the progress line, merge."""
+def run(opts: scenarios.Options, pids: list[int], quiet: bool = False,
+        redis_pids: list[int] | None = None) -> dict[str, Any]:
+    """Plan, start the processes, drive the progress line, merge. The CPU of
+    redis_pids is reported beside the server's, not in it."""
+    redis_pids = redis_pids or []
     raise_fd_limit(1 << 20)
     info = machine()
     tasks = scenarios.PLANS[opts.scenario](opts)
@@ -117,11 +120,13 @@ def run(opts: scenarios.Options, pids: list[int], quiet: bool = False) -> dict[s
                 raise RuntimeError(f"bench process failed while preparing:\n{payload}")
         rss0 = sum(proc_rss(p) for p in pids)
         cpu0 = sum(proc_cpu(p) for p in pids)
+        redis0 = sum(proc_cpu(p) for p in redis_pids)
         go = time.monotonic() + 0.3
         for pipe in pipes:
             pipe.send(go)
         results, peak = _collect(pipes, shared, go, pids, opts, quiet)
         cpu1 = sum(proc_cpu(p) for p in pids)
+        redis1 = sum(proc_cpu(p) for p in redis_pids)
     finally:
         for p in procs:
             p.join(timeout=5)
@@ -140,6 +145,9 @@ def run(opts: scenarios.Options, pids: list[int], quiet: bool = False) -> dict[s
             report["server_rss_before_mib"] = round(rss0 / 2**20, 1)
             report["server_rss_held_mib"] = round(peak / 2**20, 1)
             report["server_bytes_per_connection"] = round((peak - rss0) / n) if n else None
+    if redis_pids:
+        report["redis_cpu_s"] = round(redis1 - redis0, 3)
+        report["redis_cpu_us_per_delivery"] = round((redis1 - redis0) / deliveries * 1e6, 2) if deliveries else None
     bench_cpu = [r["cpu_s"] / r["wall_s"] for r in results]
     report["bench_cpu_per_proc"] = [round(x, 2) for x in bench_cpu]
     report["bench_saturated"] = any(x > SATURATED for x in bench_cpu)
@@ -206,6 +214,8 @@ def parser() -> argparse.ArgumentParser:
                         "ws://HOST:PORT drives a node's web listener over WebSocket; default 127.0.0.1:6000")
     p.add_argument("--server-pid", action="append", type=int, default=[], metavar="PID",
                    help="read this server process's CPU and memory from /proc (repeatable)")
+    p.add_argument("--redis-pid", action="append", type=int, default=[], metavar="PID",
+                   help="read this Redis server's CPU from /proc, reported beside the server's (repeatable)")
     p.add_argument("--procs", type=int, default=1, help="bench processes (default 1)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load (pingpong, group)")
     p.add_argument("--drain", type=float, default=10.0, help="seconds to wait for messages still on their way")
@@ -247,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gchat-bench: --acks needs a server that echoes seq (part B)", file=sys.stderr)
         return 2
     try:
-        report = run(opts, args.server_pid, quiet=args.quiet)
+        report = run(opts, args.server_pid, quiet=args.quiet, redis_pids=args.redis_pid)
     except (RuntimeError, OSError) as e:
         print(f"gchat-bench: {e}", file=sys.stderr)
         return 1
