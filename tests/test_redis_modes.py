@@ -142,7 +142,8 @@ class RedisClusterSet:
             self.procs[port] = _redis(port, "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
                                       "--cluster-config-file",
                                       str(self.tmp / f"nodes-{port}.conf"), "--cluster-node-timeout", "2000",
-                                      tmp=self.tmp)
+                                      # a replica's first full sync without the default 5 s wait
+                                      "--repl-diskless-sync-delay", "0", tmp=self.tmp)
         for port in self.ports:
             wait_until(lambda port=port: _answers(port), 10, what=f"cluster node {port}")
         done = subprocess.run([REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
@@ -151,7 +152,17 @@ class RedisClusterSet:
         assert done.returncode == 0, done.stdout + done.stderr
         for port in self.ports:
             wait_until(lambda port=port: self._ok(port), 30, what=f"cluster state ok on {port}")
+        for port in self.ports:
+            # a replica that has never finished its first sync refuses to take
+            # over ("Disconnected from master for longer than allowed"): a kill
+            # right after the start would then fail over nothing
+            wait_until(lambda port=port: self._synced(port), 30, what=f"replica {port} in sync")
         return self
+
+    @staticmethod
+    def _synced(port: int) -> bool:
+        info = redis.Redis(port=port, socket_timeout=2).info("replication")
+        return info.get("role") == "master" or info.get("master_link_status") == "up"
 
     def _ok(self, port: int) -> bool:
         try:
