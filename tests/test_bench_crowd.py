@@ -59,16 +59,6 @@ def test_a_crowd_over_three_nodes_logs_in_twice_and_gets_every_broadcast_once(
     assert len(r["bench_open_files_peak"]) == 2 and all(15 <= f < 20_000 for f in r["bench_open_files_peak"])
 
 
-def test_a_second_run_reuses_the_users_and_their_tokens_still_work(cluster: Cluster, tmp_path: Path) -> None:
-    users = tmp_path / "users.jsonl"
-    first = crowd(cluster, users, "--users", "6", "--broadcasts", "1")
-    second = crowd(cluster, users, "--users", "6", "--broadcasts", "1")
-    assert first["errors"] == second["errors"] == 0, second["error_samples"]
-    assert second["resume"]["logins"] == 6 and second["broadcasts"][0]["reached"] == 6
-    with open(users) as f:
-        assert len(f.readlines()) == 6  # registered once
-
-
 def test_a_share_past_the_open_file_limit_is_refused_before_anything_starts() -> None:
     opts = Options(scenario="crowd", servers=[("127.0.0.1", 1)], users=50_000, procs=2, redis_url="redis://x")
     with pytest.raises(BenchError, match="--procs 3"):
