@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 from gevent.server import StreamServer
 
 from gchat.protocol import SYSTEM_ID, SYSTEM_NAME, MsgId, dumps, loads
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 # an admin request is a few hundred bytes; this bounds what a stray client costs
 REQUEST_MAX = 64 * 1024
 REQUEST_TIMEOUT = 5.0
+# pushes of a broadcast between two turns of the event loop
+BROADCAST_SLICE = 256
 
 Request = dict[str, Any]
 Reply = dict[str, Any]
@@ -73,10 +76,21 @@ class Control:
     def broadcast(self, text: str) -> int:
         """Push a system message to every user logged in here; how many."""
         peers = self.registry.peers()
-        for uid, peer in peers:
+        pushed = 0
+        for k, (uid, peer) in enumerate(peers):
+            if k and k % BROADCAST_SLICE == 0:
+                # 16,700 pushes in one go (each spawns its connection's
+                # writer) held the event loop for 33 to 43 s on the loaded
+                # machine: the heartbeat's watchdog took the node for wedged
+                # and freed its users (docs/benchmarks.md, 50,000
+                # connections). Let the loop run between slices.
+                gevent.sleep(0)
+            if self.registry.get(uid) is not peer:
+                continue  # gone during an earlier slice
             peer.push(system_message(uid, text))
-        log.info("operator broadcast to %d user(s) here", len(peers))
-        return len(peers)
+            pushed += 1
+        log.info("operator broadcast to %d user(s) here", pushed)
+        return pushed
 
     def handle(self, request: Request) -> Reply:
         action = request.get("action")

@@ -96,9 +96,23 @@ def _host(hostport: str, url: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def connect(url: str, timeout: float) -> Client:
+# Connections one client keeps to a single Redis at most (redis-py's own
+# default). Callers past it wait for one to be free, up to the client's
+# timeout: redis-py's plain pool refuses them instead (MaxConnectionsError),
+# which in a login storm of a few hundred at once failed logins with errno
+# 11 and put the node's presence in its "Redis unavailable" mode; and a pool
+# without a bound would hold a socket per call in flight, on a node whose
+# client connections already use most of its open-file limit
+# (docs/benchmarks.md, 50,000 connections across three nodes). Sentinel and
+# Cluster clients keep redis-py's pools.
+POOL_SIZE = 100
+
+
+def connect(url: str, timeout: float, pool_size: int = POOL_SIZE) -> Client:
     """A client that fails fast: one retry (a pooled connection that a Redis
-    restart or a failover closed is replaced on the spot), then the error.
+    restart or a failover closed is replaced on the spot), then the error;
+    on one Redis, at most `pool_size` connections, a caller past them
+    waiting up to `timeout`.
 
     In a cluster the client reads the slot map now, so the cluster must
     answer at start-up; a Sentinel client asks the sentinels at its first
@@ -116,7 +130,8 @@ def connect(url: str, timeout: float) -> Client:
         return master
     if target.kind == "cluster":
         return _cluster(startup_nodes=_nodes(target.hosts), **target.auth(), **options)
-    return redis.Redis.from_url(url, **options)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=timeout, **options)
+    return redis.Redis(connection_pool=pool)
 
 
 def sentinel(target: Target, timeout: float, **connection: Any) -> Sentinel:

@@ -7,6 +7,8 @@
     gchat-bench connections --users 50000 --sources 127.0.0.1,127.0.0.2 --users-file users.jsonl
     gchat-bench offline --pairs 1 --messages 1000
     gchat-bench pingpong --server ws://127.0.0.1:6080 --pairs 50    # over WebSocket
+    gchat-bench crowd --server 127.0.0.1:6001 --server 127.0.0.1:6002 --server 127.0.0.1:6003 \
+        --redis-url redis://127.0.0.1:6390/0 --users 50000 --procs 4 --users-file crowd.jsonl
 
 The parent process prepares (users, the group), starts `--procs` bench
 processes, each driving its share of the users on gevent, starts them all at
@@ -37,7 +39,7 @@ from gchat.client import RequestTimeout
 from gchat.protocol import MsgId
 from gchat.tools.bench import scenarios
 from gchat.tools.bench.stats import proc_cpu, proc_rss, raise_fd_limit, self_cpu
-from gchat.tools.bench.wire import Conn, parse_address
+from gchat.tools.bench.wire import BenchError, Conn, parse_address
 
 # a bench process above this share of one core measures itself
 SATURATED = 0.9
@@ -45,12 +47,13 @@ READY_TIMEOUT = 600.0
 
 
 def _worker_main(scenario: str, task: scenarios.Task, opts: dict[str, Any], shared: Any, index: int,
-                 pipe: Connection) -> None:
+                 pipe: Connection, barrier: Any) -> None:
     import gevent
 
     raise_fd_limit(1 << 20)
     try:
         worker = scenarios.WORKERS[scenario](task, scenarios.Options(**opts))
+        worker.barrier = barrier
 
         def publish() -> None:
             while True:
@@ -102,11 +105,12 @@ def run(opts: scenarios.Options, pids: list[int], quiet: bool = False,
     tasks = scenarios.PLANS[opts.scenario](opts)
     ctx = multiprocessing.get_context("spawn")
     shared = ctx.Array("q", 3 * len(tasks), lock=False)
+    barrier = ctx.Barrier(len(tasks))
     pipes: list[Connection] = []
     procs = []
     for i, task in enumerate(tasks):
         parent_end, child_end = ctx.Pipe()
-        p = ctx.Process(target=_worker_main, args=(opts.scenario, task, asdict(opts), shared, i, child_end),
+        p = ctx.Process(target=_worker_main, args=(opts.scenario, task, asdict(opts), shared, i, child_end, barrier),
                         daemon=True)
         p.start()
         procs.append(p)
@@ -223,12 +227,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=int, default=50, help="group: members, all online, all sending")
     p.add_argument("--rate", type=float, default=2000.0, help="group: messages per second offered, in total")
     p.add_argument("--messages", type=int, default=1000, help="offline: messages stored per receiver")
-    p.add_argument("--users", type=int, default=1000, help="login, connections: users")
-    p.add_argument("--concurrency", type=int, default=10, help="login, connections: logins at once")
+    p.add_argument("--users", type=int, default=1000, help="login, connections, crowd: users")
+    p.add_argument("--concurrency", type=int, default=10, help="login, connections, crowd: logins at once (in total)")
     p.add_argument("--register", action="store_true", help="login: register each user in the storm too")
     p.add_argument("--resume", action="store_true",
                    help="login, connections: log in with resume tokens (fetched once, kept in --users-file)")
-    p.add_argument("--hold", type=float, default=5.0, help="connections: seconds to hold them open")
+    p.add_argument("--hold", type=float, default=5.0, help="connections: seconds to hold them open; "
+                                                                "crowd: seconds idle before the nodes are sampled")
+    p.add_argument("--redis-url", default="", help="crowd: the cluster's Redis (broadcasts, who is online)")
+    p.add_argument("--broadcasts", type=int, default=3, help="crowd: operator broadcasts sent to the whole crowd")
     p.add_argument("--users-file", default="", help="reuse (and extend) the users kept in this JSON-lines file")
     p.add_argument("--sources", default="", help="comma-separated source addresses (127.0.0.x) to go past "
                                                 "the ~28,000 ephemeral ports of one address")
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         report = run(opts, args.server_pid, quiet=args.quiet, redis_pids=args.redis_pid)
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, BenchError) as e:
         print(f"gchat-bench: {e}", file=sys.stderr)
         return 1
     if args.json:

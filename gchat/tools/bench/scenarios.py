@@ -55,6 +55,10 @@ class Options:
     hold: float = 5.0
     users_file: str = ""
     setup_concurrency: int = 16
+    # crowd (crowd.py): the cluster's Redis, the broadcasts sent, the nodes sampled
+    redis_url: str = ""
+    broadcasts: int = 3
+    server_pid: list[int] = field(default_factory=list)
 
     def address(self, i: int) -> tuple[str, int]:
         """Users are spread over the servers round-robin: with two nodes,
@@ -70,7 +74,10 @@ def _split(items: list[Any], n: int) -> list[list[Any]]:
 
 
 class Worker:
-    """One bench process's share. Counters are read by the progress line."""
+    """One bench process's share. Counters are read by the progress line.
+    `barrier` (every bench process of the run) is for scenarios in phases."""
+
+    barrier: Any = None
 
     def __init__(self, task: Task, opts: Options) -> None:
         self.task = task
@@ -557,7 +564,11 @@ def _merge_common(results: list[Result], opts: Options, deliveries: int) -> Resu
     }
 
 
+# the crowd builds on this module's Worker and Options
+from gchat.tools.bench import crowd  # noqa: E402
+
 WORKERS: dict[str, type[Worker]] = {
+    "crowd": crowd.Crowd,
     "pingpong": PingPong,
     "group": Group,
     "offline": Offline,
@@ -565,6 +576,7 @@ WORKERS: dict[str, type[Worker]] = {
     "connections": Connections,
 }
 PLANS = {
+    "crowd": crowd.plan_crowd,
     "pingpong": plan_pingpong,
     "group": plan_group,
     "offline": plan_offline,
@@ -572,6 +584,7 @@ PLANS = {
     "connections": plan_connections,
 }
 MERGES = {
+    "crowd": crowd.merge_crowd,
     "pingpong": merge_pingpong,
     "group": merge_group,
     "offline": merge_offline,

@@ -1,0 +1,65 @@
+"""gchat-bench crowd on a small crowd over a real three-node cluster: every
+user logged in twice (password, then resume token), every broadcast counted
+on every connection, the nodes sampled (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gchat.tools.bench.crowd import plan_crowd
+from gchat.tools.bench.scenarios import Options
+from gchat.tools.bench.wire import BenchError
+from tests.cluster_support import Cluster, RedisServer, running_cluster
+from tests.support import ROOT
+
+
+@pytest.fixture(scope="module")
+def cluster(mariadb: Any, redis_server: RedisServer) -> Iterator[Cluster]:
+    with running_cluster(mariadb.create(), redis_server, 3) as c:
+        yield c
+
+
+def crowd(cluster: Cluster, users_file: Path, *args: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "gchat.tools.bench", "crowd", "--redis-url", cluster.redis.url,
+           "--users-file", str(users_file), "--json", "--quiet", "--drain", "20", "--hold", "0.2", *args]
+    for node in cluster.nodes:
+        assert node.proc is not None
+        cmd += ["--server", f"{node.host}:{node.port}", "--server-pid", str(node.proc.pid)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_a_crowd_over_three_nodes_logs_in_twice_and_gets_every_broadcast_once(
+        cluster: Cluster, tmp_path: Path) -> None:
+    r = crowd(cluster, tmp_path / "users.jsonl", "--users", "30", "--procs", "2", "--concurrency", "10",
+              "--broadcasts", "2", "--sources", "127.0.0.1,127.0.0.2")
+    assert r["errors"] == 0, r["error_samples"]
+    assert r["password"]["logins"] == r["resume"]["logins"] == 30 and r["not_logged_in"] == 0
+    assert r["password"]["latency_ms"]["samples"] == 30
+    assert len(r["broadcasts"]) == 2
+    for b in r["broadcasts"]:
+        assert b["reached"] == b["expected"] == 30 and b["lost"] == 0 and b["duplicates"] == 0
+        assert b["latency_ms"]["samples"] == 30 and b["last_delivery_ms"] >= b["latency_ms"]["p50"]
+        # sent the way an operator sends it, to every node of the cluster
+        assert b["admin"].startswith("broadcast to 3 node(s)")
+    assert r["lost"] == 0 and r["duplicates"] == 0
+    # users spread round-robin: each node holds its third, and is sampled
+    for sample in (r["nodes_after_password"], r["nodes_after_resume"]):
+        assert [n["connections"] for n in sample] == [10, 10, 10]
+        assert all(n["open_files"] >= 10 and isinstance(n["bytes_per_connection"], int) for n in sample)
+    assert len(r["bench_open_files_peak"]) == 2 and all(15 <= f < 20_000 for f in r["bench_open_files_peak"])
+
+
+def test_a_share_past_the_open_file_limit_is_refused_before_anything_starts() -> None:
+    opts = Options(scenario="crowd", servers=[("127.0.0.1", 1)], users=50_000, procs=2, redis_url="redis://x")
+    with pytest.raises(BenchError, match="--procs 3"):
+        plan_crowd(opts)
