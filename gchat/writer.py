@@ -12,12 +12,18 @@ gchat/batch.py's logins):
 4. commit. Only then are the messages delivered (in seq order) and their
    senders answered: an ACK with errno 0 means the message is in the log.
 
-The writer holds one connection of the pool for its batches (one batch is in
-flight at a time): a checkout per batch, with its ping and the ORM session
-around it, was a sixth of a batch's CPU. A driver error drops the connection
-(the next batch checks out a fresh one, pinged); a batch that lost its
-connection before its commit, or was a deadlock victim, is run again as
-store.Database.run would, as it was rolled back whole.
+The writer holds one connection for its batches (one batch is in flight at
+a time): a checkout per batch, with its ping and the ORM session around it,
+was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
+(not the pool's) and may carry several statements per query: the fast path
+(this node wrote the conversations last) sends its checking UPDATE and its
+INSERT to the driver in one round trip, reads the UPDATE's count, and only
+then sends the COMMIT, or rolls back and takes the locking path
+(convlog.FastSql; round trips and SQLAlchemy's execution per statement were
+most of a batch's CPU). A driver error drops the connection (the next batch
+opens a fresh one); a batch that lost its connection before its COMMIT was
+sent, or was a deadlock victim, is run again as store.Database.run would,
+as it was rolled back whole.
 
 Under load a batch holds tens of messages and they share the commit (and its
 fsync); alone, a message is a batch of one.
@@ -203,7 +209,8 @@ class LogWriter:
         was sent (a database restarted since the last batch)."""
         attempt = 1
         while True:
-            sent: list[bool] = []  # the commit is (or was) on its way: the outcome is unknown
+            # set once the COMMIT is on its way: a lost connection then leaves the outcome unknown
+            sent: list[bool] = []
             try:
                 with driver_errors():
                     if self._conn is None:
