@@ -299,7 +299,9 @@ def append(conn: Connection, rows: Sequence[Mapping[str, object]]) -> None:
 # positional placeholders; every value is bound by the driver (its own
 # escaping), never formatted into the text.
 
-APPEND_COLUMNS = ("conversation_id", "seq", "sender", "created", "body")
+# every column, kind too: Core would add its default as one more parameter
+APPEND_COLUMNS = ("conversation_id", "seq", "sender", "created", "body", "kind")
+Row = tuple[int, int, int, int, str, str]  # a message to append, in APPEND_COLUMNS order
 
 # The driver's escaping of a string (pymysql.converters.escape_string), each
 # replacement by one str.replace, which runs in C: PyMySQL's str.translate
@@ -381,7 +383,7 @@ class FastSql:
             args += (c, last, epoch)
         return self._advance_if(len(convs)), args
 
-    def append(self, rows: Sequence[tuple[int, int, int, int, str]]) -> tuple[str, list[object]]:
+    def append(self, rows: Sequence[Row]) -> tuple[str, list[object]]:
         """One multi-row INSERT of the messages (APPEND_COLUMNS order)."""
         args: list[object] = []
         for row in rows:

@@ -288,8 +288,8 @@ class LogWriter:
             except Exception:
                 log.debug("closing the writer's connection failed", exc_info=True)
 
-    def _number(self, s: Connection, items: list[tuple[Outgoing, int]], fast: bool
-                ) -> tuple[list[Written], list[tuple[int, int, int, int, str]], dict[int, tuple[int, int, int]] | None]:
+    def _number(self, s: Connection, items: list[tuple[Outgoing, int]], fast: bool) -> tuple[
+            list[Written], list[convlog.Row], dict[int, tuple[int, int, int]] | None]:
         """Number a batch: its messages as written, their rows, and for the
         fast path what the checking UPDATE expects (conv -> last_seq,
         member_epoch, n) from where this node last left each conversation
@@ -318,7 +318,7 @@ class LogWriter:
                     self._members[c] = (state[c][1], members)
         self._epochs.update({c: epoch for c, (_, epoch) in state.items()})
         last = {c: state[c][0] for c in state}
-        rows: list[tuple[int, int, int, int, str]] = []
+        rows: list[convlog.Row] = []
         for m, c in zip(batch, convs, strict=True):
             last[c] += 1
             seq = last[c]
@@ -330,7 +330,7 @@ class LogWriter:
             else:
                 recipients = tuple(u for u in self._members[c][1] if u != m.sender)
             written.append(Written(c, seq, now, m.sender, text, recipients))
-            rows.append((c, seq, m.sender, now, text.decode()))
+            rows.append((c, seq, m.sender, now, text.decode(), convlog.CHAT))
         added = {c: n - state[c][0] for c, n in last.items()}
         if fast:
             return written, rows, {c: (state[c][0], state[c][1], n) for c, n in added.items()}
