@@ -12,12 +12,18 @@ gchat/batch.py's logins):
 4. commit. Only then are the messages delivered (in seq order) and their
    senders answered: an ACK with errno 0 means the message is in the log.
 
-The writer holds one connection of the pool for its batches (one batch is in
-flight at a time): a checkout per batch, with its ping and the ORM session
-around it, was a sixth of a batch's CPU. A driver error drops the connection
-(the next batch checks out a fresh one, pinged); a batch that lost its
-connection before its commit, or was a deadlock victim, is run again as
-store.Database.run would, as it was rolled back whole.
+The writer holds one connection for its batches (one batch is in flight at
+a time): a checkout per batch, with its ping and the ORM session around it,
+was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
+(not the pool's) and may carry several statements per query: the fast path
+(this node wrote the conversations last) sends its checking UPDATE and its
+INSERT to the driver in one round trip, reads the UPDATE's count, and only
+then sends the COMMIT, or rolls back and takes the locking path
+(convlog.FastSql; round trips and SQLAlchemy's execution per statement were
+most of a batch's CPU). A driver error drops the connection (the next batch
+opens a fresh one); a batch that lost its connection before its COMMIT was
+sent, or was a deadlock victim, is run again as store.Database.run would,
+as it was rolled back whole.
 
 Under load a batch holds tens of messages and they share the commit (and its
 fsync); alone, a message is a batch of one.
@@ -25,22 +31,28 @@ fsync); alone, a message is a batch of one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gevent.event import AsyncResult
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Dialect, Engine, make_url
+from sqlalchemy import exc as sa_exc
 
 from gchat import convlog
 from gchat.batch import Batcher
 from gchat.errors import Conflict, Unavailable
 from gchat.protocol import ProtocolError, dumps
-from gchat.store import Database, deadlock, driver_errors
+from gchat.store import Database, deadlock, driver_errors, make_engine
 
 log = logging.getLogger(__name__)
+
+# the MySQL protocol's flags (PyMySQL's constants.CLIENT and SERVER_STATUS)
+MULTI_STATEMENTS = 1 << 16  # CLIENT_MULTI_STATEMENTS: a query may hold several statements
+NO_BACKSLASH_ESCAPES = 512  # SERVER_STATUS_NO_BACKSLASH_ESCAPES: the sql_mode that quotes by doubling
 
 
 class _Moved(Exception):
@@ -87,12 +99,21 @@ class LogWriter:
         self._last: dict[int, tuple[int, int]] = {}
         self._epochs: dict[int, int] = {}
         self._conn: Connection | None = None  # the batches' own, checked out once
+        # MySQL/MariaDB: the fast path's statements go to the driver itself,
+        # both in one round trip, on a connection of the writer's own
+        self._sql: convlog.FastSql | None = None
+        self._engine = db.engine
+        if db.engine.dialect.name == "mysql":
+            self._sql = convlog.FastSql(db.engine.dialect)
+            self._engine = _multi_statement_engine(db)
 
     def close(self) -> None:
-        """Return the writer's connection to the pool (before the engine's dispose)."""
+        """Close the writer's connection (before the database's dispose)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._engine is not self.db.engine:
+            self._engine.dispose()
 
     def append(self, msg: Outgoing) -> tuple[Written, int]:
         """Log one message; returns it as written and how many recipients
@@ -188,23 +209,76 @@ class LogWriter:
         was sent (a database restarted since the last batch)."""
         attempt = 1
         while True:
-            committing = False
+            # set once the COMMIT is on its way: a lost connection then leaves the outcome unknown
+            sent: list[bool] = []
             try:
                 with driver_errors():
                     if self._conn is None:
-                        self._conn = self.db.engine.connect()
+                        self._conn = self._engine.connect()
+                    if fast and self._sql is not None:
+                        return self._fast(self._conn, items, sent)
                     with self._conn.begin() as tx:
-                        written = self._number(self._conn, items, fast)
-                        committing = True
+                        written, rows, expected = self._number(self._conn, items, fast)
+                        if expected is not None:
+                            if not convlog.advance_if(self._conn, expected):
+                                raise _Moved
+                        convlog.append(self._conn, [dict(zip(convlog.APPEND_COLUMNS, r, strict=True))
+                                                    for r in rows])
+                        sent.append(True)
                         tx.commit()
                     return written
             except Unavailable as e:
                 self._drop()
-                lost = not committing and bool(getattr(e.__cause__, "connection_invalidated", False))
+                lost = not sent and bool(getattr(e.__cause__, "connection_invalidated", False))
                 if attempt >= self.db.retry.attempts or not (lost or deadlock(e.__cause__)):
                     raise
             time.sleep(self.db.retry.delay(attempt))
             attempt += 1
+
+    def _fast(self, conn: Connection, items: list[tuple[Outgoing, int]], sent: list[bool]) -> list[Written]:
+        """The fast path on MySQL/MariaDB, on the driver's connection: the
+        checking UPDATE, the INSERT, the commit (see convlog.FastSql)."""
+        assert self._sql is not None
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        written, rows, expected = self._number(conn, items, True)
+        assert expected is not None
+        dialect = conn.dialect
+        try:
+            with _wrapped(dialect):
+                cur = raw.cursor()
+                try:
+                    update, args = self._sql.advance_if(expected)
+                    insert, params = self._sql.append(rows)
+                    # one round trip for both: the UPDATE's count is checked
+                    # before the COMMIT is sent, as if they went one by one
+                    if raw.server_status & NO_BACKSLASH_ESCAPES:
+                        cur.execute(update + ";" + insert, args + params)  # the driver's quoting
+                    else:
+                        cur.execute(convlog.render(update + ";" + insert, args + params))
+                    matched = cur.rowcount
+                    try:
+                        cur.nextset()  # the INSERT's result (its error, if any)
+                    except dialect.loaded_dbapi.Error:
+                        if matched == len(expected):
+                            raise
+                    if matched != len(expected):  # a key the moved conversation already has
+                        raw.rollback()
+                        raise _Moved
+                    sent.append(True)
+                    raw.commit()
+                finally:
+                    cur.close()
+        except _Moved:
+            raise
+        except BaseException:
+            if not sent:
+                try:
+                    raw.rollback()
+                except Exception:
+                    log.debug("rollback after a failed batch failed", exc_info=True)
+            raise
+        return written
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -214,11 +288,14 @@ class LogWriter:
             except Exception:
                 log.debug("closing the writer's connection failed", exc_info=True)
 
-    def _number(self, s: Connection, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written]:
-        """Number and insert a batch in the caller's transaction. fast: from
-        where this node last left each conversation, checked by the UPDATE
-        (_Moved when another node or a join moved it); else under the rows'
-        locks, read first."""
+    def _number(self, s: Connection, items: list[tuple[Outgoing, int]], fast: bool) -> tuple[
+            list[Written], list[convlog.Row], dict[int, tuple[int, int, int]] | None]:
+        """Number a batch: its messages as written, their rows, and for the
+        fast path what the checking UPDATE expects (conv -> last_seq,
+        member_epoch, n) from where this node last left each conversation
+        (_Moved when a group's members are known to be stale). The locking
+        path reads (and locks) the rows first, advances them unchecked and
+        returns None."""
         batch = [m for m, _ in items]
         convs = [c for _, c in items]
         now = int(time.time() * 1000)
@@ -241,7 +318,7 @@ class LogWriter:
                     self._members[c] = (state[c][1], members)
         self._epochs.update({c: epoch for c, (_, epoch) in state.items()})
         last = {c: state[c][0] for c in state}
-        rows = []
+        rows: list[convlog.Row] = []
         for m, c in zip(batch, convs, strict=True):
             last[c] += 1
             seq = last[c]
@@ -253,13 +330,36 @@ class LogWriter:
             else:
                 recipients = tuple(u for u in self._members[c][1] if u != m.sender)
             written.append(Written(c, seq, now, m.sender, text, recipients))
-            rows.append({"conversation_id": c, "seq": seq, "sender": m.sender, "created": now,
-                         "body": text.decode()})
+            rows.append((c, seq, m.sender, now, text.decode(), convlog.CHAT))
         added = {c: n - state[c][0] for c, n in last.items()}
         if fast:
-            if not convlog.advance_if(s, {c: (state[c][0], state[c][1], n) for c, n in added.items()}):
-                raise _Moved
-        else:
-            convlog.advance(s, added)
-        convlog.append(s, rows)
-        return written
+            return written, rows, {c: (state[c][0], state[c][1], n) for c, n in added.items()}
+        convlog.advance(s, added)
+        return written, rows, None
+
+
+def _multi_statement_engine(db: Database) -> Engine:
+    """One connection like the pool's, which may send several statements in
+    one query (PyMySQL's client_flag, ORed with the dialect's FOUND_ROWS).
+    Only the writer's fast path uses that; the pool's connections keep the
+    default (a statement never carries another)."""
+    url = make_url(db.url)
+    given = url.query.get("client_flag", "0")
+    flag = int(given if isinstance(given, str) else given[-1]) | MULTI_STATEMENTS
+    url = url.update_query_dict({"client_flag": str(flag)})
+    return make_engine(url.render_as_string(hide_password=False), pool_size=1, overflow=0,
+                       timeout=db.engine.pool.timeout())  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _wrapped(dialect: Dialect) -> Iterator[None]:
+    """The driver's own errors as SQLAlchemy's (what store.driver_errors
+    translates), with a lost connection marked as SQLAlchemy marks it."""
+    dbapi = dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as e:
+        raise sa_exc.DBAPIError.instance(
+            None, None, e, dbapi.Error, hide_parameters=True, dialect=dialect,
+            connection_invalidated=dialect.is_disconnect(e, None, None),
+        ) from e
