@@ -123,8 +123,8 @@ class Sessions:
         self.flush_interval = flush_interval
         self.sweep_interval = sweep_interval
         self._by_user: dict[int, Session] = {}
-        self._flusher: gevent.Greenlet[[], None] | None = None
-        self._sweeper: gevent.Greenlet[[], None] | None = None
+        self._flusher: gevent.Greenlet[[float, Callable[[], object], str], None] | None = None
+        self._sweeper: gevent.Greenlet[[float, Callable[[], object], str], None] | None = None
         # repairs run on their own greenlets: a hook for tests and stats
         self.repairs = 0
         self.on_repair: Callable[[int, int, int], None] | None = None
@@ -137,9 +137,9 @@ class Sessions:
         login reply's messages, nothing missed)."""
         self._by_user[user_id] = Session(user_id, peer, sync, notices)
         if self._flusher is None and self.flush_interval > 0:
-            self._flusher = gevent.spawn(self._flush_loop)
+            self._flusher = gevent.spawn(_every, self.flush_interval, self.flush, "delivered cursors: flush")
         if self._sweeper is None and self.sweep_interval > 0:
-            self._sweeper = gevent.spawn(self._sweep_loop)
+            self._sweeper = gevent.spawn(_every, self.sweep_interval, self.sweep, "sweep")
 
     def open(self, user_id: int, highs: dict[int, int]) -> None:
         """The login's read is done: the session has everything up to
@@ -368,14 +368,6 @@ class Sessions:
             log.info("sweep: repairing %d conversation(s) whose last message never arrived", repaired)
         return repaired
 
-    def _sweep_loop(self) -> None:
-        while True:
-            gevent.sleep(self.sweep_interval)
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("sweep failed")
-
     # --- classic clients' delivered cursors ---------------------------------------
 
     def _delivered(self, sessions: Iterable[Session], withdrawn: dict[int, int] | None = None,
@@ -413,10 +405,13 @@ class Sessions:
                 if sess is not None:
                     sess.flushed.pop(conv, None)
 
-    def _flush_loop(self) -> None:
-        while True:
-            gevent.sleep(self.flush_interval)
-            try:
-                self.flush()
-            except Exception:
-                log.exception("delivered cursors: flush failed")
+
+def _every(interval: float, work: Callable[[], object], what: str) -> None:
+    """The session table's background work (cursor flush, repair sweep): a
+    failed round is logged and the next one runs on time."""
+    while True:
+        gevent.sleep(interval)
+        try:
+            work()
+        except Exception:
+            log.exception("%s failed", what)
