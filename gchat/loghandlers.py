@@ -72,37 +72,32 @@ def sync_reply(svc: Services, user_id: int, cursors: dict[int, tuple[int, int, i
     return out
 
 
-def _member_cursor(svc: Services, user_id: int, conv: int) -> tuple[int, int, int, int]:
+def _mark(svc: Services, peer: Peer, req: Request) -> tuple[int, int, int]:
+    """(user, conv, cseq) of a receipt, read mark or readers question: the
+    conversation must be the user's (errno 6), cseq within it (errno 3)."""
+    user_id = session_user(peer, req)
+    conv: int = req["conv"]
     with svc.db.transaction() as s:
         cur = convlog.cursor(s, user_id, conv)
     if cur is None:
         raise _err(Errno.FORBIDDEN, f"conversation {conv} is not yours")
-    return cur
-
-
-def _position(req: Request, last: int) -> int:
+    last = cur[3]
     seq: int = req["cseq"]
     if seq > last:
-        raise _err(Errno.BAD_REQUEST, f"cseq {seq} is beyond the end of conversation {req['conv']} ({last})")
-    return seq
+        raise _err(Errno.BAD_REQUEST, f"cseq {seq} is beyond the end of conversation {conv} ({last})")
+    return user_id, conv, seq
 
 
 def received(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     """A modern client has everything up to cseq: its delivered cursor moves
     (never back). What it does not acknowledge comes again at its next sync."""
-    user_id = session_user(peer, req)
-    conv = req["conv"]
-    _d, _r, _j, last = _member_cursor(svc, user_id, conv)
-    seq = _position(req, last)
+    user_id, conv, seq = _mark(svc, peer, req)
     svc.receipts((user_id, conv, seq))
     return acked(req)
 
 
 def read(svc: Services, peer: Peer, req: Request) -> list[Reply]:
-    user_id = session_user(peer, req)
-    conv = req["conv"]
-    _d, _r, _j, last = _member_cursor(svc, user_id, conv)
-    seq = _position(req, last)
+    user_id, conv, seq = _mark(svc, peer, req)
     with svc.db.transaction() as s:
         convlog.set_read(s, user_id, conv, seq)
         info = convlog.conv_info(s, [conv])[conv]
@@ -116,10 +111,7 @@ def read(svc: Services, peer: Peer, req: Request) -> list[Reply]:
 
 def readers(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     """How many of the other members have read up to cseq."""
-    user_id = session_user(peer, req)
-    conv = req["conv"]
-    _d, _r, _j, last = _member_cursor(svc, user_id, conv)
-    seq = _position(req, last)
+    user_id, conv, seq = _mark(svc, peer, req)
     with svc.db.transaction() as s:
         n = convlog.readers(s, conv, seq, exclude=user_id)
         members = convlog.member_count(s, conv) - 1
