@@ -149,7 +149,25 @@ class ServerProcess:
         raise AssertionError(f"{text!r} not logged:\n{self.log()}")
 
 
-class Wire(RawClient):
+class Flows:
+    """The flows nearly every test needs, over any test client whose
+    `request` sends one object and returns the next one (TCP or WebSocket)."""
+
+    def request(self, obj: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def register(self, name: str | None = None, password: str = "pw") -> int:
+        reply = self.request({"msgid": 3, "name": name or unique(), "password": password})
+        assert reply["errno"] == 0, reply
+        return int(reply["id"])
+
+    def login(self, user_id: int, password: str = "pw") -> dict[str, Any]:
+        reply = self.request({"msgid": 1, "id": user_id, "password": password})
+        assert reply["msgid"] == 2 and reply["errno"] == 0, reply
+        return reply
+
+
+class Wire(Flows, RawClient):
     """A raw protocol client for the tests that are about the wire itself:
     frames exactly as given, and every frame the node sends, in order
     (`request` is the next frame, not the matched reply of `call`). Frames
@@ -205,17 +223,6 @@ class Wire(RawClient):
     def request(self, obj: Any) -> dict[str, Any]:
         self.send(obj)
         return self.recv()
-
-    # the flows nearly every test needs
-    def register(self, name: str | None = None, password: str = "pw") -> int:
-        reply = self.request({"msgid": 3, "name": name or unique(), "password": password})
-        assert reply["errno"] == 0, reply
-        return int(reply["id"])
-
-    def login(self, user_id: int, password: str = "pw") -> dict[str, Any]:
-        reply = self.request({"msgid": 1, "id": user_id, "password": password})
-        assert reply["msgid"] == 2 and reply["errno"] == 0, reply
-        return reply
 
 
 def user(address: tuple[str, int], terminator: bytes = b"\n", name: str | None = None) -> tuple[Wire, int]:

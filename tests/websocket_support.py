@@ -23,7 +23,7 @@ from wsproto.events import (
 )
 
 from gchat.protocol import dumps, loads
-from tests.support import unique
+from tests.support import Flows
 
 
 class Rejected(Exception):
@@ -32,7 +32,7 @@ class Rejected(Exception):
         self.status = status
 
 
-class WsWire:
+class WsWire(Flows):
     def __init__(self, address: tuple[str, int], *, origin: str | None = None, path: str = "/ws",
                  timeout: float = 10.0, host: str | None = None) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)
@@ -136,15 +136,6 @@ class WsWire:
             self._pump(deadline)
         return self.close_code
 
-    def register(self, name: str | None = None, password: str = "pw") -> int:
-        reply = self.request({"msgid": 3, "name": name or unique(), "password": password})
-        assert reply["errno"] == 0, reply
-        return int(reply["id"])
-
-    def login(self, user_id: int, password: str = "pw") -> dict[str, Any]:
-        reply = self.request({"msgid": 1, "id": user_id, "password": password})
-        assert reply["errno"] == 0, reply
-        return reply
 
 
 def ws_user(address: tuple[str, int]) -> tuple[WsWire, int]:
