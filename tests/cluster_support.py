@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -82,6 +83,29 @@ class RedisServer:
         self.stop()
         self.start()
 
+
+def group_chat_until_all_in(sender: Wire, gid: int, others: int, what: str) -> str:
+    """Joins made on other nodes reach the sender's node through an
+    invalidation: send to the group (seq 4, 5, ...) until a reply counts
+    `others` recipients; the text of that message, which every member gets."""
+    tries = iter(range(4, 1000))
+
+    def everyone() -> str | None:
+        n = next(tries)
+        reply = sender.request({"msgid": 9, "groupid": gid, "msg": f"all {n}", "seq": n})
+        assert reply["errno"] == 0, reply
+        return f"all {n}" if reply["members"] == others else None
+
+    return str(wait_until(everyone, what=what))
+
+
+def received_until(w: Wire, last: str) -> list[dict[str, Any]]:
+    """Every frame up to the one whose msg is `last` (earlier tries may have
+    reached this member too)."""
+    got = [w.recv()]
+    while got[-1]["msg"] != last:
+        got.append(w.recv())
+    return got
 
 def ensure_nginx() -> None:
     """nginx with the stream module, installed when missing (as root, as CI

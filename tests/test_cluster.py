@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_support import Cluster, Nginx, RedisServer, running_cluster, wait_until
+from tests.cluster_support import (
+    Cluster,
+    Nginx,
+    RedisServer,
+    group_chat_until_all_in,
+    received_until,
+    running_cluster,
+    wait_until,
+)
 from tests.support import Wire, unique, user
 
 # how long a killed node's users may stay locked: its node_ttl (3 s) plus a
@@ -145,20 +153,10 @@ def test_group_chat_reaches_members_on_every_node_once(cluster: Cluster, nginx: 
     assert a.request({"msgid": 9, "groupid": gid, "msg": "alone", "seq": 2})["members"] == 0
     for w in (b, c):
         assert w.request({"msgid": 8, "groupid": gid, "seq": 3})["errno"] == 0
-    tries = iter(range(4, 1000))
-
-    def everyone() -> str | None:
-        n = next(tries)
-        reply = a.request({"msgid": 9, "groupid": gid, "msg": f"all {n}", "seq": n})
-        assert reply["errno"] == 0, reply
-        return f"all {n}" if reply["members"] == 2 else None
-
-    last = wait_until(everyone, what="the joins known on the creator's node")
+    last = group_chat_until_all_in(a, gid, 2, what="the joins known on the creator's node")
     for w in (b, c):
         # earlier tries may have reached one of them; each arrives once
-        got = [w.recv()]
-        while got[-1]["msg"] != last:
-            got.append(w.recv())
+        got = received_until(w, last)
         assert all(f["msgid"] == 9 and f["groupid"] == gid and f["id"] == ua for f in got)
         assert len({f["msg"] for f in got}) == len(got)
     assert c.request({"msgid": 9, "groupid": gid, "msg": "from C", "seq": 5})["members"] == 2

@@ -20,7 +20,14 @@ import redis
 from gchat.cluster.redis_client import parse
 from gchat.cluster.redis_keys import SLOTTED, node_channel
 from gchat.config import from_sources
-from tests.cluster_support import REDIS_SERVER, Cluster, RedisServer, wait_until
+from tests.cluster_support import (
+    REDIS_SERVER,
+    Cluster,
+    RedisServer,
+    group_chat_until_all_in,
+    received_until,
+    wait_until,
+)
 from tests.support import ServerProcess, Wire, free_port, user
 
 REDIS_CLI = "/usr/bin/redis-cli"
@@ -342,19 +349,10 @@ def test_cluster_group_chat_reaches_members_on_every_node_once(sharded: Cluster)
     gid = a.request({"msgid": 7, "groupname": f"g{ua}", "groupdesc": "d", "seq": 1})["groupid"]
     for w in (b, c):
         assert w.request({"msgid": 8, "groupid": gid, "seq": 3})["errno"] == 0
-    tries = iter(range(4, 1000))
-
-    def everyone() -> str | None:
-        n = next(tries)
-        reply = a.request({"msgid": 9, "groupid": gid, "msg": f"all {n}", "seq": n})
-        assert reply["errno"] == 0, reply
-        return f"all {n}" if reply["members"] == 2 else None
-
-    last = wait_until(everyone, what="the joins known on the creator's node (invalidations on the cluster)")
+    last = group_chat_until_all_in(a, gid, 2,
+                                   what="the joins known on the creator's node (invalidations on the cluster)")
     for w in (b, c):
-        got = [w.recv()]
-        while got[-1]["msg"] != last:
-            got.append(w.recv())
+        got = received_until(w, last)
         assert len({f["msg"] for f in got}) == len(got)
     assert c.request({"msgid": 9, "groupid": gid, "msg": "from C", "seq": 5})["members"] == 2
     assert a.recv()["msg"] == "from C" and b.recv()["msg"] == "from C"
