@@ -1018,11 +1018,9 @@
     $("#finder-results").replaceChildren(...finder.items.map((item) => {
       const li = el("li", "result");
       li.dataset.id = item.id;
-      const av = el("div", "avatar");
-      av.setAttribute("aria-hidden", "true");
       const name = people ? item.name : (item.groupname || item.name);
       const friend = people && state.friends.get(item.id);
-      paintAvatar(av, name, item.id, !people, friend ? friend.state : null);
+      const av = avatar(name, item.id, !people, friend ? friend.state : null);
       const text = el("div", "result-text");
       text.append(el("div", "result-name", name));
       let sub;
@@ -1074,17 +1072,20 @@
   }
 
   // --- the requests in the sidebar
+  function requestItem(r, dir, sub) {
+    const li = el("li", "request");
+    li.dataset.id = r.id;
+    li.dataset.dir = dir;
+    const text = el("div", "result-text");
+    text.append(el("div", "result-name", r.name), el("div", "result-sub", sub));
+    li.append(avatar(r.name, r.id, false), text);
+    return li;
+  }
+
   function renderRequests() {
     const items = [];
     for (const r of state.requests.in.values()) {
-      const li = el("li", "request");
-      li.dataset.id = r.id;
-      li.dataset.dir = "in";
-      const av = el("div", "avatar");
-      av.setAttribute("aria-hidden", "true");
-      paintAvatar(av, r.name, r.id, false);
-      const text = el("div", "result-text");
-      text.append(el("div", "result-name", r.name), el("div", "result-sub", r.note ? `“${r.note}”` : "wants to be your friend"));
+      const li = requestItem(r, "in", r.note ? `“${r.note}”` : "wants to be your friend");
       const yes = el("button", "small primary accept", "Accept");
       yes.type = "button";
       yes.setAttribute("aria-label", `Accept ${r.name}'s friend request`);
@@ -1095,20 +1096,11 @@
       no.addEventListener("click", () => answerRequest(r.id, false));
       const actions = el("div", "actions");
       actions.append(yes, no);
-      li.append(av, text, actions);
+      li.append(actions);
       items.push(li);
     }
     for (const r of state.requests.out.values()) {
-      const li = el("li", "request");
-      li.dataset.id = r.id;
-      li.dataset.dir = "out";
-      const av = el("div", "avatar");
-      av.setAttribute("aria-hidden", "true");
-      paintAvatar(av, r.name, r.id, false);
-      const text = el("div", "result-text");
-      text.append(el("div", "result-name", r.name), el("div", "result-sub", "request sent · waiting for an answer"));
-      li.append(av, text);
-      items.push(li);
+      items.push(requestItem(r, "out", "request sent · waiting for an answer"));
     }
     $("#requests").replaceChildren(...items);
     $("#requests-heading").hidden = items.length === 0;
@@ -1186,6 +1178,14 @@
     return ((parts[0] || "?")[0] + (parts.length > 1 ? parts[parts.length - 1][0] : "")).toUpperCase();
   }
 
+  // a new avatar box (decorative: the name beside it is what is read out)
+  function avatar(name, id, group, presence) {
+    const box = el("div", "avatar");
+    box.setAttribute("aria-hidden", "true");
+    paintAvatar(box, name, id, group, presence);
+    return box;
+  }
+
   function paintAvatar(box, name, id, group, presence) {
     box.textContent = initials(name);
     box.style.setProperty("--hue", hue(id));
@@ -1250,8 +1250,6 @@
       b.type = "button";
       b.dataset.key = c.key;
       if (state.active === c.key) b.setAttribute("aria-current", "true");
-      const av = el("div", "avatar");
-      av.setAttribute("aria-hidden", "true");
       const name = convName(c);
       let presence = null;
       let status = "";
@@ -1264,7 +1262,7 @@
         const g = state.groups.get(c.peer);
         status = g ? `${g.members.size} member${g.members.size === 1 ? "" : "s"}` : (state.loggedIn ? "you left" : "group");
       }
-      paintAvatar(av, name, c.peer, c.kind === "group", presence);
+      const av = avatar(name, c.peer, c.kind === "group", presence);
       const main = el("div", "conv-main");
       const top = el("div", "conv-top");
       top.append(el("span", "conv-name", name));
@@ -1340,9 +1338,7 @@
     li.dataset.id = m.id;
     li.dataset.state = m.state;
     li.dataset.role = m.role;
-    const mav = el("div", "avatar");
-    mav.setAttribute("aria-hidden", "true");
-    paintAvatar(mav, m.name, m.id, false, m.state === "online" ? "online" : "offline");
+    const mav = avatar(m.name, m.id, false, m.state === "online" ? "online" : "offline");
     const text = el("div", "member-text");
     text.append(el("div", "member-name", m.id === state.me.id ? `${m.name} (you)` : m.name),
                 el("div", "role", [m.role === "creator" ? "owner" : "", m.state].filter(Boolean).join(" · ")));
