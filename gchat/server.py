@@ -98,7 +98,6 @@ class Connection:
         # replies in request order, some waiting for the log's commit
         # (service.Pending): pushes are held behind them as behind any reply
         self._waiting: deque[list[Reply] | service.Pending] = deque()
-        self._sequencer: gevent.Greenlet[[], None] | None = None
         self._guard = FloodGuard(settings.rate, settings.rate_burst) if settings.rate > 0 else None
 
     # --- Peer, as the service layer sees it --------------------------------
@@ -221,7 +220,7 @@ class Connection:
 
     def _handle_frame(self, frame: Incoming) -> None:
         if type(frame) is not bytes:  # a message that is no frame: refused in its place
-            self._reply(error_reply(frame))  # type: ignore[arg-type]
+            self._answer(error_reply(frame))  # type: ignore[arg-type]
             return
         if self._guard is not None:
             verdict = self._guard.check(time.monotonic())
@@ -258,11 +257,11 @@ class Connection:
         if isinstance(replies, service.Pending) or self._waiting:
             # a chat's ACK comes after the log's commit: the reader goes on
             # with the next frames (their messages share the writer's batch)
-            # and the sequencer writes the replies in request order; the
-            # outbox keeps holding pushes until then
+            # and the replies are written in request order as their commits
+            # complete (_on_commit); the outbox keeps holding pushes until then
             self._waiting.append(replies)
-            if self._sequencer is None:
-                self._sequencer = gevent.spawn(self._sequence)
+            if isinstance(replies, service.Pending):
+                replies.when_done(self._on_commit)
             return
         try:
             for reply in replies:
@@ -270,30 +269,37 @@ class Connection:
         finally:
             outbox.release()
 
-    def _sequence(self) -> None:
-        """Write the replies of pipelined requests in their order, each once
-        its commit is done; what was pushed meanwhile follows each."""
-        outbox = self.outbox
+    def _on_commit(self, _: object) -> None:
+        """A waiting request's commit is done (called in the event loop's
+        greenlet: nothing here blocks). Write the replies of the requests at
+        the head of the queue whose commits are done, in their order; what
+        was pushed while each waited goes after its replies."""
+        waiting, outbox = self._waiting, self.outbox
         try:
-            while self._waiting:
-                item = self._waiting[0]
-                try:
-                    replies = item.get() if isinstance(item, service.Pending) else item
-                except Exception:
-                    log.exception("%s: request failed", self.who())
-                    req = item.req if isinstance(item, service.Pending) else None
-                    replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0,
-                                       req.seq if req else None)]
-                self._waiting.popleft()
+            while waiting:
+                item = waiting[0]
+                if isinstance(item, service.Pending):
+                    if not item.done():
+                        return  # its own callback comes when it is
+                    try:
+                        replies = item.get()
+                    except Exception:
+                        log.exception("%s: request failed", self.who())
+                        req = item.req
+                        replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0,
+                                           req.seq if req else None)]
+                else:
+                    replies = item
+                waiting.popleft()
                 for reply in replies:
                     self._reply(reply)
-                # what was pushed while it waited goes after its replies (a
-                # steady sender always has a next request waiting)
+                # a steady sender always has a next request waiting
                 outbox.release()
-                if self._waiting:
+                if waiting:
                     outbox.hold()
-        finally:
-            self._sequencer = None
+        except Exception:  # in the event loop: logged here, not printed by the hub
+            log.exception("%s: writing replies failed; closing", self.who())
+            self.close("internal error")
 
     def _refuse(self, frame: bytes) -> None:
         """errno 10, addressed to the request (msgid, seq) when it can be read."""
@@ -303,7 +309,15 @@ class Connection:
         except ProtocolError as e:
             msgid, seq = e.msgid, e.seq
         self.svc.counts.error(Errno.RATE_LIMITED)
-        self._reply(error_reply(ProtocolError(Errno.RATE_LIMITED, "rate limited, slow down", msgid, seq)))
+        self._answer(error_reply(ProtocolError(Errno.RATE_LIMITED, "rate limited, slow down", msgid, seq)))
+
+    def _answer(self, reply: Reply) -> None:
+        """A reply made without the service: after those of the requests
+        still waiting for their commit, as every reply is in request order."""
+        if self._waiting:
+            self._waiting.append([reply])
+        else:
+            self._reply(reply)
 
     def _log_dropped(self, incoming: Sequence[Incoming]) -> None:
         """Frames read but never handled because the connection is closing.
