@@ -136,11 +136,15 @@ def make_engine(url: str, *, pool_size: int = 10, overflow: int = 10, timeout: f
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
+    tls_hook: Tls | None = None
     if url.startswith("mysql+pymysql"):
         # bounded waits: a stopped database gives errno 11 within `timeout`
         # instead of hanging the request for the kernel's TCP timeout
         t = max(1, int(timeout))
         connect_args = {"connect_timeout": t, "read_timeout": t, "write_timeout": t}
+        if not any(k.startswith("ssl") for k in make_url(url).query):  # else the URL's own TLS options
+            tls_hook = Tls(tls_mode(url, tls))
+            connect_args.update(tls_hook.connect_args())
     engine = create_engine(
         url,
         pool_size=pool_size,
@@ -151,8 +155,8 @@ def make_engine(url: str, *, pool_size: int = 10, overflow: int = 10, timeout: f
         hide_parameters=True,  # an error's text must not carry a password hash into the log
         connect_args=connect_args,
     )
-    if url.startswith("mysql+pymysql"):
-        event.listen(engine, "do_connect", Tls(tls_mode(url, tls)).connect)
+    if tls_hook is not None and tls_hook.mode == "preferred":
+        event.listen(engine, "do_connect", tls_hook.connect)
     return engine
 
 
@@ -190,16 +194,16 @@ def tls_mode(url: str, mode: str) -> str:
 
 
 class Tls:
-    """The TLS arguments of each new PyMySQL connection of one engine (its
-    do_connect hook), unless the URL gives its own (ssl_ca=...: those win).
+    """The TLS arguments of one engine's PyMySQL connections (when the URL
+    gives none of its own: ssl_ca=... and the like win).
 
     - `off`: no TLS.
     - `preferred`: TLS when the server offers it, its certificate not
       checked, as PyMySQL's default, with one context. PyMySQL treats a
       given context as "required", so a server that offers no TLS refuses
-      the first connection (before any credential is sent); it is then made
-      without, and so are the engine's next ones: asking again would cost
-      a refused handshake per connection.
+      the first connection (before any credential is sent); it is then
+      made without (the engine's do_connect hook), and so are the engine's
+      next ones: asking again would cost a refused handshake per connection.
     - `required`: TLS or no connection, the server's certificate checked
       against the system's CAs and its name against the URL's host."""
 
@@ -214,14 +218,14 @@ class Tls:
             self.ctx.check_hostname = False
             self.ctx.verify_mode = ssl.CERT_NONE
 
+    def connect_args(self) -> dict[str, Any]:
+        return {"ssl_disabled": True} if self.ctx is None else {"ssl": self.ctx}
+
     def connect(self, dialect: Dialect, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
-        if any(k.startswith("ssl") for k in cparams):
-            return None  # the URL's own TLS options
-        if self.ctx is None or not self.offered:
+        """`preferred`: TLS if the server has it, else plain from now on."""
+        if not self.offered:
+            del cparams["ssl"]
             cparams["ssl_disabled"] = True
-            return None
-        cparams["ssl"] = self.ctx
-        if self.mode == "required":
             return None
         try:
             return dialect.connect(*cargs, **cparams)

@@ -99,3 +99,16 @@ def test_required_refuses_a_database_without_tls(mariadb: Any, contexts: list[ss
         db.dispose()
     assert len(contexts) == 1
     assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname
+
+
+def test_the_urls_own_tls_options_win_over_the_setting(mariadb: Any) -> None:
+    """ssl_ca= in the URL asks PyMySQL for TLS with that CA: `off` must not
+    turn it into a plain connection (this server offers no TLS: refused)."""
+    url = mariadb.create(migrate=False) + "&ssl_ca=/etc/ssl/certs/ca-certificates.crt"
+    db = Database(url, pool_size=1, overflow=0, tls="off")
+    try:
+        with pytest.raises(Unavailable):
+            with db.transaction() as s:
+                s.execute(text("SELECT 1"))
+    finally:
+        db.dispose()
