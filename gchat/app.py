@@ -120,6 +120,7 @@ def build(settings: Settings) -> App:
         pool_size=settings.pool_size,
         overflow=settings.pool_overflow,
         timeout=settings.db_timeout,
+        tls=settings.database_tls,
     )
     schema.prepare(db)
     mirror = StateMirror(db)

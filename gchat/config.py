@@ -60,6 +60,11 @@ class Settings:
     pool_overflow: int = _opt(10, "connections allowed beyond the pool under bursts")
     cache_groups: int = _opt(100_000, "group member lists kept in memory (the oldest goes first)")
     db_timeout: float = _opt(5.0, "seconds to wait for the database (connect, read, pool) before errno 11")
+    database_tls: str = _opt(
+        "auto", "TLS to MySQL/MariaDB: preferred (when the server offers it, certificate unchecked: PyMySQL's "
+        "default), required (certificate and name checked against the system's CAs), off, or auto (off to "
+        "a database on this host, preferred to another); ssl_* options in the URL take precedence",
+        choices=("auto", "preferred", "required", "off"))
 
     # passwords: argon2id, the OWASP minimum profile by default (19 MiB, t=2)
     hash_time_cost: int = _opt(2, "argon2id iterations")

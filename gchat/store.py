@@ -10,8 +10,10 @@ driver errors become gchat's own (gchat/errors.py): `Unavailable`, or
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, and_, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from gchat.errors import Conflict, Unavailable
@@ -60,10 +63,12 @@ class Retry:
 
 class Database:
     def __init__(
-        self, url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0, retry: Retry = Retry()
+        self, url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0, retry: Retry = Retry(),
+        tls: str = "auto",
     ) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size, overflow=overflow, timeout=timeout)
+        self.tls = tls  # for the engines made beside this one (the log writer's)
+        self.engine = make_engine(url, pool_size=pool_size, overflow=overflow, timeout=timeout, tls=tls)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.retry = retry
 
@@ -124,18 +129,23 @@ def deadlock(e: BaseException | None) -> bool:
     return len(args) > 0 and args[0] == ER_LOCK_DEADLOCK
 
 
-def make_engine(url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, overflow: int = 10, timeout: float = 5.0,
+                tls: str = "auto") -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
+    tls_hook: Tls | None = None
     if url.startswith("mysql+pymysql"):
         # bounded waits: a stopped database gives errno 11 within `timeout`
         # instead of hanging the request for the kernel's TCP timeout
         t = max(1, int(timeout))
         connect_args = {"connect_timeout": t, "read_timeout": t, "write_timeout": t}
-    return create_engine(
+        if not any(k.startswith("ssl") for k in make_url(url).query):  # else the URL's own TLS options
+            tls_hook = Tls(tls_mode(url, tls))
+            connect_args.update(tls_hook.connect_args())
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=overflow,
@@ -145,6 +155,88 @@ def make_engine(url: str, *, pool_size: int = 10, overflow: int = 10, timeout: f
         hide_parameters=True,  # an error's text must not carry a password hash into the log
         connect_args=connect_args,
     )
+    if tls_hook is not None and tls_hook.mode == "preferred":
+        event.listen(engine, "do_connect", tls_hook.connect)
+    return engine
+
+
+# --- TLS to MySQL/MariaDB ------------------------------------------------------
+#
+# PyMySQL (2.x), given no TLS option, asks for TLS whenever the server offers
+# it, without checking its certificate ("preferred"), and builds a new
+# ssl.SSLContext for every connection to do so, offered or not: loading the
+# system's CA bundle into it is 24 ms of CPU on this machine, a hundred
+# times the rest of the connect. Here the context is built once per engine
+# and passed in, and the mode is a setting (`database_tls`).
+
+TLS_MODES = ("auto", "preferred", "required", "off")
+# PyMySQL's "SSL is required but the server doesn't support it"
+CR_SSL_CONNECTION_ERROR = 2026
+
+
+def tls_mode(url: str, mode: str) -> str:
+    """The mode `auto` stands for: `off` to a database on this host (a
+    loopback address, localhost, a Unix socket: whoever could read that
+    traffic can read the node's memory), `preferred` (PyMySQL's default,
+    as before) to any other."""
+    if mode not in TLS_MODES:
+        raise ValueError(f"database TLS mode {mode!r} is not one of {', '.join(TLS_MODES)}")
+    if mode != "auto":
+        return mode
+    u = make_url(url)
+    host = u.host or "localhost"
+    if "unix_socket" in u.query or host == "localhost":
+        return "off"
+    try:
+        return "off" if ipaddress.ip_address(host.strip("[]")).is_loopback else "preferred"
+    except ValueError:  # a name: another host
+        return "preferred"
+
+
+class Tls:
+    """The TLS arguments of one engine's PyMySQL connections (when the URL
+    gives none of its own: ssl_ca=... and the like win).
+
+    - `off`: no TLS.
+    - `preferred`: TLS when the server offers it, its certificate not
+      checked, as PyMySQL's default, with one context. PyMySQL treats a
+      given context as "required", so a server that offers no TLS refuses
+      the first connection (before any credential is sent); it is then
+      made without (the engine's do_connect hook), and so are the engine's
+      next ones: asking again would cost a refused handshake per connection.
+    - `required`: TLS or no connection, the server's certificate checked
+      against the system's CAs and its name against the URL's host."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.offered = True  # preferred: until the server says it has no TLS
+        self.ctx: ssl.SSLContext | None = None
+        if mode == "required":
+            self.ctx = ssl.create_default_context()
+        elif mode == "preferred":
+            self.ctx = ssl.create_default_context()
+            self.ctx.check_hostname = False
+            self.ctx.verify_mode = ssl.CERT_NONE
+
+    def connect_args(self) -> dict[str, Any]:
+        return {"ssl_disabled": True} if self.ctx is None else {"ssl": self.ctx}
+
+    def connect(self, dialect: Dialect, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        """`preferred`: TLS if the server has it, else plain from now on."""
+        if not self.offered:
+            del cparams["ssl"]
+            cparams["ssl_disabled"] = True
+            return None
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError as e:
+            if not e.args or e.args[0] != CR_SSL_CONNECTION_ERROR:
+                raise
+        log.info("the database offers no TLS: its connections are not encrypted (database_tls=preferred)")
+        self.offered = False
+        del cparams["ssl"]
+        cparams["ssl_disabled"] = True
+        return None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -59,7 +59,7 @@ def open_db(settings: Settings, *, must_exist: bool = True, at_head: bool = True
             f" ({settings.database_url} is relative to the current directory, {Path.cwd()})")
         raise Refused(f"no SQLite database at {path}{relative}: run gchat-admin in the node's directory, "
                       f"or give the absolute path (sqlite:///{path})")
-    db = Database(settings.sqlalchemy_url, pool_size=1, overflow=0, timeout=5.0)
+    db = Database(settings.sqlalchemy_url, pool_size=1, overflow=0, timeout=5.0, tls=settings.database_tls)
     if not at_head:
         return db
     try:

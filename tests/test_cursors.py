@@ -1,0 +1,158 @@
+"""The classic sessions' delivered cursors (convlog.set_delivered, written by
+Sessions.flush): one statement per flush for every session's news, on
+MariaDB and SQLite, that only ever raises an existing cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, event, select
+
+from gchat import convlog, schema, store
+from gchat.models import Cursor
+from gchat.sessions import Sessions
+from gchat.store import Database
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/log.db"
+        schema.upgrade(Database(url))
+    else:
+        url = request.getfixturevalue("mariadb").create()
+    d = Database(url)
+    yield d
+    d.dispose()
+
+
+def _pairs(db: Database, n_users: int) -> tuple[list[int], dict[tuple[int, int], int]]:
+    """n_users users, a pair conversation between every two: user -> conv."""
+    with db.transaction() as s:
+        users = [store.create_user(s, f"u{i}", "x") for i in range(n_users)]
+        convs = {}
+        for i, a in enumerate(users):
+            for b in users[i + 1:]:
+                convs[a, b] = convs[b, a] = convlog.create_pair(s, a, b)
+    return users, convs
+
+
+def _cursors(db: Database) -> dict[tuple[int, int], tuple[int, int]]:
+    with db.transaction() as s:
+        rows = s.execute(select(Cursor.user_id, Cursor.conversation_id, Cursor.delivered_seq, Cursor.read_seq))
+        return {(int(u), int(c)): (int(d), int(r)) for u, c, d, r in rows}
+
+
+def _statements(db: Database) -> list[str]:
+    """The UPDATEs the database will run from now on: an executemany's rows
+    are one statement each (PyMySQL and sqlite3 run an UPDATE per row)."""
+    seen: list[str] = []
+
+    def before(_conn: Any, _cur: Any, statement: str, params: Any, _ctx: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            seen.extend([statement] * (len(params) if executemany else 1))
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    return seen
+
+
+@pytest.mark.parametrize("batch", [None, 100])
+def test_every_cursor_of_many_is_raised_and_none_goes_back(db: Database, batch: int | None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    if batch is not None:  # several statements for one call: no row lost at their seams
+        monkeypatch.setattr(convlog, "DELIVERED_BATCH", batch)
+    users, convs = _pairs(db, 30)  # 435 conversations, 870 cursors
+    keys = sorted(_cursors(db))
+    assert len(keys) == 870
+    # every cursor a number of its own, in an order that is not the key's
+    marks = [(u, c, 10 + i) for i, (u, c) in enumerate(reversed(keys))]
+    updates = _statements(db)
+    with db.transaction() as s:
+        convlog.set_delivered(s, marks)
+    assert len(updates) == (1 if batch is None else 9)
+    want = {(u, c): q for u, c, q in marks}
+    assert {k: d for k, (d, _r) in _cursors(db).items()} == want
+
+    # lower marks (a slow node's late flush) and repeats in one call: the
+    # highest wins, nothing moves back, read cursors are untouched
+    lower = [(u, c, q - 5) for u, c, q in marks[::2]]
+    again = [(u, c, q + 3) for u, c, q in marks[1::3]] + [(u, c, q + 1) for u, c, q in marks[1::3]]
+    with db.transaction() as s:
+        convlog.set_delivered(s, lower + again)
+    for u, c, q in marks[1::3]:
+        want[u, c] = q + 3
+    assert {k: d for k, (d, _r) in _cursors(db).items()} == want
+    assert {r for _d, r in _cursors(db).values()} == {0}
+
+
+def test_a_removed_members_cursor_is_not_made_again(db: Database) -> None:
+    users, convs = _pairs(db, 4)
+    a, b, c = users[0], users[1], users[2]
+    gone = convs[a, b]
+    with db.transaction() as s:
+        s.execute(delete(Cursor).where(Cursor.user_id == a, Cursor.conversation_id == gone))
+    with db.transaction() as s:
+        convlog.set_delivered(s, [(a, gone, 7), (b, gone, 6), (a, convs[a, c], 5)])
+    cursors = _cursors(db)
+    assert (a, gone) not in cursors
+    assert cursors[b, gone] == (6, 0)
+    assert cursors[a, convs[a, c]] == (5, 0)
+    assert len(cursors) == 11
+
+
+class Peer:
+    """A classic client's connection that has handed everything to the kernel."""
+
+    user_id: int | None = None
+    notices = False
+
+    def __init__(self) -> None:
+        self.pushed: list[tuple[int, int]] = []
+
+    def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
+        assert mark is not None
+        self.pushed.append(mark)
+
+    def unsent(self) -> dict[int, int]:
+        return {}
+
+    def queued(self) -> int:
+        return 0
+
+    def settle(self) -> dict[int, int]:
+        return {}
+
+
+def test_one_flush_writes_every_sessions_news_in_one_statement(db: Database) -> None:
+    users, convs = _pairs(db, 12)
+    sessions = Sessions(db, flush_interval=0)
+    peers = {}
+    for u in users:
+        peers[u] = Peer()
+        sessions.begin(u, peers[u], sync=False)
+        sessions.open(u, {convs[u, v]: 0 for v in users if v != u})
+    updates = _statements(db)
+    # each user is handed two messages from every other
+    for u in users:
+        for v in users:
+            if v != u:
+                for seq in (1, 2):
+                    assert sessions.offer(u, convs[u, v], seq, b'{"msgid":5}')
+    sessions.flush()
+    assert len(updates) == 1
+    assert {k: d for k, (d, _r) in _cursors(db).items()} == {(u, convs[u, v]): 2 for u in users for v in users
+                                                           if v != u}
+    # nothing new: no statement; one more message: its two cursors only
+    sessions.flush()
+    assert len(updates) == 1
+    a, b = users[0], users[1]
+    sessions.own(a, convs[a, b], 3)
+    sessions.offer(b, convs[a, b], 3, b'{"msgid":5}')
+    sessions.flush()
+    assert len(updates) == 2
+    cursors = _cursors(db)
+    assert cursors[a, convs[a, b]] == (3, 0) and cursors[b, convs[a, b]] == (3, 0)
+    assert sum(d for d, _r in cursors.values()) == 2 * len(cursors) + 2
