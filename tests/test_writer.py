@@ -11,7 +11,7 @@ import pytest
 
 from gchat import convlog, schema, store
 from gchat.convlog import escape_string, render
-from gchat.protocol import loads
+from gchat.protocol import Errno, ProtocolError, loads
 from gchat.store import Database
 from gchat.writer import LogWriter, Outgoing, Written
 
@@ -103,3 +103,44 @@ def test_two_writers_taking_turns_on_one_conversation_keep_one_gap_free_order(ba
     finally:
         db_a.dispose()
         db_b.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_a_message_to_a_group_deleted_meanwhile_is_refused_and_the_rest_of_its_batch_written(
+        backend, mariadb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """gchat-admin deletes the group's last member, and with it the group
+    and its conversation row, while this writer has the conversation
+    cached: a batch naming it refuses that message (errno 7) and writes the
+    others."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/log.db"
+        schema.upgrade(Database(url))
+    else:
+        url = mariadb.create()
+    db = Database(url)
+    try:
+        with db.transaction() as s:
+            a, b, c = (store.create_user(s, name, "x") for name in "abc")
+            gid = store.create_group(s, "g", "", c)
+            convlog.create_group_conversation(s, gid, c)
+        writer = LogWriter(db)
+        assert writer.append(Outgoing(c, {"msgid": 9, "msg": "warm"}, group=gid))[0].seq == 1
+        assert writer.append(Outgoing(a, {"msgid": 5, "msg": "warm"}, to=b))[0].seq == 1
+        with db.transaction() as s:
+            assert store.delete_users(s, [c])["groups"] == 1
+        # one batch: submitted before the writer runs
+        gone = writer.submit(Outgoing(c, {"msgid": 9, "msg": "to nobody"}, group=gid))
+        pair = writer.submit(Outgoing(a, {"msgid": 5, "msg": "still here"}, to=b))
+        with pytest.raises(ProtocolError) as refused:
+            writer.result(gone)
+        assert (refused.value.errno, refused.value.errmsg) == (Errno.NOT_FOUND, f"no group {gid}")
+        w, _ = writer.result(pair)
+        with db.transaction() as s:
+            stored = convlog.messages_between(s, w.conv, 0)
+        assert [(m.seq, loads(m.body)["msg"]) for m in stored] == [(1, "warm"), (2, "still here")]
+        # the group is looked up again, and is not there
+        with pytest.raises(LookupError):
+            writer.submit(Outgoing(a, {"msgid": 9, "msg": "again"}, group=gid))
+        writer.close()
+    finally:
+        db.dispose()
