@@ -233,7 +233,7 @@ class LogWriter:
                         return self._fast(self._conn, items, sent) if fast else self._locked(self._conn, items, sent)
                     with self._conn.begin() as tx:
                         done, rows, expected = self._number(self._conn, items, fast)
-                        if expected:
+                        if expected is not None:
                             if not convlog.advance_if(self._conn, expected):
                                 raise _Moved
                         convlog.append(self._conn, [dict(zip(convlog.APPEND_COLUMNS, r, strict=True))
@@ -261,8 +261,6 @@ class LogWriter:
         checking UPDATE, the INSERT, the commit (see convlog.FastSql)."""
         assert self._sql is not None
         done, rows, expected = self._number(conn, items, True)
-        if not rows:  # every message refused: nothing to write
-            return done
         raw = conn.connection.dbapi_connection
         assert raw is not None and expected is not None
         dialect = conn.dialect
@@ -367,15 +365,21 @@ class LogWriter:
         """Number a batch in SQLAlchemy's transaction on `s` (or, for the fast
         path, from where this node last left each conversation): see
         _numbered. The fast path returns what its checking UPDATE expects
-        (_Moved when a group's members are known to be stale); the locking
-        path reads (and locks) the rows first, advances them unchecked and
-        returns None."""
+        (_Moved when a group's members are known to be stale, or when a
+        message would be refused: only the locking path refuses, on what it
+        read under the lock); the locking path reads (and locks) the rows
+        first, advances them unchecked and returns None."""
         convs = {c for _, c in items}
         if fast:
             state = {c: self._last[c] for c in convs}
             if self._stale(items, state):
                 raise _Moved
-            return self._numbered(items, state)
+            numbered = self._numbered(items, state)
+            # a refusal needs the log's word, under the lock: this node's
+            # view of a conversation is only checked for those it writes
+            if any(isinstance(d, ProtocolError) for d in numbered[0]):
+                raise _Moved
+            return numbered
         state = convlog.lock_conversations(s, convs)
         stale = self._stale(items, state)
         if stale:
