@@ -3,11 +3,15 @@
 The messages that arrive while a batch is in the database wait for the next
 one, which numbers and stores them all in one transaction (the shape of
 gchat/batch.py's logins):
-1. lock the conversations' rows (`SELECT ... FOR UPDATE`, in id order): two
-   nodes writing to one conversation take turns, so numbers are gap-free and
-   every member sees one order;
+1. lock the conversations' rows (`SELECT ... FOR UPDATE`, in id order, by
+   primary key: convlog.BY_KEY): two nodes writing to one conversation take
+   turns, so numbers are gap-free and every member sees one order;
 2. a group whose member epoch moved since its member list was cached (a join
-   committed, on any node) has its members read again, under that lock;
+   or a leave committed, on any node) has its members read again, under that
+   lock; a message whose sender is not among them, or whose conversation is
+   gone (a group deleted with it), is refused (errno 6, 7): that message
+   only, the others of the batch go on. The lock's reading is the only
+   authority: a node's member cache may not have heard of a removal yet;
 3. one UPDATE of last_seq for the batch, one multi-row INSERT of the messages;
 4. commit. Only then are the messages delivered (in seq order) and their
    senders answered: an ACK with errno 0 means the message is in the log.
@@ -15,15 +19,22 @@ gchat/batch.py's logins):
 The writer holds one connection for its batches (one batch is in flight at
 a time): a checkout per batch, with its ping and the ORM session around it,
 was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
-(not the pool's) and may carry several statements per query: the fast path
-(this node wrote the conversations last) sends its checking UPDATE and its
-INSERT to the driver in one round trip, reads the UPDATE's count, and only
-then sends the COMMIT, or rolls back and takes the locking path
-(convlog.FastSql; round trips and SQLAlchemy's execution per statement were
-most of a batch's CPU). A driver error drops the connection (the next batch
-opens a fresh one); a batch that lost its connection before its COMMIT was
-sent, or was a deadlock victim, is run again as store.Database.run would,
-as it was rolled back whole.
+(not the pool's) and may carry several statements per query, sent to the
+driver itself (convlog.FastSql; round trips and SQLAlchemy's execution per
+statement were most of a batch's CPU). Either way a batch is two round
+trips:
+- the fast path (this node wrote the conversations last, and no other node
+  has been seen writing them): the UPDATE that checks this node's last_seq
+  and member epoch, with the INSERT; its count read, then the COMMIT (or a
+  rollback and the locking path);
+- the locking path (conversations another node writes too, `_contested`:
+  the fast path would only fail on them): the lock's SELECT; then the
+  UPDATE, the INSERT and the COMMIT in one query (the server runs nothing
+  after a failed statement, so the COMMIT goes only with the rows).
+A driver error but a deadlock drops the connection (the next batch opens a
+fresh one); a batch that lost its connection before its COMMIT was sent,
+or was a deadlock victim, is run again as store.Database.run would, as it
+was rolled back whole.
 
 Under load a batch holds tens of messages and they share the commit (and its
 fsync); alone, a message is a batch of one.
@@ -324,6 +335,8 @@ class LogWriter:
                 insert, params = self._sql.append(rows)
                 sent.append(True)
                 _execute(raw, cur, update + ";" + insert + ";COMMIT", args + params)
+                if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
+                    log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
                 while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
                     pass
             finally:
