@@ -3,11 +3,15 @@
 The messages that arrive while a batch is in the database wait for the next
 one, which numbers and stores them all in one transaction (the shape of
 gchat/batch.py's logins):
-1. lock the conversations' rows (`SELECT ... FOR UPDATE`, in id order): two
-   nodes writing to one conversation take turns, so numbers are gap-free and
-   every member sees one order;
+1. lock the conversations' rows (`SELECT ... FOR UPDATE`, in id order, by
+   primary key: convlog.BY_KEY): two nodes writing to one conversation take
+   turns, so numbers are gap-free and every member sees one order;
 2. a group whose member epoch moved since its member list was cached (a join
-   committed, on any node) has its members read again, under that lock;
+   or a leave committed, on any node) has its members read again, under that
+   lock; a message whose sender is not among them, or whose conversation is
+   gone (a group deleted with it), is refused (errno 6, 7): that message
+   only, the others of the batch go on. The lock's reading is the only
+   authority: a node's member cache may not have heard of a removal yet;
 3. one UPDATE of last_seq for the batch, one multi-row INSERT of the messages;
 4. commit. Only then are the messages delivered (in seq order) and their
    senders answered: an ACK with errno 0 means the message is in the log.
@@ -15,15 +19,22 @@ gchat/batch.py's logins):
 The writer holds one connection for its batches (one batch is in flight at
 a time): a checkout per batch, with its ping and the ORM session around it,
 was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
-(not the pool's) and may carry several statements per query: the fast path
-(this node wrote the conversations last) sends its checking UPDATE and its
-INSERT to the driver in one round trip, reads the UPDATE's count, and only
-then sends the COMMIT, or rolls back and takes the locking path
-(convlog.FastSql; round trips and SQLAlchemy's execution per statement were
-most of a batch's CPU). A driver error drops the connection (the next batch
-opens a fresh one); a batch that lost its connection before its COMMIT was
-sent, or was a deadlock victim, is run again as store.Database.run would,
-as it was rolled back whole.
+(not the pool's) and may carry several statements per query, sent to the
+driver itself (convlog.FastSql; round trips and SQLAlchemy's execution per
+statement were most of a batch's CPU). Either way a batch is two round
+trips:
+- the fast path (this node wrote the conversations last, and no other node
+  has been seen writing them): the UPDATE that checks this node's last_seq
+  and member epoch, with the INSERT; its count read, then the COMMIT (or a
+  rollback and the locking path);
+- the locking path (conversations another node writes too, `_contested`:
+  the fast path would only fail on them): the lock's SELECT; then the
+  UPDATE, the INSERT and the COMMIT in one query (the server runs nothing
+  after a failed statement, so the COMMIT goes only with the rows).
+A driver error but a deadlock drops the connection (the next batch opens a
+fresh one); a batch that lost its connection before its COMMIT was sent,
+or was a deadlock victim, is run again as store.Database.run would, as it
+was rolled back whole.
 
 Under load a batch holds tens of messages and they share the commit (and its
 fsync); alone, a message is a batch of one.
@@ -34,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +56,7 @@ from sqlalchemy import exc as sa_exc
 from gchat import convlog
 from gchat.batch import Batcher
 from gchat.errors import Conflict, Unavailable
-from gchat.protocol import ProtocolError, dumps
+from gchat.protocol import Errno, ProtocolError, dumps
 from gchat.store import Database, deadlock, driver_errors, make_engine
 
 log = logging.getLogger(__name__)
@@ -81,6 +92,9 @@ class Written:
 
 
 Deliver = Callable[[list[Written]], list[int]]
+# a message of a batch: as written, with how many recipients were reached
+# live; or why the log refused it (that message only: the batch goes on)
+Done = tuple[Written, int] | ProtocolError
 
 
 class LogWriter:
@@ -89,7 +103,7 @@ class LogWriter:
         # called with each committed batch, in seq order: how many recipients
         # of each message were reached live
         self.deliver = deliver
-        self._batcher: Batcher[tuple[Outgoing, int], tuple[Written, int]] = Batcher(self._write)
+        self._batcher: Batcher[tuple[Outgoing, int], Done] = Batcher(self._write)
         self._pairs: dict[tuple[int, int], int] = {}
         self._groups: dict[int, int] = {}
         # conversation -> (member epoch, member ids) as last read under the lock
@@ -98,6 +112,9 @@ class LogWriter:
         # left it: the fast path's expectation (see convlog.advance_if)
         self._last: dict[int, tuple[int, int]] = {}
         self._epochs: dict[int, int] = {}
+        # conversations that moved under this node's feet the last time it
+        # locked them: another node writes them too (_write)
+        self._contested: set[int] = set()
         self._conn: Connection | None = None  # the batches' own, checked out once
         # MySQL/MariaDB: the fast path's statements go to the driver itself,
         # both in one round trip, on a connection of the writer's own
@@ -120,7 +137,7 @@ class LogWriter:
         were reached live. Raises Unavailable when it is not in the log."""
         return self.result(self.submit(msg))
 
-    def submit(self, msg: Outgoing) -> AsyncResult[tuple[Written, int]]:
+    def submit(self, msg: Outgoing) -> AsyncResult[Done]:
         """Queue one message for the next batch; `result()` waits for it. A
         connection's pipelined messages then share batches instead of each
         waiting for the commit of the one before."""
@@ -128,11 +145,13 @@ class LogWriter:
         return self._batcher.submit((msg, conv))
 
     @staticmethod
-    def result(pending: AsyncResult[tuple[Written, int]]) -> tuple[Written, int]:
+    def result(pending: AsyncResult[Done]) -> tuple[Written, int]:
         try:
             done = pending.get()
         except ProtocolError as e:  # re-raised as this caller's own (service.handle fills msgid, seq)
             raise ProtocolError(e.errno, e.errmsg) from e
+        if isinstance(done, ProtocolError):  # refused by the log: this message only
+            raise ProtocolError(done.errno, done.errmsg)
         assert done is not None
         return done
 
@@ -181,28 +200,34 @@ class LogWriter:
             raise LookupError(f"group {msg.group} has no conversation")
         return conv
 
-    def _write(self, items: list[tuple[Outgoing, int]]) -> Sequence[tuple[Written, int]]:
-        written: list[Written] | None = None
-        if all(c in self._last for _, c in items):
+    def _write(self, items: list[tuple[Outgoing, int]]) -> Sequence[Done]:
+        done: list[Written | ProtocolError] | None = None
+        # a conversation another node wrote since this one's last batch
+        # (`_contested`: it moved the last time it was locked here) is
+        # locked first: the fast path would only find it moved, roll back
+        # and lock it anyway
+        if all(c in self._last and c not in self._contested for _, c in items):
             try:
-                written = self._run(items, fast=True)
+                done = self._run(items, fast=True)
             except _Moved:
-                written = None
-        if written is None:
-            written = self._run(items, fast=False)
+                done = None
+        if done is None:
+            done = self._run(items, fast=False)
+        written = [w for w in done if isinstance(w, Written)]
         for w in written:  # committed: what this node wrote is where each conversation is
             self._last[w.conv] = (w.seq, self._epochs[w.conv])
         # committed: now, and only now, anyone may hear of it (the whole
         # batch at once: one round trip to the bus for all of it)
         reached = [0] * len(written)
-        if self.deliver is not None:
+        if self.deliver is not None and written:
             try:
                 reached = self.deliver(written)
             except Exception:  # it is in the log: repaired from there
                 log.exception("delivery of a batch of %d failed; it stays in the log", len(written))
-        return list(zip(written, reached, strict=True))
+        live = iter(reached)
+        return [w if isinstance(w, ProtocolError) else (w, next(live)) for w in done]
 
-    def _run(self, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written]:
+    def _run(self, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written | ProtocolError]:
         """_number in one transaction on the writer's connection, committed;
         run again (up to the retry policy's attempts) when it was rolled back
         whole: a deadlock victim, or its connection lost before the commit
@@ -215,10 +240,10 @@ class LogWriter:
                 with driver_errors():
                     if self._conn is None:
                         self._conn = self._engine.connect()
-                    if fast and self._sql is not None:
-                        return self._fast(self._conn, items, sent)
+                    if self._sql is not None:
+                        return self._fast(self._conn, items, sent) if fast else self._locked(self._conn, items, sent)
                     with self._conn.begin() as tx:
-                        written, rows, expected = self._number(self._conn, items, fast)
+                        done, rows, expected = self._number(self._conn, items, fast)
                         if expected is not None:
                             if not convlog.advance_if(self._conn, expected):
                                 raise _Moved
@@ -226,59 +251,97 @@ class LogWriter:
                                                     for r in rows])
                         sent.append(True)
                         tx.commit()
-                    return written
+                    return done
             except Unavailable as e:
-                self._drop()
-                lost = not sent and bool(getattr(e.__cause__, "connection_invalidated", False))
+                invalidated = bool(getattr(e.__cause__, "connection_invalidated", False))
+                # a deadlock victim's connection is sound (its transaction was
+                # rolled back, and by the raw paths here): keep it. Opening
+                # another (PyMySQL builds an SSL context for each) cost more
+                # than the batch
+                if invalidated or not deadlock(e.__cause__):
+                    self._drop()
+                lost = not sent and invalidated
                 if attempt >= self.db.retry.attempts or not (lost or deadlock(e.__cause__)):
                     raise
             time.sleep(self.db.retry.delay(attempt))
             attempt += 1
 
-    def _fast(self, conn: Connection, items: list[tuple[Outgoing, int]], sent: list[bool]) -> list[Written]:
+    def _fast(self, conn: Connection, items: list[tuple[Outgoing, int]],
+              sent: list[bool]) -> list[Written | ProtocolError]:
         """The fast path on MySQL/MariaDB, on the driver's connection: the
         checking UPDATE, the INSERT, the commit (see convlog.FastSql)."""
         assert self._sql is not None
+        done, rows, expected = self._number(conn, items, True)
+        raw = conn.connection.dbapi_connection
+        assert raw is not None and expected is not None
+        dialect = conn.dialect
+        with _raw_transaction(raw, dialect):
+            cur = raw.cursor()
+            try:
+                update, args = self._sql.advance_if(expected)
+                insert, params = self._sql.append(rows)
+                # one round trip for both: the UPDATE's count is checked
+                # before the COMMIT is sent, as if they went one by one
+                _execute(raw, cur, update + ";" + insert, args + params)
+                matched = cur.rowcount
+                try:
+                    cur.nextset()  # the INSERT's result (its error, if any)
+                except dialect.loaded_dbapi.Error:
+                    if matched == len(expected):
+                        raise
+                if matched != len(expected):  # a key the moved conversation already has
+                    raw.rollback()
+                    raise _Moved
+                sent.append(True)
+                raw.commit()
+            finally:
+                cur.close()
+        return done
+
+    def _locked(self, conn: Connection, items: list[tuple[Outgoing, int]],
+                sent: list[bool]) -> list[Written | ProtocolError]:
+        """The locking path on MySQL/MariaDB, on the driver's connection, in
+        two round trips as the fast path: the rows locked and read (SELECT
+        ... FOR UPDATE), then the UPDATE, the INSERT and the COMMIT in one
+        query. Nothing needs checking between them: the rows are locked and
+        their values known, and the server runs no statement of a query
+        after one that failed, so an INSERT's error leaves the COMMIT unsent
+        (the transaction is rolled back here). A group whose member epoch
+        moved has its members read between the two, under the lock."""
+        assert self._sql is not None
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        written, rows, expected = self._number(conn, items, True)
-        assert expected is not None
         dialect = conn.dialect
-        try:
-            with _wrapped(dialect):
-                cur = raw.cursor()
-                try:
-                    update, args = self._sql.advance_if(expected)
-                    insert, params = self._sql.append(rows)
-                    # one round trip for both: the UPDATE's count is checked
-                    # before the COMMIT is sent, as if they went one by one
-                    if raw.server_status & NO_BACKSLASH_ESCAPES:
-                        cur.execute(update + ";" + insert, args + params)  # the driver's quoting
-                    else:
-                        cur.execute(convlog.render(update + ";" + insert, args + params))
-                    matched = cur.rowcount
-                    try:
-                        cur.nextset()  # the INSERT's result (its error, if any)
-                    except dialect.loaded_dbapi.Error:
-                        if matched == len(expected):
-                            raise
-                    if matched != len(expected):  # a key the moved conversation already has
-                        raw.rollback()
-                        raise _Moved
-                    sent.append(True)
-                    raw.commit()
-                finally:
-                    cur.close()
-        except _Moved:
-            raise
-        except BaseException:
-            if not sent:
-                try:
-                    raw.rollback()
-                except Exception:
-                    log.debug("rollback after a failed batch failed", exc_info=True)
-            raise
-        return written
+        with _raw_transaction(raw, dialect):
+            cur = raw.cursor()
+            try:
+                sql, ids = self._sql.lock(c for _, c in items)
+                _execute(raw, cur, sql, ids)
+                state = {int(i): (int(last), int(epoch)) for i, last, epoch in cur.fetchall()}
+                stale = self._stale(items, state)
+                if stale:
+                    sql, ids = self._sql.members(stale)
+                    _execute(raw, cur, sql, ids)
+                    fresh: dict[int, list[int]] = {g: [] for g in stale}
+                    for gid, uid in cur.fetchall():
+                        fresh[int(gid)].append(int(uid))
+                    self._reloaded(stale, state, {g: tuple(m) for g, m in fresh.items()})
+                self._moves(state)
+                done, rows, advanced = self._numbered(items, state)
+                if not rows:
+                    raw.rollback()  # the locks go; nothing was written
+                    return done
+                update, args = self._sql.advance_if(advanced)  # matches: the rows are locked
+                insert, params = self._sql.append(rows)
+                sent.append(True)
+                _execute(raw, cur, update + ";" + insert + ";COMMIT", args + params)
+                if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
+                    log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
+                while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
+                    pass
+            finally:
+                cur.close()
+        return done
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -288,38 +351,73 @@ class LogWriter:
             except Exception:
                 log.debug("closing the writer's connection failed", exc_info=True)
 
+    def _stale(self, items: list[tuple[Outgoing, int]], state: Mapping[int, tuple[int, int]]) -> dict[int, int]:
+        """group -> conversation of the batch's groups whose member list is
+        not the one of the conversation's member epoch (a join or a leave
+        committed since it was read, on any node; or never read here)."""
+        return {m.group: c for m, c in items
+                if m.group is not None and c in state and self._members.get(c, (-1, ()))[0] != state[c][1]}
+
+    def _reloaded(self, stale: Mapping[int, int], state: Mapping[int, tuple[int, int]],
+                  fresh: Mapping[int, tuple[int, ...]]) -> None:
+        for gid, c in stale.items():
+            self._members[c] = (state[c][1], fresh.get(gid, ()))
+
+    def _moves(self, state: Mapping[int, tuple[int, int]]) -> None:
+        """Under the lock: which conversations moved since this node's last
+        commit (another node wrote them, or their members changed). They are
+        locked first the next time (_write)."""
+        for c, now in state.items():
+            if c in self._last and self._last[c] != now:
+                self._contested.add(c)
+            else:
+                self._contested.discard(c)
+
     def _number(self, s: Connection, items: list[tuple[Outgoing, int]], fast: bool) -> tuple[
-            list[Written], list[convlog.Row], dict[int, tuple[int, int, int]] | None]:
-        """Number a batch: its messages as written, their rows, and for the
-        fast path what the checking UPDATE expects (conv -> last_seq,
-        member_epoch, n) from where this node last left each conversation
-        (_Moved when a group's members are known to be stale). The locking
-        path reads (and locks) the rows first, advances them unchecked and
-        returns None."""
-        batch = [m for m, _ in items]
-        convs = [c for _, c in items]
-        now = int(time.time() * 1000)
-        written: list[Written] = []
+            list[Written | ProtocolError], list[convlog.Row], dict[int, tuple[int, int, int]] | None]:
+        """Number a batch in SQLAlchemy's transaction on `s` (or, for the fast
+        path, from where this node last left each conversation): see
+        _numbered. The fast path returns what its checking UPDATE expects
+        (_Moved when a group's members are known to be stale, or when a
+        message would be refused: only the locking path refuses, on what it
+        read under the lock); the locking path reads (and locks) the rows
+        first, advances them unchecked and returns None."""
+        convs = {c for _, c in items}
         if fast:
             state = {c: self._last[c] for c in convs}
-            if any(m.group is not None and self._members.get(c, (-1, ()))[0] != state[c][1]
-                   for m, c in zip(batch, convs, strict=True)):
+            if self._stale(items, state):
                 raise _Moved
-        else:
-            state = convlog.lock_conversations(s, convs)
-            stale = [
-                m.group for m, c in zip(batch, convs, strict=True)
-                if m.group is not None and self._members.get(c, (-1, ()))[0] != state[c][1]
-            ]
-            if stale:
-                fresh = convlog.group_members(s, set(stale))
-                for gid, members in fresh.items():
-                    c = self._groups[gid]
-                    self._members[c] = (state[c][1], members)
+            numbered = self._numbered(items, state)
+            # a refusal needs the log's word, under the lock: this node's
+            # view of a conversation is only checked for those it writes
+            if any(isinstance(d, ProtocolError) for d in numbered[0]):
+                raise _Moved
+            return numbered
+        state = convlog.lock_conversations(s, convs)
+        stale = self._stale(items, state)
+        if stale:
+            self._reloaded(stale, state, convlog.group_members(s, stale))
+        self._moves(state)
+        done, rows, advanced = self._numbered(items, state)
+        convlog.advance(s, {c: n for c, (_, _, n) in advanced.items()})
+        return done, rows, None
+
+    def _numbered(self, items: list[tuple[Outgoing, int]], state: Mapping[int, tuple[int, int]]) -> tuple[
+            list[Written | ProtocolError], list[convlog.Row], dict[int, tuple[int, int, int]]]:
+        """The batch numbered from `state` (conv -> last_seq, member_epoch):
+        each message as written, or refused (its conversation gone, its
+        sender not a member of the group as the log's member epoch has it);
+        the rows to insert; and conv -> (last_seq, member_epoch, n added)."""
+        now = int(time.time() * 1000)
         self._epochs.update({c: epoch for c, (_, epoch) in state.items()})
-        last = {c: state[c][0] for c in state}
+        last = {c: st[0] for c, st in state.items()}
+        done: list[Written | ProtocolError] = []
         rows: list[convlog.Row] = []
-        for m, c in zip(batch, convs, strict=True):
+        for m, c in items:
+            refused = self._refused(m, c, state)
+            if refused is not None:
+                done.append(refused)
+                continue
             last[c] += 1
             seq = last[c]
             body = dict(m.body)
@@ -329,13 +427,67 @@ class LogWriter:
                 recipients: tuple[int, ...] = (m.to,)
             else:
                 recipients = tuple(u for u in self._members[c][1] if u != m.sender)
-            written.append(Written(c, seq, now, m.sender, text, recipients))
+            done.append(Written(c, seq, now, m.sender, text, recipients))
             rows.append((c, seq, m.sender, now, text.decode(), convlog.CHAT))
-        added = {c: n - state[c][0] for c, n in last.items()}
-        if fast:
-            return written, rows, {c: (state[c][0], state[c][1], n) for c, n in added.items()}
-        convlog.advance(s, added)
-        return written, rows, None
+        advanced = {c: (state[c][0], state[c][1], n - state[c][0]) for c, n in last.items() if n != state[c][0]}
+        return done, rows, advanced
+
+    def _refused(self, m: Outgoing, c: int, state: Mapping[int, tuple[int, int]]) -> ProtocolError | None:
+        """Why m may not be numbered, if it may not: the only authority is
+        the log, under the lock (a node's member cache may not have heard of
+        a removal yet)."""
+        if c not in state:  # its conversation was deleted (gchat-admin delete-user)
+            self._forget(m, c)
+            if m.group is not None:
+                return ProtocolError(Errno.NOT_FOUND, f"no group {m.group}")
+            return ProtocolError(Errno.NOT_FOUND, f"no user {m.to}")
+        if m.group is not None:
+            members = self._members[c][1]
+            if not members:  # the group was deleted (its conversation detached)
+                return ProtocolError(Errno.NOT_FOUND, f"no group {m.group}")
+            if m.sender not in members:
+                return ProtocolError(Errno.FORBIDDEN, f"not a member of group {m.group}")
+        return None
+
+    def _forget(self, m: Outgoing, c: int) -> None:
+        """A deleted conversation: the next message to the group (or pair)
+        looks it up again."""
+        for cache in (self._last, self._members, self._epochs):
+            cache.pop(c, None)
+        self._contested.discard(c)
+        if m.group is not None and self._groups.get(m.group) == c:
+            del self._groups[m.group]
+        if m.to is not None and self._pairs.get(convlog.pair_key(m.sender, m.to)) == c:
+            del self._pairs[convlog.pair_key(m.sender, m.to)]
+
+
+def _execute(raw: Any, cur: Any, sql: str, args: list[Any]) -> None:
+    """One query on the driver's cursor, its values bound by the driver's
+    quoting, or by convlog.render's when backslash escapes are on."""
+    if raw.server_status & NO_BACKSLASH_ESCAPES:
+        cur.execute(sql, args)  # the driver's quoting
+    else:
+        cur.execute(convlog.render(sql, args))
+
+
+@contextlib.contextmanager
+def _raw_transaction(raw: Any, dialect: Dialect) -> Iterator[None]:
+    """A transaction on the driver's connection: its errors as SQLAlchemy's
+    (_wrapped), and rolled back on any error but a lost connection (the
+    server rolls that back itself): a deadlock victim's connection stays in
+    use."""
+    try:
+        with _wrapped(dialect):
+            yield
+    except _Moved:
+        raise
+    except BaseException as e:
+        if not getattr(e, "connection_invalidated", False):
+            try:
+                raw.rollback()
+            except Exception:
+                log.debug("rollback after a failed batch failed", exc_info=True)
+        raise
 
 
 def _multi_statement_engine(db: Database) -> Engine:

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from gchat import convlog, store
 from gchat.cluster.redis_keys import online_key
+from gchat.store import Database
 from tests.cluster_support import FAST, Cluster, RedisServer
 from tests.support import Wire, unique, user
 
@@ -127,3 +129,44 @@ def test_the_sweep_delivers_a_last_message_whose_notification_was_lost(cluster: 
     assert (got["msg"], got["cseq"]) == ("lost on the way", lost["cseq"])
     cluster.nodes[1].wait_for_log("sweep: repairing")
     a.close(), b.close()
+
+
+def test_a_removed_member_is_refused_by_a_node_that_has_not_heard_of_the_removal(cluster: Cluster) -> None:
+    """The member is removed in the log as another node removes one
+    (gchat/groups.py: under the conversation's lock, the member epoch
+    raised), but no invalidation reaches node B: its member cache still
+    has the member, so node B lets its message through to the writer. The
+    writer, reading the members under the lock, refuses that message
+    (errno 6), and nobody gets it."""
+    n0, n1 = cluster.nodes[0].address, cluster.nodes[1].address
+    creator, _ = user(n0)
+    other, _ = user(n0)
+    removed, rid = user(n1)
+    gid = creator.request({"msgid": 7, "groupname": unique("g"), "seq": 1})["groupid"]
+    for w in (other, removed):
+        assert w.request({"msgid": 8, "groupid": gid, "seq": 1})["errno"] == 0
+    # node B caches the member list (its service and its writer), the member in it
+    warm = answer(removed, {"msgid": 9, "groupid": gid, "msg": "warm", "seq": 2})
+    assert warm["errno"] == 0 and warm["members"] == 2, warm
+    assert other.recv(30)["msg"] == "warm"
+    db = Database(cluster.database_url)
+    try:
+        with db.transaction() as s:
+            locked = convlog.lock_group(s, gid)
+            assert locked is not None
+            conv = locked[0]
+            assert store.remove_member(s, gid, rid)
+            convlog.leave_group(s, conv, [rid])
+        refused = answer(removed, {"msgid": 9, "groupid": gid, "msg": "after the removal", "seq": 3})
+        assert refused["errno"] == 6 and refused["errmsg"] == f"not a member of group {gid}", refused
+        # the others get nothing from it: the next message they get is the creator's
+        ack = answer(creator, {"msgid": 9, "groupid": gid, "msg": "next", "seq": 4})
+        assert ack["errno"] == 0 and ack["members"] == 1, ack
+        got = other.recv(30)
+        assert (got["msg"], got["cseq"]) == ("next", warm["cseq"] + 1), got
+        with db.transaction() as s:
+            logged = convlog.messages_between(s, conv, warm["cseq"], notices=False)
+        assert [json.loads(m.body)["msg"] for m in logged] == ["next"]
+    finally:
+        db.dispose()
+        creator.close(), other.close(), removed.close()

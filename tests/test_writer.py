@@ -8,10 +8,13 @@ import random
 
 import pymysql.converters
 import pytest
+from sqlalchemy import delete, insert, select
 
 from gchat import convlog, schema, store
 from gchat.convlog import escape_string, render
-from gchat.protocol import loads
+from gchat.errors import Conflict
+from gchat.models import Conversation, Message
+from gchat.protocol import Errno, ProtocolError, loads
 from gchat.store import Database
 from gchat.writer import LogWriter, Outgoing, Written
 
@@ -103,3 +106,77 @@ def test_two_writers_taking_turns_on_one_conversation_keep_one_gap_free_order(ba
     finally:
         db_a.dispose()
         db_b.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_a_message_to_a_group_deleted_meanwhile_is_refused_and_the_rest_of_its_batch_written(
+        backend, mariadb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """gchat-admin deletes the group's last member, and with it the group
+    and its conversation row, while this writer has the conversation
+    cached: a batch naming it refuses that message (errno 7) and writes the
+    others."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/log.db"
+        schema.upgrade(Database(url))
+    else:
+        url = mariadb.create()
+    db = Database(url)
+    try:
+        with db.transaction() as s:
+            a, b, c = (store.create_user(s, name, "x") for name in "abc")
+            gid = store.create_group(s, "g", "", c)
+            convlog.create_group_conversation(s, gid, c)
+        writer = LogWriter(db)
+        assert writer.append(Outgoing(c, {"msgid": 9, "msg": "warm"}, group=gid))[0].seq == 1
+        assert writer.append(Outgoing(a, {"msgid": 5, "msg": "warm"}, to=b))[0].seq == 1
+        with db.transaction() as s:
+            assert store.delete_users(s, [c])["groups"] == 1
+        # one batch: submitted before the writer runs
+        gone = writer.submit(Outgoing(c, {"msgid": 9, "msg": "to nobody"}, group=gid))
+        pair = writer.submit(Outgoing(a, {"msgid": 5, "msg": "still here"}, to=b))
+        with pytest.raises(ProtocolError) as refused:
+            writer.result(gone)
+        assert (refused.value.errno, refused.value.errmsg) == (Errno.NOT_FOUND, f"no group {gid}")
+        w, _ = writer.result(pair)
+        with db.transaction() as s:
+            stored = convlog.messages_between(s, w.conv, 0)
+        assert [(m.seq, loads(m.body)["msg"]) for m in stored] == [(1, "warm"), (2, "still here")]
+        # the group is looked up again, and is not there
+        with pytest.raises(LookupError):
+            writer.submit(Outgoing(a, {"msgid": 9, "msg": "again"}, group=gid))
+        writer.close()
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_a_batch_whose_insert_fails_commits_nothing(backend, mariadb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The locking path sends its UPDATE, INSERT and COMMIT in one query on
+    MariaDB: an INSERT that fails (here a row already holding the number,
+    never expected) must leave the COMMIT unsent, last_seq where it was,
+    and the writer's connection usable for the next batch."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/log.db"
+        schema.upgrade(Database(url))
+    else:
+        url = mariadb.create()
+    db = Database(url)
+    try:
+        with db.transaction() as s:
+            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
+            conv = convlog.create_pair(s, a, b)
+            s.execute(insert(Message), [{"conversation_id": conv, "seq": 1, "sender": a, "created": 0,
+                                         "body": "in the way", "kind": convlog.CHAT}])
+        writer = LogWriter(db)  # knows nothing of the conversation: the locking path
+        with pytest.raises(Conflict):
+            writer.append(Outgoing(a, {"msgid": 5, "msg": "blocked"}, to=b))
+        with db.transaction() as s:
+            assert s.scalar(select(Conversation.last_seq).where(Conversation.id == conv)) == 0
+            s.execute(delete(Message).where(Message.conversation_id == conv))
+        w, _ = writer.append(Outgoing(a, {"msgid": 5, "msg": "through"}, to=b))
+        assert (w.conv, w.seq) == (conv, 1)
+        with db.transaction() as s:
+            assert [loads(m.body)["msg"] for m in convlog.messages_between(s, conv, 0)] == ["through"]
+        writer.close()
+    finally:
+        db.dispose()
