@@ -92,6 +92,16 @@ class Written:
 
 
 Deliver = Callable[[list[Written]], list[int]]
+
+
+@dataclass
+class _Sent:
+    """A batch's query that would commit it is on its way: if the connection
+    is lost before its answer, whether it committed is asked of the log by
+    its first row."""
+
+    done: list[Written | ProtocolError]
+    first: convlog.Row
 # a message of a batch: as written, with how many recipients were reached
 # live; or why the log refused it (that message only: the batch goes on)
 Done = tuple[Written, int] | ProtocolError
@@ -235,7 +245,7 @@ class LogWriter:
         attempt = 1
         while True:
             # set once the COMMIT is on its way: a lost connection then leaves the outcome unknown
-            sent: list[bool] = []
+            sent: list[_Sent | bool] = []
             try:
                 with driver_errors():
                     if self._conn is None:
@@ -261,13 +271,18 @@ class LogWriter:
                 if invalidated or not deadlock(e.__cause__):
                     self._drop()
                 lost = not sent and invalidated
+                if invalidated and sent and isinstance(sent[0], _Sent):
+                    outcome = self._committed(sent[0])
+                    if outcome:
+                        return sent[0].done
+                    lost = outcome is False
                 if attempt >= self.db.retry.attempts or not (lost or deadlock(e.__cause__)):
                     raise
             time.sleep(self.db.retry.delay(attempt))
             attempt += 1
 
     def _fast(self, conn: Connection, items: list[tuple[Outgoing, int]],
-              sent: list[bool]) -> list[Written | ProtocolError]:
+              sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
         """The fast path on MySQL/MariaDB, on the driver's connection: the
         checking UPDATE, the INSERT, the commit (see convlog.FastSql)."""
         assert self._sql is not None
@@ -280,26 +295,29 @@ class LogWriter:
             try:
                 update, args = self._sql.advance_if(expected)
                 insert, params = self._sql.append(rows)
-                # one round trip for both: the UPDATE's count is checked
-                # before the COMMIT is sent, as if they went one by one
-                _execute(raw, cur, update + ";" + insert, args + params)
-                matched = cur.rowcount
+                # one round trip for the whole batch: the server itself
+                # checks the UPDATE's count (the driver's FOUND_ROWS: rows
+                # matched) and signals MOVED when a conversation moved; it
+                # runs no statement of a query after one that failed, so the
+                # INSERT and the COMMIT go only with a batch numbered right
+                sent.append(_Sent(done, rows[0]))
                 try:
-                    cur.nextset()  # the INSERT's result (its error, if any)
-                except dialect.loaded_dbapi.Error:
-                    if matched == len(expected):
-                        raise
-                if matched != len(expected):  # a key the moved conversation already has
-                    raw.rollback()
-                    raise _Moved
-                sent.append(True)
-                raw.commit()
+                    _execute(raw, cur, update + ";" + convlog.check_count(len(expected)) + ";" + insert + ";COMMIT",
+                             args + params)
+                    while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
+                        pass
+                except dialect.loaded_dbapi.Error as e:
+                    if convlog.moved(e):
+                        sent.clear()  # nothing was committed: the transaction is open, rolled back here
+                        raw.rollback()
+                        raise _Moved from None
+                    raise
             finally:
                 cur.close()
         return done
 
     def _locked(self, conn: Connection, items: list[tuple[Outgoing, int]],
-                sent: list[bool]) -> list[Written | ProtocolError]:
+                sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
         """The locking path on MySQL/MariaDB, on the driver's connection, in
         two round trips as the fast path: the rows locked and read (SELECT
         ... FOR UPDATE), then the UPDATE, the INSERT and the COMMIT in one
@@ -333,7 +351,7 @@ class LogWriter:
                     return done
                 update, args = self._sql.advance_if(advanced)  # matches: the rows are locked
                 insert, params = self._sql.append(rows)
-                sent.append(True)
+                sent.append(_Sent(done, rows[0]))
                 _execute(raw, cur, update + ";" + insert + ";COMMIT", args + params)
                 if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
                     log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
@@ -342,6 +360,34 @@ class LogWriter:
             finally:
                 cur.close()
         return done
+
+    def _committed(self, sent: _Sent) -> bool | None:
+        """Whether the batch whose query was lost with its connection
+        committed (its first row is in the log, as numbered); None when
+        that cannot be read either (the database still away)."""
+        assert self._sql is not None
+        conv, seq, sender, created, *_ = sent.first
+        try:
+            with driver_errors():
+                self._conn = self._engine.connect()
+                raw = self._conn.connection.dbapi_connection
+                assert raw is not None
+                with _wrapped(self._conn.dialect):
+                    cur = raw.cursor()
+                    try:
+                        sql, args = self._sql.committed(conv, seq)
+                        cur.execute(sql, args)
+                        row = cur.fetchone()
+                    finally:
+                        cur.close()
+                    raw.rollback()
+        except Unavailable:
+            self._drop()
+            return None
+        committed = row is not None and (int(row[0]), int(row[1])) == (sender, created)
+        log.warning("the database connection was lost during a batch's commit: it %s",
+                    "committed" if committed else "did not commit, and runs again")
+        return committed
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
