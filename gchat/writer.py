@@ -21,20 +21,22 @@ a time): a checkout per batch, with its ping and the ORM session around it,
 was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
 (not the pool's) and may carry several statements per query, sent to the
 driver itself (convlog.FastSql; round trips and SQLAlchemy's execution per
-statement were most of a batch's CPU). Either way a batch is two round
-trips:
+statement were most of a batch's CPU):
 - the fast path (this node wrote the conversations last, and no other node
-  has been seen writing them): the UPDATE that checks this node's last_seq
-  and member epoch, with the INSERT; its count read, then the COMMIT (or a
-  rollback and the locking path);
+  has been seen writing them), one round trip: the UPDATE that checks this
+  node's last_seq and member epoch, the server's own check of its count
+  (convlog.check_count: it signals, and runs nothing more, when a
+  conversation moved: a rollback and the locking path), the INSERT and the
+  COMMIT;
 - the locking path (conversations another node writes too, `_contested`:
   the fast path would only fail on them): the lock's SELECT; then the
   UPDATE, the INSERT and the COMMIT in one query (the server runs nothing
   after a failed statement, so the COMMIT goes only with the rows).
 A driver error but a deadlock drops the connection (the next batch opens a
-fresh one); a batch that lost its connection before its COMMIT was sent,
-or was a deadlock victim, is run again as store.Database.run would, as it
-was rolled back whole.
+fresh one); a batch that was a deadlock victim is run again as
+store.Database.run would, as it was rolled back whole; a batch whose
+connection was lost during the query holding its COMMIT is looked up in the
+log by its first row (_committed): answered if it is there, run again if not.
 
 Under load a batch holds tens of messages and they share the commit (and its
 fsync); alone, a message is a batch of one.
@@ -319,7 +321,7 @@ class LogWriter:
     def _locked(self, conn: Connection, items: list[tuple[Outgoing, int]],
                 sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
         """The locking path on MySQL/MariaDB, on the driver's connection, in
-        two round trips as the fast path: the rows locked and read (SELECT
+        two round trips: the rows locked and read (SELECT
         ... FOR UPDATE), then the UPDATE, the INSERT and the COMMIT in one
         query. Nothing needs checking between them: the rows are locked and
         their values known, and the server runs no statement of a query
