@@ -336,6 +336,25 @@ def escape_string(s: str) -> str:
     return s
 
 
+# The fast path's check, run by the server between its UPDATE and its INSERT
+# (MariaDB runs IF outside stored programs): the UPDATE's count (found rows:
+# the writer's connection has FOUND_ROWS) must be the batch's conversations,
+# or the server signals MOVED and runs nothing more of the query.
+MOVED = "gchat: a conversation moved"
+_SIGNAL = 1644  # ER_SIGNAL_EXCEPTION: an unhandled user SIGNAL
+
+
+def check_count(n: int) -> str:
+    """The statement that signals MOVED unless the previous one matched n rows."""
+    return f"IF ROW_COUNT() <> {int(n)} THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{MOVED}'; END IF"
+
+
+def moved(e: BaseException) -> bool:
+    """e is the driver's error for check_count's signal."""
+    args: tuple[object, ...] = tuple(getattr(e, "args", ()))
+    return args[:2] == (_SIGNAL, MOVED)
+
+
 def render(sql: str, args: Sequence[object]) -> str:
     """sql's "%s" placeholders bound to args, as the driver's mogrify would
     bind them (this module's statements take only ints and strings), for a
@@ -398,6 +417,17 @@ class FastSql:
         stmt = (select(GROUP_USER.c.groupid, GROUP_USER.c.userid).where(GROUP_USER.c.groupid.in_(ids))
                 .order_by(GROUP_USER.c.groupid, GROUP_USER.c.userid))
         return self._render(stmt, [f"g{k}" for k in range(n)])
+
+    @functools.cached_property
+    def _committed(self) -> str:
+        stmt = select(MESSAGE.c.sender, MESSAGE.c.created).where(
+            MESSAGE.c.conversation_id == bindparam("c"), MESSAGE.c.seq == bindparam("s"))
+        return self._render(stmt, ["c", "s"])
+
+    def committed(self, conv: int, seq: int) -> tuple[str, list[int]]:
+        """The sender and time of the message at (conv, seq), if any: did a
+        batch whose connection was lost during its query commit?"""
+        return self._committed, [conv, seq]
 
     def lock(self, conv_ids: Iterable[int]) -> tuple[str, list[int]]:
         """lock_conversations' SELECT ... FOR UPDATE: rows (id, last_seq,

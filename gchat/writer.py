@@ -21,20 +21,22 @@ a time): a checkout per batch, with its ping and the ORM session around it,
 was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
 (not the pool's) and may carry several statements per query, sent to the
 driver itself (convlog.FastSql; round trips and SQLAlchemy's execution per
-statement were most of a batch's CPU). Either way a batch is two round
-trips:
+statement were most of a batch's CPU):
 - the fast path (this node wrote the conversations last, and no other node
-  has been seen writing them): the UPDATE that checks this node's last_seq
-  and member epoch, with the INSERT; its count read, then the COMMIT (or a
-  rollback and the locking path);
+  has been seen writing them), one round trip: the UPDATE that checks this
+  node's last_seq and member epoch, the server's own check of its count
+  (convlog.check_count: it signals, and runs nothing more, when a
+  conversation moved: a rollback and the locking path), the INSERT and the
+  COMMIT;
 - the locking path (conversations another node writes too, `_contested`:
   the fast path would only fail on them): the lock's SELECT; then the
   UPDATE, the INSERT and the COMMIT in one query (the server runs nothing
   after a failed statement, so the COMMIT goes only with the rows).
 A driver error but a deadlock drops the connection (the next batch opens a
-fresh one); a batch that lost its connection before its COMMIT was sent,
-or was a deadlock victim, is run again as store.Database.run would, as it
-was rolled back whole.
+fresh one); a batch that was a deadlock victim is run again as
+store.Database.run would, as it was rolled back whole; a batch whose
+connection was lost during the query holding its COMMIT is looked up in the
+log by its first row (_committed): answered if it is there, run again if not.
 
 Under load a batch holds tens of messages and they share the commit (and its
 fsync); alone, a message is a batch of one.
@@ -92,6 +94,16 @@ class Written:
 
 
 Deliver = Callable[[list[Written]], list[int]]
+
+
+@dataclass
+class _Sent:
+    """A batch's query that would commit it is on its way: if the connection
+    is lost before its answer, whether it committed is asked of the log by
+    its first row."""
+
+    done: list[Written | ProtocolError]
+    first: convlog.Row
 # a message of a batch: as written, with how many recipients were reached
 # live; or why the log refused it (that message only: the batch goes on)
 Done = tuple[Written, int] | ProtocolError
@@ -235,7 +247,7 @@ class LogWriter:
         attempt = 1
         while True:
             # set once the COMMIT is on its way: a lost connection then leaves the outcome unknown
-            sent: list[bool] = []
+            sent: list[_Sent | bool] = []
             try:
                 with driver_errors():
                     if self._conn is None:
@@ -261,13 +273,18 @@ class LogWriter:
                 if invalidated or not deadlock(e.__cause__):
                     self._drop()
                 lost = not sent and invalidated
+                if invalidated and sent and isinstance(sent[0], _Sent):
+                    outcome = self._committed(sent[0])
+                    if outcome:
+                        return sent[0].done
+                    lost = outcome is False
                 if attempt >= self.db.retry.attempts or not (lost or deadlock(e.__cause__)):
                     raise
             time.sleep(self.db.retry.delay(attempt))
             attempt += 1
 
     def _fast(self, conn: Connection, items: list[tuple[Outgoing, int]],
-              sent: list[bool]) -> list[Written | ProtocolError]:
+              sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
         """The fast path on MySQL/MariaDB, on the driver's connection: the
         checking UPDATE, the INSERT, the commit (see convlog.FastSql)."""
         assert self._sql is not None
@@ -280,28 +297,31 @@ class LogWriter:
             try:
                 update, args = self._sql.advance_if(expected)
                 insert, params = self._sql.append(rows)
-                # one round trip for both: the UPDATE's count is checked
-                # before the COMMIT is sent, as if they went one by one
-                _execute(raw, cur, update + ";" + insert, args + params)
-                matched = cur.rowcount
+                # one round trip for the whole batch: the server itself
+                # checks the UPDATE's count (the driver's FOUND_ROWS: rows
+                # matched) and signals MOVED when a conversation moved; it
+                # runs no statement of a query after one that failed, so the
+                # INSERT and the COMMIT go only with a batch numbered right
+                sent.append(_Sent(done, rows[0]))
                 try:
-                    cur.nextset()  # the INSERT's result (its error, if any)
-                except dialect.loaded_dbapi.Error:
-                    if matched == len(expected):
-                        raise
-                if matched != len(expected):  # a key the moved conversation already has
-                    raw.rollback()
-                    raise _Moved
-                sent.append(True)
-                raw.commit()
+                    _execute(raw, cur, update + ";" + convlog.check_count(len(expected)) + ";" + insert + ";COMMIT",
+                             args + params)
+                    while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
+                        pass
+                except dialect.loaded_dbapi.Error as e:
+                    if convlog.moved(e):
+                        sent.clear()  # nothing was committed: the transaction is open, rolled back here
+                        raw.rollback()
+                        raise _Moved from None
+                    raise
             finally:
                 cur.close()
         return done
 
     def _locked(self, conn: Connection, items: list[tuple[Outgoing, int]],
-                sent: list[bool]) -> list[Written | ProtocolError]:
+                sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
         """The locking path on MySQL/MariaDB, on the driver's connection, in
-        two round trips as the fast path: the rows locked and read (SELECT
+        two round trips: the rows locked and read (SELECT
         ... FOR UPDATE), then the UPDATE, the INSERT and the COMMIT in one
         query. Nothing needs checking between them: the rows are locked and
         their values known, and the server runs no statement of a query
@@ -333,7 +353,7 @@ class LogWriter:
                     return done
                 update, args = self._sql.advance_if(advanced)  # matches: the rows are locked
                 insert, params = self._sql.append(rows)
-                sent.append(True)
+                sent.append(_Sent(done, rows[0]))
                 _execute(raw, cur, update + ";" + insert + ";COMMIT", args + params)
                 if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
                     log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
@@ -342,6 +362,34 @@ class LogWriter:
             finally:
                 cur.close()
         return done
+
+    def _committed(self, sent: _Sent) -> bool | None:
+        """Whether the batch whose query was lost with its connection
+        committed (its first row is in the log, as numbered); None when
+        that cannot be read either (the database still away)."""
+        assert self._sql is not None
+        conv, seq, sender, created, *_ = sent.first
+        try:
+            with driver_errors():
+                self._conn = self._engine.connect()
+                raw = self._conn.connection.dbapi_connection
+                assert raw is not None
+                with _wrapped(self._conn.dialect):
+                    cur = raw.cursor()
+                    try:
+                        sql, args = self._sql.committed(conv, seq)
+                        cur.execute(sql, args)
+                        row = cur.fetchone()
+                    finally:
+                        cur.close()
+                    raw.rollback()
+        except Unavailable:
+            self._drop()
+            return None
+        committed = row is not None and (int(row[0]), int(row[1])) == (sender, created)
+        log.warning("the database connection was lost during a batch's commit: it %s",
+                    "committed" if committed else "did not commit, and runs again")
+        return committed
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

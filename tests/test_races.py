@@ -247,3 +247,51 @@ def test_the_writer_survives_its_connection_killed_between_batches(mariadb) -> N
         writer.close()
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("reached", [True, False], ids=["committed", "never-ran"])
+def test_a_batch_whose_connection_is_lost_during_its_commit_is_logged_once(mariadb, monkeypatch, reached) -> None:  # type: ignore[no-untyped-def]
+    """The writer sends a batch's statements and its COMMIT in one query. If
+    the connection is lost before the answer, the writer asks the log (on a
+    fresh connection) whether the batch's first row is there: committed, the
+    senders are answered as written (running it again would log every
+    message twice); not committed, it runs again. Either way each message is
+    in the log once, numbered without a gap."""
+    import pymysql
+
+    from gchat import writer as writer_mod
+    from gchat.store import Database
+    from gchat.writer import LogWriter, Outgoing
+
+    db = Database(mariadb.create())
+    try:
+        with db.transaction() as s:
+            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
+        writer = LogWriter(db)
+        first, _ = writer.append(Outgoing(a, {"msg": "one"}, to=b))
+        real = writer_mod._execute
+        lost: list[bool] = []
+
+        def execute_then_lose(raw, cur, sql, args):  # type: ignore[no-untyped-def]
+            if "COMMIT" in sql and not lost:
+                lost.append(True)
+                if reached:
+                    real(raw, cur, sql, args)
+                    while cur.nextset():
+                        pass
+                raw.close()  # the socket goes, as with a network cut
+                raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+            real(raw, cur, sql, args)
+
+        monkeypatch.setattr(writer_mod, "_execute", execute_then_lose)
+        second, _ = writer.append(Outgoing(a, {"msg": "two"}, to=b))
+        third, _ = writer.append(Outgoing(a, {"msg": "three"}, to=b))
+        assert lost == [True]
+        assert [second.seq, third.seq] == [first.seq + 1, first.seq + 2]
+        with db.transaction() as s:
+            logged = convlog.messages_between(s, first.conv, 0)
+        assert [m.seq for m in logged] == [first.seq, second.seq, third.seq]
+        assert ['"two"' in m.body for m in logged] == [False, True, False]
+        writer.close()
+    finally:
+        db.dispose()
