@@ -195,10 +195,19 @@ class Sessions:
     # --- deliveries ----------------------------------------------------------
 
     def own(self, user_id: int, conv: int, seq: int) -> None:
-        """The user sent seq itself: nothing to hand over."""
+        """The user sent seq itself: nothing to hand over. Only a track the
+        session has is told: seq says nothing of the numbers below it. A
+        conversation new to the session (its first message, or one whose
+        earlier messages are still on their way: parked for a repair, or
+        behind on the bus) starts at the delivered cursor when its first
+        delivery comes, and its repair skips the user's own messages; a
+        track made here as `Track(seq - 1)` counted those earlier messages
+        as had, dropped them, and moved the cursor past them."""
         sess = self._by_user.get(user_id)
         if sess is not None and sess.ready:
-            sess.tracks.setdefault(conv, Track(seq - 1)).take(seq)
+            track = sess.tracks.get(conv)
+            if track is not None:
+                track.take(seq)
 
     def offer(self, user_id: int, conv: int, seq: int, body: bytes) -> bool:
         """A delivery for a user of this node: pushed, dropped as a
