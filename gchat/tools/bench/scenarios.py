@@ -407,13 +407,15 @@ class OneToOne(Worker):
     latency runs from the *scheduled* send time."""
 
     def prepare(self) -> None:
-        # (global user index, user, its connection, its partner)
+        # (send phase in 2N-ths of the interval, user, its connection, its partner)
         self.users: list[tuple[int, accounts.Account, Conn, accounts.Account]] = []
         for i, wire in self.task["pairs"]:
             a, b = accounts.from_wire(wire)
             ia, ib = pair_nodes(self.opts, i)
             ca, cb = _login(self.opts, ia, a), _login(self.opts, ib, b)
-            self.users += [(2 * i, a, ca, b), (2 * i + 1, b, cb, a)]
+            # send phases: a pair's two users half an interval apart, all phases spread evenly
+            n = self.opts.pairs
+            self.users += [(i, a, ca, b), (i + n, b, cb, a)]
         self.sent_by: dict[int, int] = defaultdict(int)
         self.seen: dict[int, bytearray] = {a.id: bytearray(1024) for _, a, _, _ in self.users}
         self.unique = 0
@@ -440,6 +442,20 @@ class OneToOne(Worker):
         out["unique"] = self.unique
         out["dups"] = self.dups
         out["lost"] = self.sent - self.unique
+        out["lost_samples"] = self._missing(5)
+        return out
+
+    def _missing(self, limit: int) -> list[str]:
+        """The first few messages that did not arrive, to tell a loss at
+        login (one user's first messages) from a loss in flight."""
+        out: list[str] = []
+        for _, a, _, partner in self.users:
+            seen = self.seen[partner.id]
+            gaps = [n for n in range(self.sent_by.get(a.id, 0)) if n >= len(seen) or not seen[n]]
+            if gaps:
+                out.append(f"{a.id}->{partner.id}: {len(gaps)} of {self.sent_by[a.id]}, first {gaps[:5]}")
+            if len(out) >= limit:
+                break
         return out
 
     def _send(self, a: accounts.Account, conn: Conn, partner: accounts.Account, first: float, interval: float,
@@ -492,6 +508,7 @@ def merge_onetoone(results: list[Result], opts: Options) -> Result:
     out = _merge_common(results, opts, deliveries=sum(r["received"] for r in results))
     out["unique"] = sum(r["unique"] for r in results)
     out["duplicates"] = sum(r["dups"] for r in results)
+    out["lost_samples"] = [x for r in results for x in r["lost_samples"]][:5]
     out["pairs"] = opts.pairs
     out["local"] = opts.local
     out["offered_msgs_per_s"] = opts.rate
