@@ -2,6 +2,7 @@
 
     gchat-bench pingpong --server 127.0.0.1:6000 --pairs 50 --server-pid PID
     gchat-bench group --members 50 --rate 2000 --procs 2
+    gchat-bench onetoone --pairs 100 --rate 1000 --procs 2 --resume --users-file users.jsonl
     gchat-bench login --users 1000 --concurrency 30 --register
     gchat-bench login --users 20000 --concurrency 200 --resume --users-file users.jsonl
     gchat-bench connections --users 50000 --sources 127.0.0.1,127.0.0.2 --users-file users.jsonl
@@ -17,7 +18,8 @@ With `--server-pid` (repeatable: the nodes of a cluster) it reads the
 server's CPU time and memory from /proc. A bench process that used more than
 90% of a core is reported: its figures then measure the bench, not the server.
 A cluster variant is any scenario run with several `--server` (users spread
-round-robin: every pingpong pair spans two nodes) or through nginx.
+round-robin: every pingpong or onetoone pair spans two nodes; onetoone
+--local keeps each pair on one node) or through nginx.
 
 No monkey patching: the bench uses gevent's sockets explicitly, so the
 parent's blocking waits (pipes, /proc) stay plain.
@@ -221,17 +223,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-pid", action="append", type=int, default=[], metavar="PID",
                    help="read this Redis server's CPU from /proc, reported beside the server's (repeatable)")
     p.add_argument("--procs", type=int, default=1, help="bench processes (default 1)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of load (pingpong, group)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load (pingpong, group, onetoone)")
     p.add_argument("--drain", type=float, default=10.0, help="seconds to wait for messages still on their way")
-    p.add_argument("--pairs", type=int, default=50, help="pingpong, offline: pairs of users")
+    p.add_argument("--pairs", type=int, default=50, help="pingpong, onetoone, offline: pairs of users")
     p.add_argument("--members", type=int, default=50, help="group: members, all online, all sending")
-    p.add_argument("--rate", type=float, default=2000.0, help="group: messages per second offered, in total")
+    p.add_argument("--rate", type=float, default=2000.0, help="group, onetoone: messages per second offered, in total")
+    p.add_argument("--local", action="store_true",
+                   help="onetoone: both users of a pair on one node (pairs round-robin over --server), "
+                        "so no message crosses; default: users round-robin, every pair spans two nodes")
     p.add_argument("--messages", type=int, default=1000, help="offline: messages stored per receiver")
     p.add_argument("--users", type=int, default=1000, help="login, connections, crowd: users")
     p.add_argument("--concurrency", type=int, default=10, help="login, connections, crowd: logins at once (in total)")
     p.add_argument("--register", action="store_true", help="login: register each user in the storm too")
     p.add_argument("--resume", action="store_true",
-                   help="login, connections: log in with resume tokens (fetched once, kept in --users-file)")
+                   help="login, connections, onetoone: log in with resume tokens (fetched once, kept in --users-file)")
     p.add_argument("--hold", type=float, default=5.0, help="connections: seconds to hold them open; "
                                                                 "crowd: seconds idle before the nodes are sampled")
     p.add_argument("--redis-url", default="", help="crowd: the cluster's Redis (broadcasts, who is online)")

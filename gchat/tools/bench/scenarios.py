@@ -51,6 +51,7 @@ class Options:
     users: int = 1000
     concurrency: int = 10
     resume: bool = False
+    local: bool = False  # onetoone: both users of a pair on one node
     register: bool = False
     hold: float = 5.0
     users_file: str = ""
@@ -379,6 +380,141 @@ def merge_group(results: list[Result], opts: Options) -> Result:
     return out
 
 
+# --- onetoone: N pairs, each user writing to its partner, open loop --------
+
+
+def plan_onetoone(opts: Options) -> list[Task]:
+    users = accounts.ensure(opts.servers[0], 2 * opts.pairs, opts.users_file, opts.setup_concurrency)
+    if opts.resume:  # log in by token: the runs of a sweep do not each pay 2N password hashes
+        accounts.fetch_tokens(opts.servers[0], users, opts.users_file, opts.setup_concurrency)
+    pairs = [(i, users[2 * i], users[2 * i + 1]) for i in range(opts.pairs)]
+    # a pair stays in one bench process, so the process knows when its drain is over
+    return [{"pairs": [(i, accounts.to_wire([a, b])) for i, a, b in share]} for share in _split(pairs, opts.procs)]
+
+
+def pair_nodes(opts: Options, i: int) -> tuple[int, int]:
+    """The indexes (for Options.address) of pair i's two users. Round-robin
+    by user (2i, 2i+1): on two or three nodes every pair spans two nodes.
+    --local: both on pair i's node, so the nodes carry the same users and the
+    same load, and no message crosses."""
+    return (i, i) if opts.local else (2 * i, 2 * i + 1)
+
+
+class OneToOne(Worker):
+    """Every user sends to its partner every 2N/rate seconds, whatever came
+    back (open loop, unlike pingpong), so the offered rate is the rate asked
+    and a server that falls behind shows it in the latency. As in `group`,
+    latency runs from the *scheduled* send time."""
+
+    def prepare(self) -> None:
+        # (send phase in 2N-ths of the interval, user, its connection, its partner)
+        self.users: list[tuple[int, accounts.Account, Conn, accounts.Account]] = []
+        for i, wire in self.task["pairs"]:
+            a, b = accounts.from_wire(wire)
+            ia, ib = pair_nodes(self.opts, i)
+            ca, cb = _login(self.opts, ia, a), _login(self.opts, ib, b)
+            # send phases: a pair's two users half an interval apart, all phases spread evenly
+            n = self.opts.pairs
+            self.users += [(i, a, ca, b), (i + n, b, cb, a)]
+        self.sent_by: dict[int, int] = defaultdict(int)
+        self.seen: dict[int, bytearray] = {a.id: bytearray(1024) for _, a, _, _ in self.users}
+        self.unique = 0
+        self.dups = 0
+
+    def run(self, go: float) -> Result:
+        readers = [gevent.spawn(self._read, a, c, partner) for _, a, c, partner in self.users]
+        n_all = 2 * self.opts.pairs
+        interval = n_all / self.opts.rate
+        stop = go + self.opts.duration
+        senders = [gevent.spawn(self._send, a, c, partner, go + interval * (k / n_all), interval, stop)
+                   for k, a, c, partner in self.users]
+        gevent.joinall(senders)
+        end = time.monotonic()
+        # drain: until every message sent here has arrived (both ends of a pair
+        # are in this process), or the drain limit
+        while self.unique < self.sent and time.monotonic() < end + self.opts.drain:
+            gevent.sleep(0.05)
+        gevent.killall(readers)
+        for _, _, c, _ in self.users:
+            c.close()
+        out = self.base()
+        out["window"] = end - go
+        out["unique"] = self.unique
+        out["dups"] = self.dups
+        out["lost"] = self.sent - self.unique
+        out["lost_samples"] = self._missing(5)
+        return out
+
+    def _missing(self, limit: int) -> list[str]:
+        """The first few messages that did not arrive, to tell a loss at
+        login (one user's first messages) from a loss in flight."""
+        out: list[str] = []
+        for _, a, _, partner in self.users:
+            seen = self.seen[partner.id]
+            gaps = [n for n in range(self.sent_by.get(a.id, 0)) if n >= len(seen) or not seen[n]]
+            if gaps:
+                out.append(f"{a.id}->{partner.id}: {len(gaps)} of {self.sent_by[a.id]}, first {gaps[:5]}")
+            if len(out) >= limit:
+                break
+        return out
+
+    def _send(self, a: accounts.Account, conn: Conn, partner: accounts.Account, first: float, interval: float,
+              stop: float) -> None:
+        seq, n, t = self.opts.acks, 0, first
+        base_ns = time.monotonic_ns() - int(time.monotonic() * 1e9)
+        while t < stop:
+            _sleep_until(t)
+            try:
+                conn.sock.sendall(_chat(a, partner.id, n, int(t * 1e9) + base_ns, seq) + conn.terminator)
+            except OSError as e:
+                self.error(f"send {a.id}: {e}")
+                return
+            self.sent += 1
+            n += 1
+            self.sent_by[a.id] = n
+            t = first + n * interval
+
+    def _read(self, me: accounts.Account, conn: Conn, partner: accounts.Account) -> None:
+        seen = self.seen[me.id]
+        lat = self.lat
+        while True:  # the measured path, as in PingPong._read
+            try:
+                frames = conn.read_frames()
+            except GchatError as e:
+                self.error(f"user {me.id}: {e}")
+                return
+            now = time.monotonic_ns()
+            for frame in frames:
+                t = read_tag(frame)
+                if t is None:
+                    self._count_reply(frame)
+                    continue
+                sender, n, sent_ns = t
+                self.received += 1
+                lat.add_ns(now - sent_ns)
+                if sender != partner.id:
+                    self.error(f"user {me.id}: a message from {sender}, not from its partner {partner.id}")
+                    continue
+                if n >= len(seen):
+                    seen.extend(bytes(max(n + 1 - len(seen), len(seen))))
+                if seen[n]:
+                    self.dups += 1
+                else:
+                    seen[n] = 1
+                    self.unique += 1
+
+
+def merge_onetoone(results: list[Result], opts: Options) -> Result:
+    out = _merge_common(results, opts, deliveries=sum(r["received"] for r in results))
+    out["unique"] = sum(r["unique"] for r in results)
+    out["duplicates"] = sum(r["dups"] for r in results)
+    out["lost_samples"] = [x for r in results for x in r["lost_samples"]][:5]
+    out["pairs"] = opts.pairs
+    out["local"] = opts.local
+    out["offered_msgs_per_s"] = opts.rate
+    return out
+
+
 # --- offline: messages to an offline user, then the login that drains them --
 
 
@@ -571,6 +707,7 @@ WORKERS: dict[str, type[Worker]] = {
     "crowd": crowd.Crowd,
     "pingpong": PingPong,
     "group": Group,
+    "onetoone": OneToOne,
     "offline": Offline,
     "login": Login,
     "connections": Connections,
@@ -579,6 +716,7 @@ PLANS = {
     "crowd": crowd.plan_crowd,
     "pingpong": plan_pingpong,
     "group": plan_group,
+    "onetoone": plan_onetoone,
     "offline": plan_offline,
     "login": plan_login,
     "connections": plan_connections,
@@ -587,6 +725,7 @@ MERGES = {
     "crowd": crowd.merge_crowd,
     "pingpong": merge_pingpong,
     "group": merge_group,
+    "onetoone": merge_onetoone,
     "offline": merge_offline,
     "login": merge_login,
     "connections": merge_connections,
