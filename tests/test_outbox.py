@@ -106,14 +106,18 @@ def test_a_reply_the_kernel_takes_whole_is_written_at_once_without_a_writer() ->
     assert not h.outbox.writing and len(h.outbox) == 0
 
 
-def test_pushes_are_written_in_order_by_one_writer_in_few_sends() -> None:
+def test_a_lone_push_goes_at_once_and_a_burst_in_one_send_by_the_writer() -> None:
     h = Harness()
-    for i in range(50):
+    for i in range(50):  # in one iteration of the event loop
         h.outbox.push(b"m%d" % i, 7)
-    assert h.outbox.writing and h.sink.messages() == []  # queued, the caller went on
+    # the first written by the caller, the others queued for the writer
+    assert h.outbox.writing and h.sink.messages() == [b"m0"]
     until(lambda: len(h.outbox) == 0)
     assert h.sink.messages() == [b"m%d" % i for i in range(50)]
-    assert h.sink.sends == 1  # one burst, one send
+    assert h.sink.sends == 2  # the lone one, then the burst in one send
+    gevent.sleep(0.01)  # a later iteration: alone again, at once
+    h.outbox.push(b"later", 7)
+    assert h.sink.messages()[-1] == b"later" and h.sink.sends == 3
 
 
 class StampedSink(Sink):
@@ -279,7 +283,8 @@ def test_a_store_outage_loses_the_batch_with_an_error_logged_and_raises_nothing(
 
 def test_an_idle_writer_retires_after_a_whole_sweep_and_comes_back_on_demand() -> None:
     h = Harness()
-    h.outbox.push(b"a", 7)
+    h.outbox.push(b"a", 7)  # at once
+    h.outbox.push(b"a2", 7)  # the same iteration: the writer's
     until(lambda: len(h.outbox) == 0)
     assert h.outbox.writing  # parked
     h.outbox.retire_if_idle()  # it wrote since the last sweep: kept
@@ -288,9 +293,10 @@ def test_an_idle_writer_retires_after_a_whole_sweep_and_comes_back_on_demand() -
     h.outbox.retire_if_idle()  # idle for a whole sweep
     until(lambda: not h.outbox.writing)
     h.outbox.push(b"b", 7)
+    h.outbox.push(b"c", 7)
     assert h.outbox.writing
     until(lambda: len(h.outbox) == 0)
-    assert h.sink.messages() == [b"a", b"b"]
+    assert h.sink.messages() == [b"a", b"a2", b"b", b"c"]
 
 
 def test_closing_writes_what_is_queued_then_the_writer_ends() -> None:
@@ -327,6 +333,7 @@ def test_finishing_with_nothing_queued_does_not_wait_for_the_flush_deadline() ->
     flush timeout after every disconnect."""
     h = Harness()
     h.outbox.push(b"a", 7)
+    h.outbox.push(b"a2", 7)  # the writer's
     until(lambda: len(h.outbox) == 0)
     assert h.outbox.writing  # parked
     with gevent.Timeout(2, AssertionError("finish waited out its deadline")):
