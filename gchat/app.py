@@ -157,6 +157,7 @@ def build(settings: Settings) -> App:
         resume_ttl=settings.resume_ttl,
         cache=Cache(settings.cache_groups),
         friend_requests=settings.friend_requests,
+        log_linger=settings.log_linger,
         sync_max=settings.sync_max,
         sync_bytes=settings.sync_bytes,
         counts=counts,

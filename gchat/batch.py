@@ -30,10 +30,15 @@ MAX_BATCH = 500
 
 
 class Batcher(Generic[K, V]):
-    def __init__(self, run: Callable[[list[K]], Sequence[V]], max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, run: Callable[[list[K]], Sequence[V]], max_batch: int = MAX_BATCH,
+                 linger: float = 0.0) -> None:
         """`run(keys)` returns one result per key, in order. An exception it
-        raises is raised to every caller of that batch."""
+        raises is raised to every caller of that batch. `linger`: seconds to
+        wait before a batch that follows another at once (calls kept coming
+        while the last one ran), so that it gathers more; the first batch
+        after a quiet spell goes at once."""
         self._run = run
+        self._linger = linger
         self._max = max_batch
         self._pending: list[tuple[K, AsyncResult[V]]] = []
         self._worker: gevent.Greenlet[[], None] | None = None
@@ -52,7 +57,11 @@ class Batcher(Generic[K, V]):
 
     def _drain(self) -> None:
         try:
+            first = True
             while self._pending:
+                if not first and self._linger and len(self._pending) < self._max:
+                    gevent.sleep(self._linger)
+                first = False
                 batch, self._pending = self._pending[: self._max], self._pending[self._max :]
                 try:
                     values = self._run([key for key, _ in batch])

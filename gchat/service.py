@@ -97,6 +97,8 @@ class Services:
     # the classic ADD_FRIEND (msgid 6) sends a friend request instead of
     # adding at once (docs/protocol.md section F)
     friend_requests: bool = False
+    # seconds the log's writer waits to gather a busy stream's next batch (Settings.log_linger)
+    log_linger: float = 0.0
     # who blocked a user: hidden in its login reply's member lists (section F)
     blockers: Batcher[int, set[int]] = field(init=False, repr=False)
     # whom a user blocked: read by every chat to it, cached from its login
@@ -112,7 +114,7 @@ class Services:
     def __post_init__(self) -> None:
         self.users_by_id = Batcher(self._load_users)
         self.session_data = Batcher(self._open_sessions)
-        self.writer = LogWriter(self.db, self.router.deliver_logged)
+        self.writer = LogWriter(self.db, self.router.deliver_logged, linger=self.log_linger)
         self.receipts = Batcher(self._write_receipts)
         self.watchers = Batcher(self.load_watchers)
         self.blockers = Batcher(self._load_blockers)

@@ -110,12 +110,12 @@ Done = tuple[Written, int] | ProtocolError
 
 
 class LogWriter:
-    def __init__(self, db: Database, deliver: Deliver | None = None) -> None:
+    def __init__(self, db: Database, deliver: Deliver | None = None, linger: float = 0.0) -> None:
         self.db = db
         # called with each committed batch, in seq order: how many recipients
         # of each message were reached live
         self.deliver = deliver
-        self._batcher: Batcher[tuple[Outgoing, int], Done] = Batcher(self._write)
+        self._batcher: Batcher[tuple[Outgoing, int], Done] = Batcher(self._write, linger=linger)
         self._pairs: dict[tuple[int, int], int] = {}
         self._groups: dict[int, int] = {}
         # conversation -> (member epoch, member ids) as last read under the lock

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import gevent
@@ -27,6 +28,38 @@ def test_callers_arriving_during_a_batch_share_the_next_one() -> None:
     assert [j.value for j in jobs] == [10, 20, 30, 40, 50, 60, 70]
     assert seen == [[1, 2, 3, 4, 5, 6, 7]]  # all arrived before the first batch ran
     assert b(9) == 90  # one caller alone: one batch of one
+
+
+@pytest.mark.parametrize("linger", [0.0, 0.5])
+def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(linger: float) -> None:
+    """The log's writer (Settings.log_linger): the first batch after a quiet
+    spell runs at once; a batch that follows another at once waits `linger`
+    so that callers arriving meanwhile share it (one commit for all)."""
+    sizes: list[int] = []
+    late: list[gevent.Greenlet] = []  # type: ignore[type-arg]
+
+    def run(keys: list[int]) -> list[int]:
+        sizes.append(len(keys))
+        gevent.sleep(0.01)  # the batch's round trip
+        if keys == [1]:  # a caller that arrives just as the first batch is done
+            late.append(gevent.spawn(b, 5))
+        return keys
+
+    b: Batcher[int, int] = Batcher(run, linger=linger)
+    started = time.monotonic()
+    assert b(0) == 0 and sizes == [1]
+    assert time.monotonic() - started < 0.4  # alone: its batch at once, no linger
+    sizes.clear()
+    first = gevent.spawn(b, 1)
+    gevent.sleep(0.001)  # its batch runs; three more callers meanwhile
+    others = [gevent.spawn(b, k) for k in (2, 3, 4)]
+    gevent.joinall([first, *others], raise_error=True)
+    gevent.joinall(late, raise_error=True)
+    assert [g.value for g in (first, *others, *late)] == [1, 2, 3, 4, 5]
+    if linger:
+        assert sizes == [1, 4]  # the late one caught the batch of those before it
+    else:
+        assert sizes == [1, 3, 1]  # each batch took what had arrived
 
 
 def test_an_error_reaches_every_caller_of_its_batch_only() -> None:
