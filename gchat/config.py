@@ -120,6 +120,9 @@ class Settings:
     # friends (docs/protocol.md section F)
     friend_requests: bool = _opt(False, "the classic ADD_FRIEND (msgid 6) sends a friend request instead of "
                                  "adding at once (true/false)")
+    group_notices_live: int = _opt(1000, "a join or leave is pushed live to the members of a group only while it "
+                                   "has at most this many; beyond, the notice is in the group's log only "
+                                   "(sync login, history): 0 = never pushed (docs/protocol.md section F)")
     # the conversation log (docs/architecture.md)
     cursor_flush: float = _opt(1.0, "seconds between writes of classic clients' delivered cursors "
                                     "(a node killed loses at most this much: those messages come again)")

@@ -89,6 +89,16 @@ def is_notice(body: bytes | str) -> bool:
     return (body.encode() if isinstance(body, str) else body).startswith(NOTICE_HEAD)
 
 
+# a notice of a large group's join or leave, in the log only: never pushed,
+# by the live path or a repair (docs/protocol.md section F, "Notices of a
+# large group"); gchat/groups.py puts "live" right after msgid
+QUIET_HEAD = b'{"msgid":31,"live":false,'
+
+
+def is_quiet(body: bytes) -> bool:
+    return body.startswith(QUIET_HEAD)
+
+
 def pair_key(a: int, b: int) -> tuple[int, int]:
     """A pair's conversation is found by its two user ids, smaller first."""
     return (a, b) if a < b else (b, a)

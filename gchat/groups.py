@@ -51,13 +51,25 @@ def _changed(svc: Services, group_id: int) -> None:
     svc.router.invalidate_group(group_id)
 
 
-def _note(s: Session, conv: int, last: int, sender: int, to: list[int], kind: str, **fields: Any) -> Written:
+def _note(s: Session, conv: int, last: int, sender: int, to: list[int], kind: str, live: bool = True,
+          **fields: Any) -> Written:
     """The notice as an entry of the conversation (after convlog.lock_group
-    returned `last`), for `to` but its sender."""
+    returned `last`), for `to` but its sender; when not `live`, for nobody:
+    in the log only, marked so that no repair pushes it either."""
     now = int(time.time() * 1000)
-    body = {"msgid": int(MsgId.NOTICE), "kind": kind, **fields}
+    body = {"msgid": int(MsgId.NOTICE), **({} if live else {"live": False}), "kind": kind, **fields}
     seq, text = convlog.note(s, conv, last, sender, body, now)
-    return Written(conv, seq, now, sender, text, tuple(u for u in to if u != sender))
+    return Written(conv, seq, now, sender, text, tuple(u for u in to if u != sender) if live else ())
+
+
+def _live(svc: Services, members: list[int]) -> bool:
+    """Whether a join or leave is pushed to the group's members: not in a
+    group past `group_notices_live`, where every join would cost a push to
+    each member (50,000 joins into a group of 50,000: 1.25 billion). The
+    notice stays an entry of the log: a sync login and history carry it,
+    and the members' sessions take its number at the next message (a gap,
+    read from the log) without pushing it."""
+    return len(members) <= svc.group_notices_live
 
 
 def _lock(s: Session, group_id: int) -> tuple[int, int]:
@@ -86,7 +98,8 @@ def join(svc: Services, group_id: int, user_id: int, name: str) -> int:
         # the writers of every node see this join under the conversation's
         # lock: every message numbered after it reaches the new member
         conv, joined = convlog.join_group(s, group_id, user_id)
-        w = _note(s, conv, joined, user_id, store.member_ids(s, group_id), "group_join", groupid=group_id,
+        members = store.member_ids(s, group_id)
+        w = _note(s, conv, joined, user_id, members, "group_join", _live(svc, members), groupid=group_id,
                   user={"id": user_id, "name": name})
     svc.sessions.joined(user_id, conv, joined)
     _changed(svc, group_id)
@@ -104,7 +117,8 @@ def _leave(svc: Services, group_id: int, sender: int, leaver: int, kind: str, **
         if not store.remove_member(s, group_id, leaver):
             raise refuse(Errno.NOT_FOUND, f"user {leaver} is not a member of group {group_id}")
         convlog.leave_group(s, conv, [leaver])
-        w = _note(s, conv, last, sender, store.member_ids(s, group_id), kind, **fields)
+        members = store.member_ids(s, group_id)
+        w = _note(s, conv, last, sender, members, kind, _live(svc, members), **fields)
     _changed(svc, group_id)
     svc.router.deliver_logged([w])
     return w
@@ -183,13 +197,38 @@ def group_delete(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     return answered(req, groupid=group_id)
 
 
+# a page of GROUP_MEMBERS (msgid 29 with `after` or `limit`): the member list
+# of a group of 50,000 is some 3 MB as one reply, past the 64 KiB a client
+# may be sent comfortably in one frame; 1,000 members are about 60 KB
+MEMBERS_PAGE = 200
+MEMBERS_PAGE_MAX = 1000
+
+
 def group_members(svc: Services, peer: Peer, req: Request) -> list[Reply]:
+    """The member list with states: whole (part of section F from the
+    start), or a page of it by id when the request names `after` or
+    `limit` (for a group too large to list at once); `more` then says
+    whether members with larger ids follow."""
     user_id = session_user(peer, req)
     group_id = req["groupid"]
-    _, members = _members(svc, group_id)
+    paged = req.get("after") is not None or req.get("limit") is not None
+    if not paged:
+        _, members = _members(svc, group_id)
+        if user_id not in {uid for uid, _, _ in members}:
+            raise refuse(Errno.FORBIDDEN, f"not a member of group {group_id}")
+        more = None
+    else:
+        after, limit = req.get("after", 0), req.get("limit", MEMBERS_PAGE)
+        if not 1 <= limit <= MEMBERS_PAGE_MAX:
+            raise refuse(Errno.BAD_REQUEST, f"limit must be 1 to {MEMBERS_PAGE_MAX}")
+        with svc.db.transaction() as s:
+            if not store.group_exists(s, group_id):
+                raise refuse(Errno.NOT_FOUND, f"no group {group_id}")
+            if not store.is_member(s, group_id, user_id):
+                raise refuse(Errno.FORBIDDEN, f"not a member of group {group_id}")
+            members = store.group_members_page(s, group_id, after, limit + 1)
+        more, members = len(members) > limit, members[:limit]
     ids = [uid for uid, _, _ in members]
-    if user_id not in ids:
-        raise refuse(Errno.FORBIDDEN, f"not a member of group {group_id}")
     try:
         online = svc.presence.online(ids)
     except Unavailable:
@@ -200,8 +239,10 @@ def group_members(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         # whoever blocked the asker shows as offline to them
         return "online" if uid in online and user_id not in svc.blocks(uid) else "offline"
 
-    return answered(req, groupid=group_id, members=[
-        {"id": uid, "name": n, "state": state(uid), "role": role} for uid, n, role in members])
+    listed = [{"id": uid, "name": n, "state": state(uid), "role": role} for uid, n, role in members]
+    if more is None:
+        return answered(req, groupid=group_id, members=listed)
+    return answered(req, groupid=group_id, members=listed, more=more)
 
 
 def group_search(svc: Services, peer: Peer, req: Request) -> list[Reply]:

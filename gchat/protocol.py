@@ -276,7 +276,9 @@ _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
     # password or, in its place, a resume token (section C): one of them is required
     MsgId.LOGIN: {"id": (_INT, True), "password": (_STR, False), "token": (_STR, False), "resume": (_BOOL, False),
                   "sync": (_BOOL, False),
-                  "notices": (_BOOL, False)},
+                  "notices": (_BOOL, False),
+                  # section F: false leaves the groups' member lists out of the reply
+                  "group_members": (_BOOL, False)},
     MsgId.REG: {"name": (_STR, True), "password": (_STR, True)},
     MsgId.ONE_CHAT: {
         "id": (_INT, False),
@@ -323,7 +325,8 @@ _SCHEMAS: dict[MsgId, dict[str, tuple[str, bool]]] = {
     MsgId.GROUP_REMOVE: {"id": (_INT, False), "groupid": (_INT, True), "userid": (_INT, True)},
     MsgId.GROUP_HANDOVER: {"id": (_INT, False), "groupid": (_INT, True), "userid": (_INT, True)},
     MsgId.GROUP_DELETE: {"id": (_INT, False), "groupid": (_INT, True)},
-    MsgId.GROUP_MEMBERS: {"id": (_INT, False), "groupid": (_INT, True)},
+    MsgId.GROUP_MEMBERS: {"id": (_INT, False), "groupid": (_INT, True), "after": (_INT, False),
+                          "limit": (_INT, False)},
     MsgId.GROUP_SEARCH: {"id": (_INT, False), "name": (_STR, True), "page": (_INT, False), "limit": (_INT, False)},
 }
 

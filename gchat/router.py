@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
+import gevent
 from gevent.event import Event
 
 from gchat import store
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 # the longest a login waits for messages being stored for its user: a store
 # gives up within the database timeouts, far sooner
 STORE_WAIT = 30.0
+# offers of one delivery between two turns of the event loop: a message to a
+# group of 50,000 is some 16,700 offers (and pushes) on each of three nodes,
+# and a broadcast's loop as long held the loop past the heartbeat's watchdog
+# on a loaded machine (gchat/control.py BROADCAST_SLICE, docs/benchmarks.md)
+OFFER_SLICE = 256
 
 
 class Router:
@@ -89,7 +95,9 @@ class Router:
             sessions.own(w.sender, w.conv, w.seq)
             here = 0
             elsewhere: list[int] = []
-            for uid in w.recipients:
+            for k, uid in enumerate(w.recipients):
+                if k and not k % OFFER_SLICE:
+                    gevent.sleep(0)
                 if sessions.offer(uid, w.conv, w.seq, w.body):
                     here += 1
                 else:
@@ -150,7 +158,9 @@ class Router:
             return False
         c, q = int(conv), int(seq)
         offered = 0
-        for uid in user_ids:
+        for k, uid in enumerate(user_ids):
+            if k and not k % OFFER_SLICE:
+                gevent.sleep(0)
             # a user gone since the routing decision: the log keeps it for
             # its next login
             offered += self.sessions.offer(uid, c, q, text)

@@ -61,14 +61,16 @@ class Handover(Reply):
 
 
 # a login's session to open: user id, (token hash, expiry) when it asked for
-# one, and whether it is a sync login (its backlog is bounded: section D)
-SessionOpen = tuple[int, tuple[str, int] | None, bool]
+# one, whether it is a sync login (its backlog is bounded: section D), and
+# whether its groups come with their member lists (section F)
+SessionOpen = tuple[int, tuple[str, int] | None, bool, bool]
 # what its reply carries: friends, groups with their members, legacy stored
-# messages, the log's backlog (what the user has not been handed), and its
-# conversations: conv -> (delivered, read, joined, last_seq)
+# messages, the log's backlog (what the user has not been handed), its
+# conversations: conv -> (delivered, read, joined, last_seq), and, for a
+# login without member lists, each of its groups' member count
 SessionData = tuple[
     list[tuple[int, str]], list[store.GroupEntry], list[str], list[convlog.Logged],
-    dict[int, tuple[int, int, int, int]],
+    dict[int, tuple[int, int, int, int]], dict[int, int],
 ]
 
 
@@ -99,6 +101,9 @@ class Services:
     friend_requests: bool = False
     # seconds the log's writer waits to gather a busy stream's next batch (Settings.log_linger)
     log_linger: float = 0.0
+    # joins and leaves are pushed live to the members of groups up to this
+    # size only (docs/protocol.md section F, "Notices of a large group")
+    group_notices_live: int = 1000
     # who blocked a user: hidden in its login reply's member lists (section F)
     blockers: Batcher[int, set[int]] = field(init=False, repr=False)
     # whom a user blocked: read by every chat to it, cached from its login
@@ -147,16 +152,18 @@ class Services:
     def _open_sessions(self, items: list[SessionOpen]) -> list[SessionData]:
         """A new token where asked, and what each login reply
         carries: friends, groups, stored messages (taken)."""
-        ids = [uid for uid, _, _ in items]
-        synced = [uid for uid, _, sync in items if sync]
-        classic = [uid for uid, _, sync in items if not sync]
+        ids = [uid for uid, _, _, _ in items]
+        synced = [uid for uid, _, sync, _ in items if sync]
+        classic = [uid for uid, _, sync, _ in items if not sync]
+        bare = {uid for uid, _, _, listed in items if not listed}
 
         def work(s: Session) -> list[SessionData]:
             # user rows (a new token's) before offline rows: the lock order
             # of store.store_offline
-            store.set_tokens(s, [(uid, *tok) for uid, tok, _ in items if tok is not None])
+            store.set_tokens(s, [(uid, *tok) for uid, tok, _, _ in items if tok is not None])
             friends = store.friends_of_many(s, ids)
-            groups = store.groups_of_many(s, ids)
+            groups = store.groups_of_many(s, ids, bare)
+            counts = store.member_counts(s, {g.id for uid in bare for g, _ in groups[uid]})
             offline = store.take_offline_many(s, ids)
             cursors = convlog.cursors_of(s, ids)
             # one query for all the sync logins of the batch (only the
@@ -165,7 +172,9 @@ class Services:
             # at once (part A)
             backlog = convlog.backlog(s, {u: cursors[u] for u in synced}, per_conv=self.sync_max)
             backlog.update(convlog.backlog(s, {u: cursors[u] for u in classic}))
-            return [(friends[uid], groups[uid], offline[uid], backlog[uid], cursors[uid]) for uid in ids]
+            return [(friends[uid], groups[uid], offline[uid], backlog[uid], cursors[uid],
+                     {g.id: counts.get(g.id, 0) for g, _ in groups[uid]} if uid in bare else {})
+                    for uid in ids]
 
         return self.db.run(work)
 
@@ -379,7 +388,9 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
     # a new token replaces (so revokes) any earlier one
     token = (_token_hash(new_token), int(time.time()) + svc.resume_ttl) if new_token is not None else None
     try:
-        friend_list, group_list, offline, backlog, cursors = svc.session_data((user_id, token, sync))
+        listed = req.get("group_members") is not False
+        friend_list, group_list, offline, backlog, cursors, counts = svc.session_data(
+            (user_id, token, sync, listed))
         if password is not None and svc.passwords.needs_rehash(user.password):
             new_hash = svc.passwords.hash(password)
             with svc.db.transaction() as s:
@@ -397,7 +408,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         except DomainError:
             _leave(svc, peer)
             raise
-        reply = _login_reply(svc, user_id, user.name, friend_list, group_list, offline)
+        reply = _login_reply(svc, user_id, user.name, friend_list, group_list, offline, counts)
         reply["convs"] = convs
         marks: list[tuple[int, int]] = []
     else:
@@ -406,7 +417,7 @@ def _login(svc: Services, peer: Peer, req: Request) -> list[Reply]:
         backlog = [m for m in backlog if m.kind == convlog.CHAT]
         backlog.sort(key=lambda m: (m.created, m.conv, m.seq))
         handed = [*offline, *(m.body for m in backlog)]
-        reply = _login_reply(svc, user_id, user.name, friend_list, group_list, handed)
+        reply = _login_reply(svc, user_id, user.name, friend_list, group_list, handed, counts)
         marks = [(m.conv, m.seq) for m in backlog]
     if new_token is not None:
         reply["token"], reply["token_ttl"] = new_token, svc.resume_ttl
@@ -449,14 +460,19 @@ def _login_reply(
     friends: list[tuple[int, str]],
     groups: list[tuple[AllGroup, list[tuple[int, str, str]]]],
     offline: list[str],
+    counts: dict[int, int],
 ) -> Reply:
+    """Part A's reply. `counts` is set for a login that left the member lists
+    out (`"group_members": false`, docs/protocol.md section F): each group
+    then says how many members it has instead of listing them, so neither
+    the reply nor the presence lookup grows with the groups' sizes."""
     everyone = {uid for uid, _ in friends} | {uid for _, ms in groups for uid, _, _ in ms}
     try:
         online = svc.presence.online(everyone)
     except Unavailable:
         online = set()  # presence unknown: say offline rather than refuse the login
     online.add(user_id)
-    if groups and online:
+    if any(ms for _, ms in groups) and online:
         # those who blocked the user show offline to it (docs/protocol.md
         # section F); friends need no such care: a block ends the friendship
         online -= svc.blockers(user_id)
@@ -476,10 +492,10 @@ def _login_reply(
                     "id": g.id,
                     "groupname": g.groupname,
                     "groupdesc": g.groupdesc,
-                    "users": [
+                    **({"members": counts[g.id]} if g.id in counts else {"users": [
                         dumps({"id": uid, "name": n, "state": state(uid), "role": role}).decode()
                         for uid, n, role in members
-                    ],
+                    ]}),
                 }
             ).decode()
             for g, members in groups

@@ -40,6 +40,7 @@ from typing import Protocol
 import gevent
 
 from gchat import convlog
+from gchat.batch import Batcher
 from gchat.errors import DomainError
 from gchat.protocol import ProtocolError
 from gchat.store import Database
@@ -114,7 +115,10 @@ class Session:
     suspect: dict[int, int] = field(default_factory=dict)
 
     def wants(self, body: bytes) -> bool:
-        return self.notices or not convlog.is_notice(body)
+        if not convlog.is_notice(body):
+            return True
+        # a large group's join or leave: in the log only (docs/protocol.md section F)
+        return self.notices and not convlog.is_quiet(body)
 
 
 class Sessions:
@@ -128,6 +132,10 @@ class Sessions:
         # repairs run on their own greenlets: a hook for tests and stats
         self.repairs = 0
         self.on_repair: Callable[[int, int, int], None] | None = None
+        # the repairs of a conversation's same numbers share one read: a
+        # large group's quiet notice (docs/protocol.md section F) opens the
+        # same gap in every member's session at the next message
+        self._pages: Batcher[tuple[int, int, int], list[convlog.Logged]] = Batcher(self._read_pages)
 
     # --- the session's life ------------------------------------------------
 
@@ -252,8 +260,7 @@ class Sessions:
                     while not sess.closed:
                         page: list[convlog.Logged] = []
                         if self._holes(track, have, upto):
-                            with self.db.transaction() as s:
-                                page = convlog.messages_between(s, conv, track.high, upto, limit=REPAIR_PAGE)
+                            page = self._pages((conv, track.high, upto))
                         end = page[-1].seq if len(page) == REPAIR_PAGE else upto
                         items = {m.seq: (m.sender, m.body.encode()) for m in page}
                         for seq, body in have.items():
@@ -286,6 +293,15 @@ class Sessions:
                     self.on_repair(sess.user_id, conv, pushed)
         finally:
             sess.repairing.discard(conv)
+
+    def _read_pages(self, keys: list[tuple[int, int, int]]) -> list[list[convlog.Logged]]:
+        """A page of the log for each (conv, after, upto), each distinct one
+        read once, in one transaction for the batch."""
+        pages: dict[tuple[int, int, int], list[convlog.Logged]] = {}
+        with self.db.transaction() as s:
+            for conv, after, upto in dict.fromkeys(keys):
+                pages[conv, after, upto] = convlog.messages_between(s, conv, after, upto, limit=REPAIR_PAGE)
+        return [pages[k] for k in keys]
 
     def _start(self, sess: Session, conv: int) -> Track | None:
         """A conversation this session has no track for (made after its

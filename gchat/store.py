@@ -15,7 +15,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -494,8 +494,11 @@ def friends_of_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[tuple
     return out
 
 
-def groups_of_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[GroupEntry]]:
-    """Each user's groups with their members, in three queries for the batch."""
+def groups_of_many(s: Session, user_ids: Sequence[int], bare: Collection[int] = ()) -> dict[int, list[GroupEntry]]:
+    """Each user's groups with their members, in three queries for the batch.
+    The users in `bare` get their groups with empty member lists (a login
+    that left them out, docs/protocol.md section F): members are read only
+    for the groups of the others, so a group of 50,000 costs them nothing."""
     out: dict[int, list[GroupEntry]] = {u: [] for u in user_ids}
     mine = s.execute(select(GroupUser.userid, GroupUser.groupid).where(GroupUser.userid.in_(list(user_ids)))).all()
     if not mine:
@@ -503,17 +506,36 @@ def groups_of_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[GroupE
     group_ids = sorted({gid for _, gid in mine})
     groups = {g.id: g for g in s.scalars(select(AllGroup).where(AllGroup.id.in_(group_ids)))}
     members: dict[int, list[tuple[int, str, str]]] = {gid: [] for gid in group_ids}
+    listed = sorted({gid for uid, gid in mine if uid not in bare})
     q = (
         select(GroupUser.groupid, User.id, User.name, GroupUser.grouprole)
         .join(User, User.id == GroupUser.userid)
-        .where(GroupUser.groupid.in_(group_ids))
+        .where(GroupUser.groupid.in_(listed))
         .order_by(GroupUser.groupid, User.id)
     )
-    for gid, uid, name, role in s.execute(q):
+    for gid, uid, name, role in (s.execute(q) if listed else ()):
         members[gid].append((uid, name, role))
     for uid, gid in sorted(mine, key=lambda r: (r[0], r[1])):
-        out[uid].append((groups[gid], members[gid]))
+        out[uid].append((groups[gid], [] if uid in bare else members[gid]))
     return out
+
+
+def member_counts(s: Session, group_ids: Collection[int]) -> dict[int, int]:
+    """How many members each group has (one GROUP BY on the member table's key)."""
+    if not group_ids:
+        return {}
+    q = (select(GroupUser.groupid, func.count()).where(GroupUser.groupid.in_(sorted(group_ids)))
+         .group_by(GroupUser.groupid))
+    return {int(gid): int(n) for gid, n in s.execute(q)}
+
+
+def group_members_page(s: Session, group_id: int, after: int, limit: int) -> list[tuple[int, str, str]]:
+    """(id, name, role) of the members with id > after, by id, at most limit:
+    keyset paging, so a page costs the same anywhere in a group of 50,000 and
+    a join meanwhile neither repeats nor skips anyone."""
+    q = (select(User.id, User.name, GroupUser.grouprole).join(GroupUser, GroupUser.userid == User.id)
+         .where(GroupUser.groupid == group_id, User.id > after).order_by(User.id).limit(limit))
+    return [(r.id, r.name, r.grouprole) for r in s.execute(q)]
 
 
 def take_offline_many(s: Session, user_ids: Sequence[int]) -> dict[int, list[str]]:

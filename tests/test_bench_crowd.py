@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from gchat.tools.bench.crowd import plan_crowd
+from gchat.tools.bench.crowd import crowd_group, plan_crowd
 from gchat.tools.bench.scenarios import Options
 from gchat.tools.bench.wire import BenchError
 from tests.cluster_support import Cluster, RedisServer, running_cluster
-from tests.support import ROOT
+from tests.support import ROOT, unique
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,25 @@ def test_a_crowd_over_three_nodes_logs_in_twice_and_gets_every_broadcast_once(
         assert [n["connections"] for n in sample] == [10, 10, 10]
         assert all(n["open_files"] >= 10 and isinstance(n["bytes_per_connection"], int) for n in sample)
     assert len(r["bench_open_files_peak"]) == 2 and all(15 <= f < 20_000 for f in r["bench_open_files_peak"])
+
+
+def test_a_group_of_the_whole_crowd_gets_each_group_message_once(cluster: Cluster, tmp_path: Path) -> None:
+    users = tmp_path / "users.jsonl"
+    seeded = subprocess.run([sys.executable, "scripts/crowd-seed", cluster.database_url, str(users), "30",
+                             "--hash-time-cost", "1", "--hash-memory-kib", "8", "--group", unique("crowd")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert seeded.returncode == 0, seeded.stderr
+    r = crowd(cluster, users, "--users", "30", "--procs", "2", "--concurrency", "10", "--broadcasts", "2")
+    assert r["errors"] == 0, r["error_samples"]
+    assert r["resume"]["logins"] == 30
+    assert len(r["group_messages"]) == 2
+    for g in r["group_messages"]:
+        # every member but the sender, once
+        assert g["reached"] == g["expected"] == 29 and g["lost"] == 0 and g["duplicates"] == 0
+        assert g["latency_ms"]["samples"] == 29
+    # a run asking for more users than the group holds is refused
+    with pytest.raises(BenchError, match="fewer than --users 31"):
+        crowd_group(str(users), 31)
 
 
 def test_a_share_past_the_open_file_limit_is_refused_before_anything_starts() -> None:

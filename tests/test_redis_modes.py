@@ -24,6 +24,7 @@ from tests.cluster_support import (
     REDIS_SERVER,
     Cluster,
     RedisServer,
+    admin,
     group_chat_until_all_in,
     received_until,
     wait_until,
@@ -380,6 +381,39 @@ def test_cluster_presence_refuses_a_second_login_and_frees_a_killed_nodes_users(
     # a live node reaped it (whichever swept first)
     wait_until(lambda: any("is dead" in n.log() for n in sharded.nodes if n is not doomed), DEAD_NODE_DEADLINE,
                what="a node reports the dead node reaped")
+
+
+def test_gchat_admin_works_on_a_redis_cluster_url(sharded: Cluster, redis_cluster: RedisClusterSet) -> None:
+    """nodes, users, broadcast and kick through redis+cluster://, as the
+    nodes use it: the hash-tagged keys, the sharded channel of one node."""
+    env = {"GCHAT_DATABASE_URL": sharded.database_url, "GCHAT_REDIS_URL": redis_cluster.url}
+    n0, n1 = sharded.nodes[:2]
+    (a, ua), (b, ub) = user(n0.address), user(n1.address)
+    done = admin("nodes", env=env)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[1:-1]}
+    assert rows[n0.node_id][0] == rows[n1.node_id][0] == "alive"
+    assert int(rows[n0.node_id][1]) >= 1 and int(rows[n1.node_id][1]) >= 1
+    listed = admin("users", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    where = {row["id"]: row["node"] for row in json.loads(listed.stdout)}
+    assert (where[ua], where[ub]) == (n0.node_id, n1.node_id)
+    # the cluster-wide channel: every node listens, each user gets it
+    sent = admin("broadcast", "maintenance at noon", env=env)
+    assert sent.returncode == 0, sent.stderr
+    alive = sum(state == "alive" for state, _ in rows.values())  # an earlier test's killed node is not
+    assert sent.stdout.startswith(f"broadcast to {alive} node(s)"), sent.stdout
+    for w in (a, b):
+        got = w.recv()
+        assert (got["id"], got["msg"], got.get("system")) == (0, "maintenance at noon", True)
+    # one node's own channel, sharded: the kick reaches the node holding ub
+    kicked = admin("kick", str(ub), "--reason", "test", env=env)
+    assert kicked.returncode == 0, kicked.stderr
+    assert f"from node {n1.node_id}" in kicked.stdout
+    assert "disconnected by an operator" in b.recv()["msg"]
+    assert redis_cluster.owner(ub) is None
+    a.close()
+    b.close()
 
 
 def test_cluster_master_failover_moves_the_subscription_and_loses_nothing(

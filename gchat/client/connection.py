@@ -336,20 +336,26 @@ class Client(SocialCalls):
         self._learn_acks(obj, reply)
         return int(reply["id"])
 
-    def login(self, user_id: int, password: str, sync: bool = False, notices: bool = False) -> LoginResult:
+    def login(self, user_id: int, password: str, sync: bool = False, notices: bool = False,
+              group_members: bool = True) -> LoginResult:
         """Log in; returns the user, friends, groups and offline messages.
         With sync (docs/protocol.md section D): the conversations, with their
         unread counts and the messages not acknowledged yet (`convs`), which
         are acknowledged here; later deliveries are acknowledged as the
         application takes them. notices=True (a gchat node, section F) also
         brings pending friend requests, and pushes notices and presence
-        changes (events()). AuthError (wrong id or password), AlreadyOnline."""
+        changes (events()). group_members=False (section F): the groups come
+        with their member counts (Group.size), not their member lists, which
+        page in with member_pages. AuthError (wrong id or password),
+        AlreadyOnline."""
         obj: dict[str, Any] = {"msgid": int(MsgId.LOGIN), "id": user_id, "password": password,
                                **self._seq_field()}
         if sync:
             obj["sync"] = True
         if notices:
             obj["notices"] = True
+        if not group_members:
+            obj["group_members"] = False
         reply = self.request(obj)
         self._learn_acks(obj, reply)
         self.user = LoginResult.from_reply(reply)

@@ -4,6 +4,7 @@ or raises the GchatError of its errno. `Client` has them all."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from gchat.client.types import Friend, GroupInfo, GroupMember, Page, Person
@@ -57,6 +58,23 @@ class SocialCalls:
     def group_members(self, groupid: int) -> tuple[GroupMember, ...]:
         reply = self._call(MsgId.GROUP_MEMBERS, groupid=groupid)
         return tuple(GroupMember.from_obj(m) for m in reply.get("members") or ())
+
+    def member_page(self, groupid: int, after: int = 0, limit: int = 200) -> tuple[tuple[GroupMember, ...], bool]:
+        """The members with ids above `after`, by id, at most `limit` (1 to
+        1,000), and whether more follow: a group too large for one reply."""
+        reply = self._call(MsgId.GROUP_MEMBERS, groupid=groupid, after=after, limit=limit)
+        return tuple(GroupMember.from_obj(m) for m in reply.get("members") or ()), bool(reply.get("more"))
+
+    def member_pages(self, groupid: int, limit: int = 200) -> Iterator[GroupMember]:
+        """Every member of the group, a page at a time."""
+        after, more = 0, True
+        while more:
+            page, more = self.member_page(groupid, after, limit)
+            yield from page
+            if page:
+                after = page[-1].id
+            else:
+                more = False
 
     def search_groups(self, name: str, page: int = 0, limit: int = 20) -> Page:
         """Groups whose name starts with `name` (any case): a Page of GroupInfo."""

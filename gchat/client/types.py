@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gchat.protocol import MsgId, loads
@@ -61,15 +61,22 @@ class Group:
     name: str
     desc: str
     members: tuple[GroupMember, ...] = ()
+    # how many members it has (from a login reply): the length of `members`,
+    # or, after a login that left the member lists out (group_members=False),
+    # the count the node gave instead (the members then page in with
+    # Client.member_pages); not compared: it follows from the reply
+    size: int = field(default=0, compare=False)
 
     @classmethod
     def from_obj(cls, item: Any) -> Group:
         d = _obj(item)
+        members = tuple(GroupMember.from_obj(u) for u in d.get("users") or ())
         return cls(
             int(d["id"]),
             str(d.get("groupname", "")),
             str(d.get("groupdesc", "")),
-            tuple(GroupMember.from_obj(u) for u in d.get("users") or ()),
+            members,
+            int(d.get("members", len(members))),
         )
 
 

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 
 from gchat import convlog, store
-from gchat.cluster.redis_keys import online_key
 from gchat.config import Settings
 from gchat.models import User
 from gchat.passwords import Passwords
@@ -35,8 +34,8 @@ def users(settings: Settings, args: argparse.Namespace) -> None:
         db.dispose()
     where: dict[int, str] = {}
     if settings.redis_url and found:
-        r = open_redis(settings, "users")
-        held = r.mget([online_key(uid) for uid, _, _ in found])
+        a = open_redis(settings, "users")
+        held = a.client.mget([a.keys.online_key(uid) for uid, _, _ in found])
         where = {uid: text(h) for (uid, _, _), h in zip(found, held, strict=True) if h}
     rows = [{"id": uid, "name": name, "state": state, "node": where.get(uid)} for uid, name, state in found]
     show(rows, args.json, [("id", ">8"), ("name", "<32"), ("state", "<8"), ("node", "")],
@@ -139,6 +138,6 @@ def _online(settings: Settings, candidates: Sequence[User]) -> list[User]:
     """Those online: by the presence store in a cluster, else by their state."""
     if not settings.redis_url:
         return [u for u in candidates if u.state == "online"]
-    r = open_redis(settings, "delete-user")
-    held = r.mget([online_key(u.id) for u in candidates])
+    a = open_redis(settings, "delete-user")
+    held = a.client.mget([a.keys.online_key(u.id) for u in candidates])
     return [u for u, h in zip(candidates, held, strict=True) if h]

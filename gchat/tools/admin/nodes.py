@@ -6,19 +6,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import redis
-
 from gchat.cluster.mirror import StateMirror
 from gchat.cluster.reaper import Reaper
-from gchat.cluster.redis_keys import NODES, node_key, online_key, users_key
 from gchat.config import Settings
 from gchat.store import Database
 from gchat.tools.admin.stores import Refused, ask_node, open_db, open_redis, show, text
-
-
-def _heartbeats(r: redis.Redis) -> list[str]:
-    """Nodes with a heartbeat key, registered or not (yet)."""
-    return [text(k).removeprefix(node_key("")) for k in r.scan_iter(node_key("*"))]
 
 
 def nodes(settings: Settings, args: argparse.Namespace) -> None:
@@ -27,13 +19,14 @@ def nodes(settings: Settings, args: argparse.Namespace) -> None:
         raise Refused("nodes needs the cluster's Redis (--redis-url, GCHAT_REDIS_URL) or a lone node's admin "
                       "socket (--admin-socket, GCHAT_ADMIN_SOCKET)")
     if settings.redis_url:
-        r = open_redis(settings, "nodes")
-        known = Reaper(r).live_nodes()
-        for n in _heartbeats(r):
+        a = open_redis(settings, "nodes")
+        known = Reaper(a.client, a.keys).live_nodes()
+        for n in a.heartbeats():
             known.setdefault(n, True)
         # a dead node stays listed, with the users it still holds, until a
         # live node's sweep (or reset-online --node) frees them
-        rows = [{"node": n, "state": "alive" if up else "dead", "users": int(r.scard(users_key(n)))}
+        rows = [{"node": n, "state": "alive" if up else "dead",
+                 "users": int(a.client.scard(a.keys.users_key(n)))}
                 for n, up in sorted(known.items())]
     else:  # a lone node, through its admin socket
         reply = ask_node(settings.admin_socket, {"action": "ping"})
@@ -67,13 +60,13 @@ def _reset_node(settings: Settings, db: Database, node: str, force: bool) -> Non
     """A node's users offline, and only its users; refused while the node's
     heartbeat is fresh (its users may be connected: freeing them would let
     them log in twice) unless the operator knows better (--force)."""
-    r = open_redis(settings, "reset-online --node")
-    freed = Reaper(r).reap(node, force=force)
+    a = open_redis(settings, "reset-online --node")
+    freed = Reaper(a.client, a.keys).reap(node, force=force)
     if freed is None:
         raise Refused(f"node {node} is alive (its heartbeat is fresh): stop it first (a node that stops "
                       "cleanly sets its own users offline), or add --force if you know it is dead")
     if force:
-        r.delete(node_key(node))  # dead for the cluster too, should it still be counted
+        a.client.delete(a.keys.node_key(node))  # dead for the cluster too, should it still be counted
     StateMirror(db).write(freed, "offline")
     print(f"node {node}: {len(freed)} user(s) set offline")
 
@@ -82,8 +75,8 @@ def _refuse_while_alive(settings: Settings) -> None:
     if not settings.redis_url:
         _refuse_if_lone_node_runs(settings)
         return
-    r = open_redis(settings, "reset-online --all")
-    alive = sorted({n for n, up in Reaper(r).live_nodes().items() if up} | set(_heartbeats(r)))
+    a = open_redis(settings, "reset-online --all")
+    alive = sorted({n for n, up in Reaper(a.client, a.keys).live_nodes().items() if up} | set(a.heartbeats()))
     if alive:
         raise Refused(f"{len(alive)} node(s) alive ({', '.join(alive)}): stop them first, reset one dead "
                       "node with --node, or add --force if you know they are dead")
@@ -94,14 +87,15 @@ def _reset_all(settings: Settings, db: Database) -> None:
     unless forced), as the original's reset was meant (it ran it at the exit
     of one node, and so set the users of every other node offline too)."""
     if settings.redis_url:
-        r = open_redis(settings, "reset-online --all")
-        reaper = Reaper(r)
-        for node in [text(m) for m in r.smembers(NODES)]:
+        a = open_redis(settings, "reset-online --all")
+        r, keys = a.client, a.keys
+        reaper = Reaper(r, keys)
+        for node in [text(m) for m in r.smembers(keys.nodes)]:
             reaper.reap(node, force=True)
         # a node still running re-registers and re-claims its users when it
         # finds its heartbeat gone, so --force cannot leave one online twice
-        stray = [*r.scan_iter(node_key("*")), *r.scan_iter(online_key("*")),
-                 *r.scan_iter(users_key("*"))]
+        stray = [*r.scan_iter(keys.node_key("*")), *r.scan_iter(keys.online_key("*")),
+                 *r.scan_iter(keys.users_key("*"))]
         if stray:
             r.delete(*stray)
     n = StateMirror(db).reset()

@@ -12,7 +12,6 @@ import time
 import redis
 
 from gchat.cluster.reaper import Reaper
-from gchat.cluster.redis_keys import ALL, node_channel, node_key, online_key, users_key
 from gchat.config import Settings
 from gchat.tools.admin.stores import Refused, ask_node, find_user, open_db, open_redis, text
 
@@ -36,19 +35,20 @@ def kick_user(settings: Settings, user_id: int, label: str, reason: str = "") ->
     """Close the user's connection wherever it is; False when it is not online."""
     request = {"action": "kick", "id": user_id, "reason": reason}
     if settings.redis_url:
-        r = open_redis(settings, "kick")
-        owner = r.get(online_key(user_id))
+        a = open_redis(settings, "kick")
+        r, keys = a.client, a.keys
+        owner = r.get(keys.online_key(user_id))
         if owner is None:
             return False
         node = text(owner)
-        if not r.exists(node_key(node)):
+        if not r.exists(keys.node_key(node)):
             raise Refused(f"{label} is held by node {node}, which is dead: its users are freed by the next "
                           f"sweep, or now by `gchat-admin reset-online --node {node}`")
-        if r.publish(node_channel(node), _envelope(request)) == 0:
+        if a.to_node(node, _envelope(request)) == 0:
             raise Refused(f"node {node} holds {label} but does not listen on the bus (its subscriber is "
                           "reconnecting?): try again")
         deadline = time.monotonic() + KICK_TIMEOUT
-        while r.get(online_key(user_id)) == owner:
+        while r.get(keys.online_key(user_id)) == owner:
             if time.monotonic() > deadline:
                 raise Refused(f"node {node} was asked to close the connection of {label} but still holds it "
                               f"after {KICK_TIMEOUT:.0f} s (see its log)")
@@ -81,10 +81,10 @@ def broadcast(settings: Settings, args: argparse.Namespace) -> None:
         raise Refused("the message is empty")
     request = {"action": "broadcast", "text": args.text}
     if settings.redis_url:
-        r = open_redis(settings, "broadcast")
-        alive = [n for n, up in Reaper(r).live_nodes().items() if up]
-        users = sum(int(r.scard(users_key(n))) for n in alive)
-        listening = int(r.publish(ALL, ORIGIN + _envelope(request)))
+        a = open_redis(settings, "broadcast")
+        alive = [n for n, up in Reaper(a.client, a.keys).live_nodes().items() if up]
+        users = sum(int(a.client.scard(a.keys.users_key(n))) for n in alive)
+        listening = a.to_all(ORIGIN + _envelope(request))
         print(f"broadcast to {listening} node(s), about {users} user(s) online")
         if listening < len(alive):
             raise Refused(f"{len(alive) - listening} live node(s) did not get it (not subscribed right now)")
@@ -104,7 +104,7 @@ def forget_users(settings: Settings, user_ids: list[int]) -> None:
     request: dict[str, object] = {"action": "forget", "ids": user_ids}
     try:
         if settings.redis_url:
-            open_redis(settings, "delete-user").publish(ALL, ORIGIN + _envelope(request))
+            open_redis(settings, "delete-user").to_all(ORIGIN + _envelope(request))
             return
         if settings.admin_socket and ask_node(settings.admin_socket, request) is not None:
             return

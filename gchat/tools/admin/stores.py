@@ -8,15 +8,17 @@ import json
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
+from redis.cluster import RedisCluster
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from gchat import schema, store
-from gchat.cluster.redis_client import connect, parse
+from gchat.cluster.redis_client import Client, connect, parse
+from gchat.cluster.redis_keys import ALL, Layout, node_channel
 from gchat.config import Settings
 from gchat.errors import Unavailable
 from gchat.models import User
@@ -85,17 +87,48 @@ def find_user(db: Database, who: str) -> User:
     return user
 
 
-def open_redis(settings: Settings, need: str) -> redis.Redis:
+@dataclass(frozen=True)
+class AdminRedis:
+    """The cluster's Redis as gchat-admin sees it, on any of the three forms
+    the nodes take (gchat/cluster/redis_client.py): the client, where the
+    keys are (a Redis Cluster's carry the hash tag `{gchat}`: `keys`), and
+    how a node's channel is reached (sharded on a Redis Cluster, where the
+    node listens by SSUBSCRIBE)."""
+
+    client: Client
+    keys: Layout
+    sharded: bool
+
+    def to_node(self, node: str, envelope: bytes) -> int:
+        """Publish to one node's channel; how many listen there (0: the node
+        is not subscribed right now)."""
+        if self.sharded:
+            return int(self.client.spublish(node_channel(node), envelope))
+        return int(self.client.publish(node_channel(node), envelope))
+
+    def to_all(self, envelope: bytes) -> int:
+        """Publish on the cluster-wide channel; how many nodes listen. On a
+        Redis Cluster a PUBLISH reaches every node of the cluster but answers
+        with the subscribers of the one it was sent to, so the listeners are
+        counted first, over every node (PUBSUB NUMSUB, summed by redis-py)."""
+        if not self.sharded:
+            return int(self.client.publish(ALL, envelope))
+        ((_, listening),) = self.client.pubsub_numsub(ALL, target_nodes=RedisCluster.ALL_NODES)
+        self.client.publish(ALL, envelope)
+        return int(listening)
+
+    def heartbeats(self) -> list[str]:
+        """Nodes with a heartbeat key, registered or not (yet)."""
+        return [text(k).removeprefix(self.keys.node_key("")) for k in self.client.scan_iter(self.keys.node_key("*"))]
+
+
+def open_redis(settings: Settings, need: str) -> AdminRedis:
     if not settings.redis_url:
         raise Refused(f"{need} needs the cluster's Redis: give --redis-url or GCHAT_REDIS_URL")
-    if parse(settings.redis_url).kind == "cluster":
-        # its keys carry a hash tag and its node channels are sharded
-        # (docs/operations.md): the commands below know neither yet
-        raise Refused(f"{need} does not support a Redis Cluster (redis+cluster://) yet; a Sentinel URL works")
+    target = parse(settings.redis_url)
     client = connect(settings.redis_url, timeout=5.0)
-    assert isinstance(client, redis.Redis)
     client.ping()
-    return client
+    return AdminRedis(client, target.layout, target.kind == "cluster")
 
 
 def text(raw: bytes | str) -> str:

@@ -22,9 +22,17 @@ goes on reading meanwhile):
    tag `b0.<k>.<t_ns>` (see wire.py); every connection counts what it got,
    so lost and duplicated are exact, and the time to the last delivery is
    taken on the system-wide monotonic clock.
+5. **group**, `--broadcasts` times, when the users file has a group
+   (`USERS_FILE.group`, written by `scripts/crowd-seed --group`): the run's
+   first user sends a group message (msgid 9) to the group whose members
+   are the whole crowd, tagged `b<sender>.<k>.<t_ns>`; counted as the
+   broadcasts are (the sender gets no copy: expected is the crowd less
+   one). With a group, every login leaves the member lists out
+   (`"group_members": false`, docs/protocol.md section F, "A large group"):
+   part A's reply would list all the group's members, some 5.5 MB each.
 
 Worker 0 of the run samples the nodes (`--server-pid`, in the order of
-`--server`) and sends the broadcasts.
+`--server`) and sends the broadcasts and the group messages.
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -75,8 +85,24 @@ def plan_crowd(opts: Options) -> list[Task]:
                          f"use --procs {-(-opts.users // MAX_PER_PROC)} or more")
     users = accounts.ensure(opts.servers[0], opts.users, opts.users_file, opts.setup_concurrency)
     before = online(redis.Redis.from_url(opts.redis_url, socket_timeout=10))
-    return [{"users": [(i, accounts.to_wire([a])[0]) for i, a in share], "first": k == 0, "online_before": before}
+    group = crowd_group(opts.users_file, opts.users)
+    return [{"users": [(i, accounts.to_wire([a])[0]) for i, a in share], "first": k == 0, "online_before": before,
+             "group": group, "sender": users[0].id}
             for k, share in enumerate(_split(list(enumerate(users)), opts.procs))]
+
+
+def crowd_group(users_file: str, users: int) -> int | None:
+    """The group scripts/crowd-seed made of the file's users, if any; it must
+    hold every user of the run (the file's first `users`)."""
+    path = users_file + ".group"
+    if not users_file or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        group = json.load(f)
+    if group["members"] < users:
+        raise BenchError(f"{path}: the group has {group['members']} members, fewer than --users {users}: "
+                         f"run scripts/crowd-seed --group again for {users}")
+    return int(group["groupid"])
 
 
 class Crowd(Worker):
@@ -84,6 +110,8 @@ class Crowd(Worker):
         self.users = [(i, accounts.Account(**w)) for i, w in self.task["users"]]
         self.conns: dict[int, Conn] = {}
         self.first: bool = self.task["first"]
+        self.group: int | None = self.task.get("group")
+        self.sender: int = self.task.get("sender", 0)
         self.redis = redis.Redis.from_url(self.opts.redis_url, socket_timeout=10)
         self.nodes: list[dict[str, Any]] = []
         self.fds_peak = 0
@@ -109,7 +137,9 @@ class Crowd(Worker):
         if self.first:
             out["resume_server_cpu_s"] = [proc_cpu(p) - c for p, c in zip(self.opts.server_pid, cpu0, strict=True)]
         out["held_resume"] = self._sample_nodes()
-        out["broadcasts"] = self._broadcasts()
+        out["broadcasts"] = self._reach(0, self._broadcast)
+        if self.group is not None:
+            out["group"] = self._reach(self.sender, self._group_message)
         out["fds_peak"] = self.fds_peak
         out["window"] = out["resume"]["end"] - out["resume"]["start"]
         for conn in self.conns.values():
@@ -144,6 +174,8 @@ class Crowd(Worker):
                 while True:
                     req: dict[str, Any] = {"msgid": MsgId.LOGIN, "id": a.id, "seq": 1}
                     req.update({"token": a.token} if token else {"password": a.password, "resume": True})
+                    if self.group is not None:
+                        req["group_members"] = False
                     reply = conn.call(req)
                     wait = _retry_in(reply)
                     if wait is None:
@@ -197,23 +229,41 @@ class Crowd(Worker):
                 raise BenchError(f"the nodes still hold users {RELEASE_TIMEOUT:.0f} s after the crowd left")
             gevent.sleep(0.2)
 
-    def _broadcasts(self) -> list[dict[str, Any]]:
+    def _broadcast(self, k: int) -> tuple[int, str]:
+        sent_ns = time.monotonic_ns()
+        return sent_ns, broadcast(self.opts.redis_url, f"b0.{k}.{sent_ns}")
+
+    def _group_message(self, k: int) -> tuple[int, str]:
+        """The run's first user says something to the crowd's group (its
+        ACK, read by the connection's reader, is counted if it is an error)."""
+        conn = self.conns.get(0)
+        if conn is None:
+            raise BenchError("the group's sender (the run's first user) is not logged in")
+        sent_ns = time.monotonic_ns()
+        conn.send({"msgid": MsgId.GROUP_CHAT, "groupid": self.group, "msg": f"b{self.sender}.{k}.{sent_ns}",
+                   "seq": 100 + k})
+        return sent_ns, f"group {self.group}"
+
+    def _reach(self, sender: int, send: Callable[[int], tuple[int, str]]) -> list[dict[str, Any]]:
+        """`--broadcasts` rounds of `send` (worker 0), each counted on every
+        connection by its tag: `b<sender>.<k>.<t_ns>`."""
         k_max = self.opts.broadcasts
-        # per connection, one byte per broadcast: how many times it arrived
+        # per connection, one byte per round: how many times it arrived
         self.seen = {index: bytearray(k_max) for index in self.conns}
         self.got = [0] * k_max
         self.last = [0] * k_max
         self.lat_k = [Latencies() for _ in range(k_max)]
+        self.tagged = sender
         readers = [gevent.spawn(self._read, index, conn) for index, conn in self.conns.items()]
+        # the sender of a group message gets no copy of its own
+        expect = len(self.conns) - (1 if sender and 0 in self.conns else 0)
         out = []
         for k in range(k_max):
             self.sync()
             sent_ns = 0
             said = ""
             if self.first:
-                sent_ns = time.monotonic_ns()
-                said = broadcast(self.opts.redis_url, f"b0.{k}.{sent_ns}")
-            expect = len(self.conns)
+                sent_ns, said = send(k)
             deadline = time.monotonic() + self.opts.drain
             while self.got[k] < expect and time.monotonic() < deadline:
                 gevent.sleep(0.01)
@@ -240,7 +290,7 @@ class Crowd(Worker):
             now = time.monotonic_ns()
             for frame in frames:
                 t = read_tag(frame)
-                if t is None or t[0] != 0 or t[1] >= len(seen):
+                if t is None or t[0] != self.tagged or t[1] >= len(seen):
                     self._count_reply(frame)
                     continue
                 _, k, sent_ns = t
@@ -286,18 +336,23 @@ def merge_crowd(results: list[Result], opts: Options) -> Result:
                  "bytes_per_connection": round((s["rss"] - s["base"]) / s["users"]) if s["users"] else None}
                 for s in samples]
 
-    casts = []
-    for k in range(opts.broadcasts):
-        parts = [r["broadcasts"][k] for r in results]
-        sent_ns = max(p["sent_ns"] for p in parts)
-        expected = sum(p["expected"] for p in parts)
-        unique = sum(p["unique"] for p in parts)
-        last = max(p["last_ns"] for p in parts)
-        casts.append({"reached": unique, "expected": expected, "lost": expected - unique,
-                      "duplicates": sum(p["dups"] for p in parts),
-                      "last_delivery_ms": round((last - sent_ns) / 1e6, 1) if last else None,
-                      "latency_ms": percentiles(p["lat"] for p in parts),
-                      "admin": next((p["said"] for p in parts if p["said"]), "")})
+    def rounds(name: str) -> list[dict[str, Any]]:
+        out = []
+        for k in range(opts.broadcasts):
+            parts = [r[name][k] for r in results]
+            sent_ns = max(p["sent_ns"] for p in parts)
+            expected = sum(p["expected"] for p in parts)
+            unique = sum(p["unique"] for p in parts)
+            last = max(p["last_ns"] for p in parts)
+            out.append({"reached": unique, "expected": expected, "lost": expected - unique,
+                        "duplicates": sum(p["dups"] for p in parts),
+                        "last_delivery_ms": round((last - sent_ns) / 1e6, 1) if last else None,
+                        "latency_ms": percentiles(p["lat"] for p in parts),
+                        "admin": next((p["said"] for p in parts if p["said"]), "")})
+        return out
+
+    casts = rounds("broadcasts")
+    group = rounds("group") if "group" in first else []
     resume = phase("resume")
     cpu = sum(first.get("resume_server_cpu_s", []))
     out: Result = {
@@ -311,9 +366,10 @@ def merge_crowd(results: list[Result], opts: Options) -> Result:
         "nodes_after_password": nodes(first["held_password"]),
         "nodes_after_resume": nodes(first["held_resume"]),
         "broadcasts": casts,
+        "group_messages": group,
         "not_logged_in": opts.users - resume["logins"],
-        "lost": sum(c["lost"] for c in casts),
-        "duplicates": sum(c["duplicates"] for c in casts),
+        "lost": sum(c["lost"] for c in casts + group),
+        "duplicates": sum(c["duplicates"] for c in casts + group),
         "bench_open_files_peak": [r["fds_peak"] for r in results],
         "sent": sum(r["sent"] for r in results),
         "errors": sum(r["errors"] for r in results),
