@@ -5,9 +5,11 @@ quotes (`pytest -s`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -224,16 +226,10 @@ def test_the_writer_survives_its_connection_killed_between_batches(mariadb) -> N
     again on a fresh connection."""
     import pymysql
 
-    from gchat.store import Database
-    from gchat.writer import LogWriter, Outgoing
+    from gchat.writer import Outgoing
     from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
 
-    db = Database(mariadb.create())
-    try:
-        with db.transaction() as s:
-            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
-        writer = LogWriter(db)
-        first, _ = writer.append(Outgoing(a, {"msg": "one"}, to=b))
+    with _a_pairs_writer(mariadb) as (db, writer, a, b, first):
         assert writer._conn is not None
         thread_id = writer._conn.connection.dbapi_connection.thread_id()  # type: ignore[union-attr]
         admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD)
@@ -244,6 +240,22 @@ def test_the_writer_survives_its_connection_killed_between_batches(mariadb) -> N
         assert (second.conv, second.seq) == (first.conv, first.seq + 1)
         with db.transaction() as s:
             assert [m.seq for m in convlog.messages_between(s, first.conv, 0)] == [first.seq, second.seq]
+
+
+@contextlib.contextmanager
+def _a_pairs_writer(mariadb) -> Iterator[tuple[Any, Any, int, int, Any]]:  # type: ignore[no-untyped-def]
+    """A fresh MariaDB store with users a and b and a LogWriter that has
+    logged a's first message to b: (db, writer, a, b, that message)."""
+    from gchat.store import Database
+    from gchat.writer import LogWriter, Outgoing
+
+    db = Database(mariadb.create())
+    try:
+        with db.transaction() as s:
+            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
+        writer = LogWriter(db)
+        first, _ = writer.append(Outgoing(a, {"msg": "one"}, to=b))
+        yield db, writer, a, b, first
         writer.close()
     finally:
         db.dispose()
@@ -260,15 +272,9 @@ def test_a_batch_whose_connection_is_lost_during_its_commit_is_logged_once(maria
     import pymysql
 
     from gchat import writer as writer_mod
-    from gchat.store import Database
-    from gchat.writer import LogWriter, Outgoing
+    from gchat.writer import Outgoing
 
-    db = Database(mariadb.create())
-    try:
-        with db.transaction() as s:
-            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
-        writer = LogWriter(db)
-        first, _ = writer.append(Outgoing(a, {"msg": "one"}, to=b))
+    with _a_pairs_writer(mariadb) as (db, writer, a, b, first):
         real = writer_mod._execute
         lost: list[bool] = []
 
@@ -292,6 +298,3 @@ def test_a_batch_whose_connection_is_lost_during_its_commit_is_logged_once(maria
             logged = convlog.messages_between(s, first.conv, 0)
         assert [m.seq for m in logged] == [first.seq, second.seq, third.seq]
         assert ['"two"' in m.body for m in logged] == [False, True, False]
-        writer.close()
-    finally:
-        db.dispose()

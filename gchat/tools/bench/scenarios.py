@@ -352,12 +352,19 @@ class Group(Worker):
                 bitmap = seen.get(sender)
                 if bitmap is None:
                     bitmap = seen[sender] = bytearray(1024)
-                if n >= len(bitmap):
-                    bitmap.extend(bytes(max(n + 1 - len(bitmap), len(bitmap))))
-                if bitmap[n]:
+                if mark(bitmap, n):
                     self.dups += 1
-                bitmap[n] = 1
             self.last_delivery = time.monotonic()
+
+
+def mark(bitmap: bytearray, n: int) -> bool:
+    """Note message n as received (the bitmap grows as needed); True when
+    it was already: a duplicate."""
+    if n >= len(bitmap):
+        bitmap.extend(bytes(max(n + 1 - len(bitmap), len(bitmap))))
+    seen = bool(bitmap[n])
+    bitmap[n] = 1
+    return seen
 
 
 def bin_count(bitmap: bytearray) -> int:
@@ -495,12 +502,9 @@ class OneToOne(Worker):
                 if sender != partner.id:
                     self.error(f"user {me.id}: a message from {sender}, not from its partner {partner.id}")
                     continue
-                if n >= len(seen):
-                    seen.extend(bytes(max(n + 1 - len(seen), len(seen))))
-                if seen[n]:
+                if mark(seen, n):
                     self.dups += 1
                 else:
-                    seen[n] = 1
                     self.unique += 1
 
 
