@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 from sqlalchemy import delete, event, select
 
@@ -156,3 +157,24 @@ def test_one_flush_writes_every_sessions_news_in_one_statement(db: Database) -> 
     cursors = _cursors(db)
     assert cursors[a, convs[a, b]] == (3, 0) and cursors[b, convs[a, b]] == (3, 0)
     assert sum(d for d, _r in cursors.values()) == 2 * len(cursors) + 2
+
+
+def test_sessions_ending_at_once_write_their_cursors_together(db: Database) -> None:
+    """A node whose clients are all cut off at once: their cursors go in one
+    transaction (one statement), not one each, and each is right."""
+    users, convs = _pairs(db, 12)
+    sessions = Sessions(db, flush_interval=0)
+    peers = {}
+    for u in users:
+        peers[u] = Peer()
+        sessions.begin(u, peers[u], sync=False)
+        sessions.open(u, {convs[u, v]: 0 for v in users if v != u})
+    for u in users:
+        for v in users:
+            if v != u:
+                assert sessions.offer(u, convs[u, v], 1, b'{"msgid":5}')
+    updates = _statements(db)
+    gevent.joinall([gevent.spawn(sessions.end, u, peers[u]) for u in users], raise_error=True)
+    assert len(updates) <= 2  # the first alone, the eleven that came meanwhile together
+    assert {k: d for k, (d, _r) in _cursors(db).items()} == {(u, convs[u, v]): 1 for u in users for v in users
+                                                           if v != u}
