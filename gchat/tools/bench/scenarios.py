@@ -11,8 +11,10 @@ received, duplicates = received again.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,8 @@ class Worker:
         self.errors = 0
         self.lat = Latencies()
         self.error_samples: list[str] = []
+        self.sent_by: dict[int, int] = defaultdict(int)  # sender -> messages sent (open-loop scenarios)
+        self.last_delivery = time.monotonic()
 
     def prepare(self) -> None:
         pass
@@ -109,6 +113,49 @@ class Worker:
             return
         if reply.get("errno"):
             self.error(str(reply))
+
+    def _send_paced(self, a: accounts.Account, conn: Conn, frame: Callable[[int, int, bool], bytes],
+                    first: float, interval: float, stop: float) -> None:
+        """The open-loop scenarios' sender: frame(n, t_ns, seq) at first,
+        first + interval, ... until stop, each tagged with its *scheduled*
+        time, whatever came back."""
+        seq, n, t = self.opts.acks, 0, first
+        base_ns = time.monotonic_ns() - int(time.monotonic() * 1e9)
+        while t < stop:
+            _sleep_until(t)
+            try:
+                conn.sock.sendall(frame(n, int(t * 1e9) + base_ns, seq) + conn.terminator)
+            except OSError as e:
+                self.error(f"send {a.id}: {e}")
+                return
+            self.sent += 1
+            n += 1
+            self.sent_by[a.id] = n
+            t = first + n * interval
+
+    def _deliveries(self, who: int, conn: Conn, deliver: Callable[[int, int], None]) -> None:
+        """The open-loop scenarios' reader, the measured path (as in
+        PingPong._read): each tagged delivery's latency is counted and
+        deliver(sender, n) told; any other frame is a reply. Ends when the
+        connection fails."""
+        lat = self.lat
+        while True:
+            try:
+                frames = conn.read_frames()
+            except GchatError as e:
+                self.error(f"user {who}: {e}")
+                return
+            now = time.monotonic_ns()
+            for frame in frames:
+                t = read_tag(frame)
+                if t is None:
+                    self._count_reply(frame)
+                    continue
+                sender, n, sent_ns = t
+                self.received += 1
+                lat.add_ns(now - sent_ns)
+                deliver(sender, n)
+            self.last_delivery = time.monotonic()
 
     def base(self) -> Result:
         return {"sent": self.sent, "received": self.received, "errors": self.errors,
@@ -287,7 +334,6 @@ class Group(Worker):
             self.members.append((a, conn))
         if not self.opts.part_b:
             gevent.sleep(1.0)  # part A joins are silent: give them time to land
-        self.sent_by: dict[int, int] = defaultdict(int)
         # receiver -> sender -> bitmap of message numbers seen
         self.seen: dict[int, dict[int, bytearray]] = {a.id: {} for a, _ in self.members}
         self.dups = 0
@@ -299,7 +345,8 @@ class Group(Worker):
         interval = n_all / self.opts.rate  # each member sends rate / members per second
         stop = go + self.opts.duration
         # phases spread over one interval, so the offered load is smooth
-        senders = [gevent.spawn(self._send, a, c, go + interval * (index / n_all), interval, stop)
+        senders = [gevent.spawn(self._send_paced, a, c, functools.partial(_group_chat, a, self.group_id),
+                                go + interval * (index / n_all), interval, stop)
                    for (index, _), (a, c) in zip(self.task["members"], self.members, strict=True)]
         gevent.joinall(senders)
         end = time.monotonic()
@@ -316,45 +363,17 @@ class Group(Worker):
         out["dups"] = self.dups
         return out
 
-    def _send(self, a: accounts.Account, conn: Conn, first: float, interval: float, stop: float) -> None:
-        seq, n, t = self.opts.acks, 0, first
-        base_ns = time.monotonic_ns() - int(time.monotonic() * 1e9)
-        while t < stop:
-            _sleep_until(t)
-            try:
-                conn.sock.sendall(_group_chat(a, self.group_id, n, int(t * 1e9) + base_ns, seq) + conn.terminator)
-            except OSError as e:
-                self.error(f"send {a.id}: {e}")
-                return
-            self.sent += 1
-            n += 1
-            self.sent_by[a.id] = n
-            t = first + n * interval
-
     def _read(self, me: accounts.Account, conn: Conn) -> None:
         seen = self.seen[me.id]
-        lat = self.lat
-        while True:  # the measured path, as in PingPong._read
-            try:
-                frames = conn.read_frames()
-            except GchatError as e:
-                self.error(f"user {me.id}: {e}")
-                return
-            now = time.monotonic_ns()
-            for frame in frames:
-                t = read_tag(frame)
-                if t is None:
-                    self._count_reply(frame)
-                    continue
-                sender, n, sent_ns = t
-                self.received += 1
-                lat.add_ns(now - sent_ns)
-                bitmap = seen.get(sender)
-                if bitmap is None:
-                    bitmap = seen[sender] = bytearray(1024)
-                if mark(bitmap, n):
-                    self.dups += 1
-            self.last_delivery = time.monotonic()
+
+        def deliver(sender: int, n: int) -> None:
+            bitmap = seen.get(sender)
+            if bitmap is None:
+                bitmap = seen[sender] = bytearray(1024)
+            if mark(bitmap, n):
+                self.dups += 1
+
+        self._deliveries(me.id, conn, deliver)
 
 
 def mark(bitmap: bytearray, n: int) -> bool:
@@ -423,7 +442,6 @@ class OneToOne(Worker):
             # send phases: a pair's two users half an interval apart, all phases spread evenly
             n = self.opts.pairs
             self.users += [(i, a, ca, b), (i + n, b, cb, a)]
-        self.sent_by: dict[int, int] = defaultdict(int)
         self.seen: dict[int, bytearray] = {a.id: bytearray(1024) for _, a, _, _ in self.users}
         self.unique = 0
         self.dups = 0
@@ -433,7 +451,8 @@ class OneToOne(Worker):
         n_all = 2 * self.opts.pairs
         interval = n_all / self.opts.rate
         stop = go + self.opts.duration
-        senders = [gevent.spawn(self._send, a, c, partner, go + interval * (k / n_all), interval, stop)
+        senders = [gevent.spawn(self._send_paced, a, c, functools.partial(_chat, a, partner.id),
+                                go + interval * (k / n_all), interval, stop)
                    for k, a, c, partner in self.users]
         gevent.joinall(senders)
         end = time.monotonic()
@@ -465,47 +484,18 @@ class OneToOne(Worker):
                 break
         return out
 
-    def _send(self, a: accounts.Account, conn: Conn, partner: accounts.Account, first: float, interval: float,
-              stop: float) -> None:
-        seq, n, t = self.opts.acks, 0, first
-        base_ns = time.monotonic_ns() - int(time.monotonic() * 1e9)
-        while t < stop:
-            _sleep_until(t)
-            try:
-                conn.sock.sendall(_chat(a, partner.id, n, int(t * 1e9) + base_ns, seq) + conn.terminator)
-            except OSError as e:
-                self.error(f"send {a.id}: {e}")
-                return
-            self.sent += 1
-            n += 1
-            self.sent_by[a.id] = n
-            t = first + n * interval
-
     def _read(self, me: accounts.Account, conn: Conn, partner: accounts.Account) -> None:
         seen = self.seen[me.id]
-        lat = self.lat
-        while True:  # the measured path, as in PingPong._read
-            try:
-                frames = conn.read_frames()
-            except GchatError as e:
-                self.error(f"user {me.id}: {e}")
-                return
-            now = time.monotonic_ns()
-            for frame in frames:
-                t = read_tag(frame)
-                if t is None:
-                    self._count_reply(frame)
-                    continue
-                sender, n, sent_ns = t
-                self.received += 1
-                lat.add_ns(now - sent_ns)
-                if sender != partner.id:
-                    self.error(f"user {me.id}: a message from {sender}, not from its partner {partner.id}")
-                    continue
-                if mark(seen, n):
-                    self.dups += 1
-                else:
-                    self.unique += 1
+
+        def deliver(sender: int, n: int) -> None:
+            if sender != partner.id:
+                self.error(f"user {me.id}: a message from {sender}, not from its partner {partner.id}")
+            elif mark(seen, n):
+                self.dups += 1
+            else:
+                self.unique += 1
+
+        self._deliveries(me.id, conn, deliver)
 
 
 def merge_onetoone(results: list[Result], opts: Options) -> Result:
