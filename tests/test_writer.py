@@ -5,6 +5,7 @@ driver's rules, on a connection of the writer's own."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pymysql.converters
 import pytest
@@ -17,6 +18,7 @@ from gchat.models import Conversation, Message
 from gchat.protocol import Errno, ProtocolError, loads
 from gchat.store import Database
 from gchat.writer import LogWriter, Outgoing, Written
+from tests.conftest import database_url
 
 
 def test_escape_string_agrees_with_the_driver_on_every_character() -> None:
@@ -42,13 +44,17 @@ ODD = ["it's \"quoted\"", "back\\slash \\n not a newline", "nul \0 and \x1a", "%
        "'); DROP TABLE message; --"]
 
 
+
+def _store_url(backend: str, mariadb, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    """A fresh store at head: a SQLite file, or a MariaDB database."""
+    url = database_url(backend, mariadb, tmp_path)
+    if backend == "sqlite":
+        schema.upgrade(Database(url))
+    return url
+
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
 def test_odd_message_texts_are_stored_and_delivered_exactly_as_sent(backend, mariadb, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/log.db"
-        schema.upgrade(Database(url))
-    else:
-        url = mariadb.create()
+    url = _store_url(backend, mariadb, tmp_path)
     db = Database(url)
     delivered: list[bytes] = []
 
@@ -82,11 +88,7 @@ def test_two_writers_taking_turns_on_one_conversation_keep_one_gap_free_order(ba
     conversation where it last left it, finds it moved by the other (the
     checking UPDATE matches nothing and its INSERT hits the other's numbers),
     rolls back and numbers under the lock instead. No gap, no duplicate."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/log.db"
-        schema.upgrade(Database(url))
-    else:
-        url = mariadb.create()
+    url = _store_url(backend, mariadb, tmp_path)
     db_a, db_b = Database(url), Database(url)
     try:
         with db_a.transaction() as s:
@@ -115,11 +117,7 @@ def test_a_message_to_a_group_deleted_meanwhile_is_refused_and_the_rest_of_its_b
     and its conversation row, while this writer has the conversation
     cached: a batch naming it refuses that message (errno 7) and writes the
     others."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/log.db"
-        schema.upgrade(Database(url))
-    else:
-        url = mariadb.create()
+    url = _store_url(backend, mariadb, tmp_path)
     db = Database(url)
     try:
         with db.transaction() as s:
@@ -155,11 +153,7 @@ def test_a_batch_whose_insert_fails_commits_nothing(backend, mariadb, tmp_path) 
     MariaDB: an INSERT that fails (here a row already holding the number,
     never expected) must leave the COMMIT unsent, last_seq where it was,
     and the writer's connection usable for the next batch."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/log.db"
-        schema.upgrade(Database(url))
-    else:
-        url = mariadb.create()
+    url = _store_url(backend, mariadb, tmp_path)
     db = Database(url)
     try:
         with db.transaction() as s:
