@@ -127,14 +127,21 @@ class Peer:
         return {}
 
 
-def test_one_flush_writes_every_sessions_news_in_one_statement(db: Database) -> None:
-    users, convs = _pairs(db, 12)
+def _classic_sessions(db: Database, users: list[int], convs: dict[tuple[int, int], int],
+                      ) -> tuple[Sessions, dict[int, Peer]]:
+    """Every user logged in as a classic client, each cursor at 0."""
     sessions = Sessions(db, flush_interval=0)
     peers = {}
     for u in users:
         peers[u] = Peer()
         sessions.begin(u, peers[u], sync=False)
         sessions.open(u, {convs[u, v]: 0 for v in users if v != u})
+    return sessions, peers
+
+
+def test_one_flush_writes_every_sessions_news_in_one_statement(db: Database) -> None:
+    users, convs = _pairs(db, 12)
+    sessions, _ = _classic_sessions(db, users, convs)
     updates = _statements(db)
     # each user is handed two messages from every other
     for u in users:
@@ -163,12 +170,7 @@ def test_sessions_ending_at_once_write_their_cursors_together(db: Database) -> N
     """A node whose clients are all cut off at once: their cursors go in one
     transaction (one statement), not one each, and each is right."""
     users, convs = _pairs(db, 12)
-    sessions = Sessions(db, flush_interval=0)
-    peers = {}
-    for u in users:
-        peers[u] = Peer()
-        sessions.begin(u, peers[u], sync=False)
-        sessions.open(u, {convs[u, v]: 0 for v in users if v != u})
+    sessions, peers = _classic_sessions(db, users, convs)
     for u in users:
         for v in users:
             if v != u:
