@@ -6,6 +6,8 @@ connections across three nodes)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gevent
 
 from gchat.control import BROADCAST_SLICE, Control
@@ -44,10 +46,8 @@ def crowd(n: int) -> tuple[Registry, list[FakePeer], list[int]]:
     return registry, peers, log
 
 
-def test_every_user_gets_one_system_message_and_the_loop_runs_meanwhile() -> None:
-    n = 4 * BROADCAST_SLICE + 10
-    registry, peers, log = crowd(n)
-    control = Control("n1", registry, forget=lambda ids: None)
+def while_running(job: Callable[[], object], n: int, log: list[int]) -> list[int]:
+    """Run job; how many pushes another greenlet saw done each time it ran."""
     seen_at: list[int] = []
 
     def other_work() -> None:  # a connection's reader, the heartbeat's watchdog...
@@ -56,9 +56,17 @@ def test_every_user_gets_one_system_message_and_the_loop_runs_meanwhile() -> Non
             gevent.sleep(0)
 
     other = gevent.spawn(other_work)
-    job = gevent.spawn(control.broadcast, "maintenance at noon")
-    gevent.joinall([job, other], raise_error=True)
-    assert job.value == n
+    gevent.joinall([gevent.spawn(job), other], raise_error=True)
+    return seen_at
+
+
+def test_every_user_gets_one_system_message_and_the_loop_runs_meanwhile() -> None:
+    n = 4 * BROADCAST_SLICE + 10
+    registry, peers, log = crowd(n)
+    control = Control("n1", registry, forget=lambda ids: None)
+    reached: list[int] = []
+    seen_at = while_running(lambda: reached.append(control.broadcast("maintenance at noon")), n, log)
+    assert reached == [n]
     assert all(len(p.got) == 1 for p in peers)
     message = loads(peers[0].got[0])
     assert message["id"] == 0 and message["system"] is True and message["msg"] == "maintenance at noon"

@@ -6,16 +6,13 @@ and its heartbeat's watchdog are not held up for the whole loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import gevent
-
 from gchat.cluster.bus import LocalBus
 from gchat.registry import Registry
 from gchat.router import OFFER_SLICE, Router
 from gchat.sessions import Sessions
 from gchat.store import Database
 from gchat.writer import Written
+from tests.test_control_broadcast import while_running
 
 CONV = 7
 BODY = b'{"msgid":9,"id":1,"name":"a","groupid":3,"msg":"hi","conv":7,"cseq":1}'
@@ -52,20 +49,6 @@ def members(n: int) -> tuple[Router, list[FakePeer], list[int]]:
         sessions.begin(p.user_id or 0, p, sync=False)
         sessions.open(p.user_id or 0, {CONV: 0})
     return router, peers, log
-
-
-def while_running(job: Callable[[], object], n: int, log: list[int]) -> list[int]:
-    """Run job; how many pushes another greenlet saw done each time it ran."""
-    seen_at: list[int] = []
-
-    def other_work() -> None:  # a connection's reader, the heartbeat's watchdog...
-        while len(log) < n:
-            seen_at.append(len(log))
-            gevent.sleep(0)
-
-    other = gevent.spawn(other_work)
-    gevent.joinall([gevent.spawn(job), other], raise_error=True)
-    return seen_at
 
 
 def test_a_delivery_from_the_bus_reaches_every_member_once_and_the_loop_runs_meanwhile() -> None:
