@@ -249,11 +249,14 @@ class LogWriter:
     def _run(self, items: list[tuple[Outgoing, int]], fast: bool) -> list[Written | ProtocolError]:
         """_number in one transaction on the writer's connection, committed;
         run again (up to the retry policy's attempts) when it was rolled back
-        whole: a deadlock victim, or its connection lost before the commit
-        was sent (a database restarted since the last batch)."""
+        whole: a deadlock victim, a connection lost before the commit was
+        sent, or one lost during the query holding the COMMIT when the log
+        then shows the batch's first row absent (_committed; there, the
+        batch is answered as written)."""
         attempt = 1
         while True:
-            # set once the COMMIT is on its way: a lost connection then leaves the outcome unknown
+            # set once the COMMIT is on its way: a lost connection then leaves the
+            # outcome to be asked of the log (_Sent), or unknown (True: the Core path)
             sent: list[_Sent | bool] = []
             try:
                 with driver_errors():
