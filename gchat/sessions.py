@@ -424,15 +424,10 @@ class Sessions:
         self._write(self._delivered(s for s in list(self._by_user.values()) if s.ready and not s.sync))
 
     def _write_ends(self, ends: list[tuple[tuple[int, int, int], ...]]) -> list[None]:
-        """The cursors of sessions that ended meanwhile, in one transaction;
-        a failure is logged once for all of them (their next logins hand the
-        messages over again)."""
-        marks = [m for end in ends for m in end]
-        try:
-            with self.db.transaction() as s:
-                convlog.set_delivered(s, marks)
-        except (DomainError, ProtocolError) as e:
-            log.warning("could not write the delivered cursors of %d ended session(s): %s", len(ends), e)
+        """The cursors of sessions that ended meanwhile, in one transaction
+        (_write: a failure is logged once for all of them; their next logins
+        hand the messages over again)."""
+        self._write([m for end in ends for m in end])
         return [None] * len(ends)
 
     def _write(self, marks: list[tuple[int, int, int]]) -> None:
