@@ -24,14 +24,15 @@ driver itself (convlog.FastSql; round trips and SQLAlchemy's execution per
 statement were most of a batch's CPU):
 - the fast path (this node knows where the conversations are: it wrote
   them last, or heard of their last message over the bus, `heard`), one
-  round trip: the UPDATE that checks this node's last_seq and member epoch, the server's own check of its count
-  (convlog.check_count: it signals, and runs nothing more, when a
-  conversation moved: a rollback and the locking path), the INSERT and the
-  COMMIT;
+  round trip: the UPDATE that checks this node's last_seq and member
+  epoch, the server's own check of its count (convlog.check_count: it
+  signals, and runs nothing more, when a conversation moved: a rollback
+  and the locking path), the INSERT and the COMMIT;
 - the locking path (conversations another node writes too without this
-  one hearing of it, `_contested`: the fast path would only fail on them): the lock's SELECT; then the
-  UPDATE, the INSERT and the COMMIT in one query (the server runs nothing
-  after a failed statement, so the COMMIT goes only with the rows).
+  one hearing of it, `_contested`: the fast path would only fail on them):
+  the lock's SELECT; then the UPDATE, the INSERT and the COMMIT in one
+  query (the server runs nothing after a failed statement, so the COMMIT
+  goes only with the rows).
 A driver error but a deadlock drops the connection (the next batch opens a
 fresh one); a batch that was a deadlock victim is run again as
 store.Database.run would, as it was rolled back whole; a batch whose
