@@ -55,7 +55,8 @@ class Counts:
     """Counted where it happens, read when scraped. Plain integers: greenlets
     switch only at I/O, so `+=` needs no lock."""
 
-    __slots__ = ("delivered_local", "routed", "stored", "errors", "bus_reconnects", "login_seconds")
+    __slots__ = ("delivered_local", "routed", "stored", "errors", "bus_reconnects", "login_seconds",
+                 "batches_fast", "batches_locked", "batches_moved")
 
     def __init__(self) -> None:
         self.delivered_local = 0  # pushed to a connection of this node
@@ -63,6 +64,13 @@ class Counts:
         self.stored = 0  # stored offline, for the recipient's next login
         self.errors: Counter[int] = Counter()  # errno -> requests refused with it
         self.bus_reconnects = 0
+        # the log writer's batches by the path that committed them
+        # (gchat/writer.py): one round trip (fast), or the lock first
+        # (locked); moved: fast tries that found a conversation moved and
+        # went on to the lock (counted in locked too)
+        self.batches_fast = 0
+        self.batches_locked = 0
+        self.batches_moved = 0
         # not registered anywhere until a MetricsServer registers it: tests
         # build many Services in one process
         self.login_seconds = Histogram(
@@ -101,6 +109,14 @@ class NodeCollector(Collector):
         for errno, n in sorted(c.errors.items()):
             errors.add_metric([str(errno)], n)
         yield errors
+        batches = CounterMetricFamily(
+            "gchat_log_batches", "the log writer's batches, by the path that committed them: one round trip "
+            "(fast), the conversations locked first (locked); moved: fast tries that found a conversation "
+            "another node wrote meanwhile, and went on to the lock", labels=["path"])
+        batches.add_metric(["fast"], c.batches_fast)
+        batches.add_metric(["locked"], c.batches_locked)
+        batches.add_metric(["moved"], c.batches_moved)
+        yield batches
         yield CounterMetricFamily("gchat_bus_reconnects", "times the cluster bus reconnected to Redis",
                                   value=c.bus_reconnects)
         pool = self.db.engine.pool

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import gevent
 from gevent.event import Event
 
 from gchat import store
 from gchat.cluster.bus import Bus
+from gchat.convlog import is_notice
 from gchat.errors import DomainError, Unavailable
 from gchat.metrics import Counts
 from gchat.registry import Registry
@@ -51,6 +52,10 @@ class Router:
         self._settled: dict[int, Event] = {}
         self.sessions = sessions if sessions is not None else Sessions(db)
         self.counts = counts if counts is not None else Counts()
+        # told of each logged message another node routed here (conv, seq,
+        # notice): the log's writer learns where the conversation is
+        # (LogWriter.heard; set by service.Services)
+        self.heard: Callable[[int, int, bool], None] | None = None
 
     @contextlib.contextmanager
     def _deciding(self, user_ids: list[int]) -> Iterator[None]:
@@ -157,6 +162,8 @@ class Router:
         if not sep or not conv.isdigit() or not seq.isdigit():
             return False
         c, q = int(conv), int(seq)
+        if self.heard is not None:
+            self.heard(c, q, is_notice(text))
         offered = 0
         for k, uid in enumerate(user_ids):
             if k and not k % OFFER_SLICE:

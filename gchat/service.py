@@ -119,7 +119,9 @@ class Services:
     def __post_init__(self) -> None:
         self.users_by_id = Batcher(self._load_users)
         self.session_data = Batcher(self._open_sessions)
-        self.writer = LogWriter(self.db, self.router.deliver_logged, linger=self.log_linger)
+        self.writer = LogWriter(self.db, self.router.deliver_logged, linger=self.log_linger,
+                                counts=self.router.counts)
+        self.router.heard = self.writer.heard  # what other nodes log, the writer learns (LogWriter.heard)
         self.receipts = Batcher(self._write_receipts)
         self.watchers = Batcher(self.load_watchers)
         self.blockers = Batcher(self._load_blockers)

@@ -22,16 +22,17 @@ was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
 (not the pool's) and may carry several statements per query, sent to the
 driver itself (convlog.FastSql; round trips and SQLAlchemy's execution per
 statement were most of a batch's CPU):
-- the fast path (this node wrote the conversations last, and no other node
-  has been seen writing them), one round trip: the UPDATE that checks this
-  node's last_seq and member epoch, the server's own check of its count
-  (convlog.check_count: it signals, and runs nothing more, when a
-  conversation moved: a rollback and the locking path), the INSERT and the
-  COMMIT;
-- the locking path (conversations another node writes too, `_contested`:
-  the fast path would only fail on them): the lock's SELECT; then the
-  UPDATE, the INSERT and the COMMIT in one query (the server runs nothing
-  after a failed statement, so the COMMIT goes only with the rows).
+- the fast path (this node knows where the conversations are: it wrote
+  them last, or heard of their last message over the bus, `heard`), one
+  round trip: the UPDATE that checks this node's last_seq and member
+  epoch, the server's own check of its count (convlog.check_count: it
+  signals, and runs nothing more, when a conversation moved: a rollback
+  and the locking path), the INSERT and the COMMIT;
+- the locking path (conversations another node writes too without this
+  one hearing of it, `_contested`: the fast path would only fail on them):
+  the lock's SELECT; then the UPDATE, the INSERT and the COMMIT in one
+  query (the server runs nothing after a failed statement, so the COMMIT
+  goes only with the rows).
 A driver error but a deadlock drops the connection (the next batch opens a
 fresh one); a batch that was a deadlock victim is run again as
 store.Database.run would, as it was rolled back whole; a batch whose
@@ -58,6 +59,7 @@ from sqlalchemy import exc as sa_exc
 from gchat import convlog
 from gchat.batch import Batcher
 from gchat.errors import Conflict, Unavailable
+from gchat.metrics import Counts
 from gchat.protocol import Errno, ProtocolError, dumps
 from gchat.store import Database, deadlock, driver_errors, make_engine
 
@@ -110,8 +112,11 @@ Done = tuple[Written, int] | ProtocolError
 
 
 class LogWriter:
-    def __init__(self, db: Database, deliver: Deliver | None = None, linger: float = 0.0) -> None:
+    def __init__(self, db: Database, deliver: Deliver | None = None, linger: float = 0.0,
+                 counts: Counts | None = None) -> None:
         self.db = db
+        # batches by the path that committed them (gchat_log_batches)
+        self.counts = counts if counts is not None else Counts()
         # called with each committed batch, in seq order: how many recipients
         # of each message were reached live
         self.deliver = deliver
@@ -121,11 +126,13 @@ class LogWriter:
         # conversation -> (member epoch, member ids) as last read under the lock
         self._members: dict[int, tuple[int, tuple[int, ...]]] = {}
         # conversation -> (last_seq, member_epoch) as this node's last commit
-        # left it: the fast path's expectation (see convlog.advance_if)
+        # left it, or as another node's delivery over the bus told (heard):
+        # the fast path's expectation (see convlog.advance_if)
         self._last: dict[int, tuple[int, int]] = {}
         self._epochs: dict[int, int] = {}
         # conversations that moved under this node's feet the last time it
-        # locked them: another node writes them too (_write)
+        # locked them: another node writes them too (_write), and this one
+        # has not heard of it since (heard)
         self._contested: set[int] = set()
         self._conn: Connection | None = None  # the batches' own, checked out once
         # MySQL/MariaDB: the fast path's statements go to the driver itself,
@@ -201,6 +208,27 @@ class LogWriter:
     def known_group(self, group_id: int, conv: int) -> None:
         self._groups[group_id] = conv
 
+    def heard(self, conv: int, seq: int, notice: bool = False) -> None:
+        """Another node logged conv's message number seq (its delivery came
+        here over the bus). A one-to-one conversation whose users sit on two
+        nodes is written by both in turn: without this, it moved under each
+        node at every batch and took the locking path (two round trips).
+        Knowing its last_seq, the next batch tries the fast path (one).
+        Only a guess: the fast path's UPDATE checks last_seq (and the member
+        epoch, kept as this node last saw it) in the log, and a wrong guess
+        (a message still on its way here, a join meanwhile) is a moved
+        conversation: a rollback and the locking path. A notice is a
+        membership change: the epoch moved, so the conversation is locked
+        first instead."""
+        last = self._last.get(conv)
+        if last is None or seq <= last[0]:  # never written here (locked first anyway), or old news
+            return
+        if notice:
+            self._contested.add(conv)
+            return
+        self._last[conv] = (seq, last[1])
+        self._contested.discard(conv)
+
     # --- the batch -------------------------------------------------------------
 
     def _conv_of(self, msg: Outgoing) -> int:
@@ -218,16 +246,23 @@ class LogWriter:
         # (`_contested`: it moved the last time it was locked here) is
         # locked first: the fast path would only find it moved, roll back
         # and lock it anyway
+        counts = self.counts
         if self._fast_ok() and all(c in self._last and c not in self._contested for _, c in items):
             try:
                 done = self._run(items, fast=True)
+                counts.batches_fast += 1
             except _Moved:
+                counts.batches_moved += 1
                 done = None
         if done is None:
             done = self._run(items, fast=False)
+            counts.batches_locked += 1
         written = [w for w in done if isinstance(w, Written)]
+        last = self._last
         for w in written:  # committed: what this node wrote is where each conversation is
-            self._last[w.conv] = (w.seq, self._epochs[w.conv])
+            # unless another node's later message was heard meanwhile (heard)
+            if w.seq > last.get(w.conv, (-1, 0))[0]:
+                last[w.conv] = (w.seq, self._epochs[w.conv])
         # committed: now, and only now, anyone may hear of it (the whole
         # batch at once: one round trip to the bus for all of it)
         reached = [0] * len(written)
