@@ -49,7 +49,12 @@ GROUP_USER = cast(Table, GroupUser.__table__)
 # instead and locks every row, other nodes' conversations too; two nodes'
 # writers then wait for each other and deadlock (measured: 25-80 deadlocks
 # in 4 s of two writers, each a batch run again). The hint keeps point
-# lookups whatever the table's size.
+# lookups whatever the table's size. And a row constructor alone is not a
+# key range: `WHERE (id, last_seq, member_epoch) IN ((5, 1, 0))` is run as a
+# scan of the whole primary key, hint or not (EXPLAIN: type "index"), which
+# locked every row for a batch of one conversation and made the two nodes'
+# writers deadlock (errno 11 refusals in the cross-node group bench); the
+# checking UPDATEs therefore also say `id IN (...)`, which is a range.
 BY_KEY = "FORCE INDEX (PRIMARY)"
 # built once: an expanding IN list is one bound parameter, so a batch of any
 # size reuses one compiled statement
@@ -69,7 +74,8 @@ _ADVANCE = (
 _ADVANCE_IF = (
     update(CONV)
     .with_hint(BY_KEY, dialect_name="mysql")
-    .where(tuple_(CONV.c.id, CONV.c.last_seq, CONV.c.member_epoch).in_(bindparam("keys", expanding=True)))
+    .where(CONV.c.id.in_(bindparam("ids", expanding=True)),
+           tuple_(CONV.c.id, CONV.c.last_seq, CONV.c.member_epoch).in_(bindparam("keys", expanding=True)))
     .values(last_seq=CONV.c.last_seq + bindparam("n"))
 )
 _APPEND = insert(MESSAGE)
@@ -301,7 +307,8 @@ def advance_if(conn: Connection, expected: Mapping[int, tuple[int, int, int]]) -
         by_count.setdefault(n, []).append((conv, last, epoch))
     matched = 0
     for n, keys in by_count.items():
-        matched += conn.execute(_ADVANCE_IF, {"keys": sorted(keys), "n": n}).rowcount
+        matched += conn.execute(_ADVANCE_IF, {"ids": sorted(k[0] for k in keys), "keys": sorted(keys),
+                                              "n": n}).rowcount
     return matched == len(expected)
 
 
@@ -394,11 +401,14 @@ class FastSql:
         keys = [tuple_(bindparam(f"i{k}"), bindparam(f"l{k}"), bindparam(f"e{k}")) for k in range(n)]
         new = case(*[(CONV.c.id == bindparam(f"c{k}"), bindparam(f"s{k}")) for k in range(n)],
                    else_=CONV.c.last_seq)
+        ids: list[Any] = [bindparam(f"d{k}") for k in range(n)]
         stmt = (update(CONV)
                 .with_hint(BY_KEY, dialect_name="mysql")
-                .where(tuple_(CONV.c.id, CONV.c.last_seq, CONV.c.member_epoch).in_(keys))
+                .where(CONV.c.id.in_(ids),  # the key range (see BY_KEY)
+                       tuple_(CONV.c.id, CONV.c.last_seq, CONV.c.member_epoch).in_(keys))
                 .values(last_seq=new))
-        order = [f"{p}{k}" for k in range(n) for p in "cs"] + [f"{p}{k}" for k in range(n) for p in "ile"]
+        order = ([f"{p}{k}" for k in range(n) for p in "cs"] + [f"d{k}" for k in range(n)]
+                 + [f"{p}{k}" for k in range(n) for p in "ile"])
         return self._render(stmt, order)
 
     @functools.lru_cache(maxsize=512)  # noqa: B019
@@ -460,7 +470,8 @@ class FastSql:
         for c in convs:  # CASE: new last_seq by conversation
             args.append(c)
             args.append(expected[c][0] + expected[c][2])
-        for c in convs:  # WHERE: (id, last_seq, member_epoch) as expected
+        args += convs  # WHERE: id IN (...), the key range
+        for c in convs:  # and (id, last_seq, member_epoch) as expected
             last, epoch, _ = expected[c]
             args += (c, last, epoch)
         return self._advance_if(len(convs)), args

@@ -5,6 +5,7 @@ driver's rules, on a connection of the writer's own."""
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import pymysql.converters
@@ -174,3 +175,43 @@ def test_a_batch_whose_insert_fails_commits_nothing(backend, mariadb, tmp_path) 
         writer.close()
     finally:
         db.dispose()
+
+
+def test_a_conversation_locked_by_another_node_does_not_hold_up_a_batch_of_another(mariadb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Another node's writer holds conversation Y's row (its batch not yet
+    committed). This node's fast path for conversation X alone must lock X
+    only: a checking UPDATE that scanned the whole key (as
+    `(id, last_seq, member_epoch) IN ((x, ...))` alone does on MariaDB) waited
+    for Y, and two nodes doing so deadlocked."""
+    url = _store_url("mariadb", mariadb, tmp_path)
+    db, other = Database(url), Database(url)
+    released: list[bool] = []
+    try:
+        with db.transaction() as s:
+            a, b, c, d = (store.create_user(s, n, "x") for n in "abcd")
+        writer = LogWriter(db)
+        x = writer.append(Outgoing(a, {"msgid": 5, "msg": "x1"}, to=b))[0].conv
+        y = writer.append(Outgoing(c, {"msgid": 5, "msg": "y1"}, to=d))[0].conv
+        holder = other.engine.connect()
+        tx = holder.begin()
+        holder.execute(select(Conversation.id).where(Conversation.id == y).with_for_update())
+
+        def release() -> None:  # the wait would otherwise last innodb_lock_wait_timeout (50 s)
+            released.append(True)
+            tx.rollback()
+
+        timer = threading.Timer(10.0, release)
+        timer.start()
+        try:
+            w, _ = writer.append(Outgoing(b, {"msgid": 5, "msg": "x2"}, to=a))
+        finally:
+            timer.cancel()
+        assert not released, "the batch for X waited for Y's lock"
+        assert (w.conv, w.seq) == (x, 2)
+        if tx.is_active:
+            tx.rollback()
+        holder.close()
+        writer.close()
+    finally:
+        db.dispose()
+        other.dispose()
