@@ -33,11 +33,13 @@ seconds (one statement for all sessions) and when it ends. A modern client
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import gevent
+from gevent.event import Event
 
 from gchat import convlog
 from gchat.batch import Batcher
@@ -60,6 +62,14 @@ REPAIR_PAGE = 200
 DRAINED = 1024 * 1024
 # sessions compared with the log per query of a sweep (one IN list)
 SWEEP_BATCH = 500
+# a gap is given this long to fill from the live path before the log is
+# read: across nodes it is most often a message still on its way (the other
+# node committed seq N, this node's writer N+1 right after, and N's route
+# through Redis to this node's subscriber is a few milliseconds behind this
+# node's own delivery of N+1); reading the log for it cost a transaction per
+# gap, in a group with members on two nodes once every few messages
+# (docs/benchmarks.md, "Group fan-out across nodes, profiled again")
+GAP_GRACE = 0.05
 
 
 class LogPeer(Protocol):
@@ -113,6 +123,9 @@ class Session:
     closed: bool = False
     # conversation -> the last_seq the sweep before found beyond `high`
     suspect: dict[int, int] = field(default_factory=dict)
+    # conversation -> set when a delivery is parked behind its repair
+    # (_await_live)
+    woken: dict[int, Event] = field(default_factory=dict)
 
     def wants(self, body: bytes) -> bool:
         if not convlog.is_notice(body):
@@ -233,6 +246,9 @@ class Sessions:
             return False
         if not sess.ready or conv in sess.repairing:
             sess.parked.setdefault(conv, []).append((seq, body))
+            woken = sess.woken.get(conv)
+            if woken is not None:
+                woken.set()
             return True
         track = sess.tracks.get(conv)
         if track is not None and track.has(seq):
@@ -256,6 +272,7 @@ class Sessions:
         has drained: a repair must not make its client a slow reader."""
         try:
             while sess.parked.get(conv) and not sess.closed:
+                self._await_live(sess, conv)
                 parked = sorted(sess.parked.pop(conv))
                 upto = parked[-1][0]
                 have = {q: b for q, b in parked if b}
@@ -300,6 +317,31 @@ class Sessions:
                     self.on_repair(sess.user_id, conv, pushed)
         finally:
             sess.repairing.discard(conv)
+
+    def _await_live(self, sess: Session, conv: int) -> None:
+        """Before a repair reads the log: wait up to GAP_GRACE for the live
+        path to bring what is missing (parked meanwhile). Not for a gap
+        known to be lost (a parked "up to here" of the sweep), nor for a
+        conversation the session has no track for (its start is read
+        anyway)."""
+        track = sess.tracks.get(conv)
+        if track is None:
+            return
+        deadline = time.monotonic() + GAP_GRACE
+        while not sess.closed:
+            parked = sess.parked.get(conv)
+            if not parked or not all(body for _, body in parked):
+                return
+            if not self._holes(track, dict(parked), max(seq for seq, _ in parked)):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            woken = sess.woken[conv] = Event()
+            try:
+                woken.wait(left)
+            finally:
+                del sess.woken[conv]
 
     def _read_pages(self, keys: list[tuple[int, int, int]]) -> list[list[convlog.Logged]]:
         """A page of the log for each (conv, after, upto), each distinct one

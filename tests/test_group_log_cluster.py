@@ -170,3 +170,48 @@ def test_a_removed_member_is_refused_by_a_node_that_has_not_heard_of_the_removal
     finally:
         db.dispose()
         creator.close(), other.close(), removed.close()
+
+
+def test_a_group_written_from_both_nodes_at_once_reaches_each_member_once_in_order(cluster: Cluster) -> None:
+    """Members on both nodes, a sender on each writing without waiting for
+    its acknowledgements, so that the two nodes' writers commit the group's
+    messages in turn and each node's share of them reaches the other through
+    ROUTE_BATCH (a message's users in one argument) while the other's own
+    deliveries go on: every member gets every message of the others once,
+    in the log's order."""
+    n0, n1 = cluster.nodes[0].address, cluster.nodes[1].address
+    a, ua = user(n0)
+    b, ub = user(n1)
+    gid = a.request({"msgid": 7, "groupname": unique("g"), "seq": 1})["groupid"]
+    others = [user(n0) for _ in range(3)] + [user(n1) for _ in range(3)]
+    for w in [b, *(w for w, _ in others)]:
+        assert w.request({"msgid": 8, "groupid": gid, "seq": 1})["errno"] == 0
+    n = 20
+    try:
+        for i in range(n):
+            a.send({"msgid": 9, "groupid": gid, "msg": f"a{i}", "seq": 100 + i})
+            b.send({"msgid": 9, "groupid": gid, "msg": f"b{i}", "seq": 100 + i})
+
+        def received(w: Wire, count: int) -> list[dict[str, Any]]:
+            got: list[dict[str, Any]] = []
+            while len(got) < count:
+                frame = w.recv(30)
+                if frame.get("msgid") == 9:
+                    got.append(frame)
+            return got
+
+        expect = {"a": [f"a{i}" for i in range(n)], "b": [f"b{i}" for i in range(n)]}
+        for w, uid in [(a, ua), (b, ub), *others]:
+            froms = [k for k in expect if (k, uid) not in (("a", ua), ("b", ub))]
+            got = received(w, n * len(froms))
+            cseqs = [f["cseq"] for f in got]
+            assert cseqs == sorted(set(cseqs)), cseqs  # in the log's order, none twice
+            for k in froms:
+                assert [f["msg"] for f in got if f["msg"].startswith(k)] == expect[k]
+            assert all(not f["msg"].startswith(k) for f in got for k in expect if k not in froms)
+        for w, _ in others:  # and nothing more (a late duplicate) behind them
+            w.nothing(0.3)
+    finally:
+        for w, _ in others:
+            w.close()
+        a.close(), b.close()

@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 # the first retries are cheap; then the wait doubles up to bus_reconnect_max,
 # with jitter so that the nodes of a cluster do not reconnect in lockstep
 RECONNECT_BASE = 0.05
-# arguments of one ROUTE_BATCH call at most (message bodies and user ids): a
-# script runs alone in Redis, so a batch to very large groups is cut into
-# calls of bounded length rather than holding every other client up
+# bodies and user ids in one ROUTE_BATCH call at most: a script runs alone in
+# Redis, so a batch to very large groups is cut into calls of bounded length
+# rather than holding every other client up
 BATCH_ARGS = 4096
 
 
@@ -124,23 +124,26 @@ class RedisBus:
         if self._route_batch is None:  # a Redis Cluster: one message at a time
             return [self.route(user_ids, body) for user_ids, body in items]
         missed: list[list[int]] = []
-        args: list[bytes | str | int] = [PREFIX, self.node]
+        args: list[bytes | str] = [PREFIX, self.node]
+        size = 0
         for user_ids, body in items:
-            args += (body, len(user_ids), *user_ids)
-            if len(args) >= BATCH_ARGS:
+            # a message's users in one argument (ROUTE_BATCH splits them)
+            args += (body, b",".join(b"%d" % u for u in user_ids))
+            size += 2 + len(user_ids)
+            if size >= BATCH_ARGS:
                 missed += self._call_route_batch(args)
-                args = [PREFIX, self.node]
-        if len(args) > 2:
+                args, size = [PREFIX, self.node], 0
+        if size:
             missed += self._call_route_batch(args)
         return missed
 
-    def _call_route_batch(self, args: list[bytes | str | int]) -> list[list[int]]:
+    def _call_route_batch(self, args: list[bytes | str]) -> list[list[int]]:
         assert self._route_batch is not None
         try:
             missed = self._route_batch(keys=[], args=args)
         except redis.RedisError as e:
             raise Unavailable("bus unavailable") from e
-        return [[int(u) for u in m] for m in missed]
+        return [[int(u) for u in m.split(b",")] if m else [] for m in missed]
 
     def notify(self, user_ids: list[int], body: bytes) -> None:
         # the delivery's script, with the notice envelope; who it missed is

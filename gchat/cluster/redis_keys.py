@@ -139,27 +139,30 @@ end
 return missed
 """
 
-# ARGV prefix, this node, then for each message of a batch: its body, the
-# number n of its users, and those n user ids. ROUTE for a whole batch of the
-# log's writer in one call: each node gets one PUBLISH, the messages' 'D'
-# envelopes for it in batch order joined by LF under an 'M' envelope (a lone
-# one goes as it is), so the receiver wakes, reads and parses once per batch
-# instead of once per message (gchat/cluster/bus.py). A body never holds a
-# raw LF (gchat/protocol.py dumps). Returns, per message, the users it could
-# not hand to a listening node (as ROUTE).
+# ARGV prefix, this node, then for each message of a batch: its body and
+# its users' ids joined by commas (one argument, not one per user: packing
+# and parsing an argument per user was the larger part of a group message's
+# route call, on the node and in Redis: docs/benchmarks.md). ROUTE for a
+# whole batch of the log's writer in one call: each node gets one PUBLISH,
+# the messages' 'D' envelopes for it in batch order joined by LF under an 'M'
+# envelope (a lone one goes as it is), so the receiver wakes, reads and
+# parses once per batch instead of once per message (gchat/cluster/bus.py).
+# A body never holds a raw LF (gchat/protocol.py dumps). Returns, per
+# message, the users it could not hand to a listening node (as ROUTE),
+# joined by commas ('' for none).
 ROUTE_BATCH = _LIVE_OWNER + """
 local p, me = ARGV[1], ARGV[2]
 local alive, owner = {}, {}
 local by_node, nodes, missed = {}, {}, {}
-local i, m = 3, 0
-while i <= #ARGV do
-  local body, n = ARGV[i], tonumber(ARGV[i + 1])
+local m = 0
+for i = 3, #ARGV, 2 do
+  local body = ARGV[i]
   m = m + 1
-  missed[m] = {}
+  local mi = {}
+  missed[m] = mi
   local here = {}  -- node -> this message's users there, in order
   local order = {}
-  for j = i + 2, i + 1 + n do
-    local uid = ARGV[j]
+  for uid in string.gmatch(ARGV[i + 1], '[^,]+') do
     local o = owner[uid]
     if o == nil then o = live_owner(p, uid, alive) or false; owner[uid] = o end
     if o and o ~= me then
@@ -167,7 +170,6 @@ while i <= #ARGV do
       local ids = here[o]
       ids[#ids + 1] = uid
     else
-      local mi = missed[m]
       mi[#mi + 1] = uid
     end
   end
@@ -177,7 +179,6 @@ while i <= #ARGV do
     sent.envs[#sent.envs + 1] = 'D' .. table.concat(here[o], ',') .. ' ' .. body
     sent.who[#sent.who + 1] = {m, here[o]}
   end
-  i = i + 2 + n
 end
 for _, o in ipairs(nodes) do
   local sent = by_node[o]
@@ -190,6 +191,7 @@ for _, o in ipairs(nodes) do
     end
   end
 end
+for k = 1, m do missed[k] = table.concat(missed[k], ',') end
 return missed
 """
 
