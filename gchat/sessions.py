@@ -61,8 +61,10 @@ NOT_STORED: Mark = (0, 0)
 # of 8 KB messages must not make its client look like a slow reader
 REPAIR_PAGE = 200
 DRAINED = 1024 * 1024
-# sessions compared with the log per query of a sweep (one IN list)
-SWEEP_BATCH = 500
+# sessions compared with the log per query of a sweep (one IN list of ids
+# written into the text): 16,000 sessions in batches of 500 cost 75 ms of CPU
+# a sweep, in batches of 2,000 through convlog.behind_of 10 to 16 ms
+SWEEP_BATCH = 2000
 
 
 class LogPeer(Protocol):
@@ -389,15 +391,18 @@ class Sessions:
             part = sessions[i:i + SWEEP_BATCH]
             try:
                 with self.db.transaction() as s:
-                    cursors = convlog.cursors_of(s, [x.user_id for x in part], behind=True)
+                    rows = convlog.behind_of(s, [x.user_id for x in part])
             except (DomainError, ProtocolError) as e:
                 log.warning("sweep: could not check %d session(s) against the log: %s", len(part), e)
                 return repaired
+            found: dict[int, list[tuple[int, int, int]]] = {}
+            for uid, conv, delivered, last in rows:
+                found.setdefault(uid, []).append((conv, delivered, last))
             for sess in part:
-                if sess.closed:
-                    continue
+                if sess.closed or (not sess.suspect and sess.user_id not in found):
+                    continue  # nothing behind now nor at the sweep before: the common case, left as it is
                 suspect: dict[int, int] = {}
-                for conv, (delivered, _read, _joined, last) in cursors.get(sess.user_id, {}).items():
+                for conv, delivered, last in found.get(sess.user_id, ()):
                     track = sess.tracks.get(conv)
                     high = delivered if track is None else track.high
                     if last <= high:

@@ -10,11 +10,11 @@ from typing import Any
 
 import gevent
 import pytest
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, event, select, update
 
 from gchat import convlog, schema, store
 from gchat.errors import Unavailable
-from gchat.models import Cursor
+from gchat.models import Conversation, Cursor
 from gchat.sessions import Sessions
 from gchat.store import Database
 
@@ -280,3 +280,18 @@ def test_a_session_ended_before_its_flush_loses_nothing(db: Database) -> None:
     looked = peers[b].looked
     sessions.flush()
     assert peers[b].looked == looked
+
+
+def test_behind_of_lists_the_conversations_after_the_delivered_cursor_only(db: Database) -> None:
+    """The sweep's question (convlog.behind_of): of the users asked, each
+    conversation whose last_seq is past the user's delivered cursor, on
+    MariaDB and SQLite."""
+    users, convs = _pairs(db, 4)
+    a, b, c, d = users
+    with db.transaction() as s:
+        s.execute(update(Conversation).where(Conversation.id.in_([convs[a, b], convs[c, d]])).values(last_seq=3))
+        convlog.set_delivered(s, [(a, convs[a, b], 3), (b, convs[a, b], 2)])
+    with db.transaction() as s:
+        assert convlog.behind_of(s, []) == []
+        got = sorted(convlog.behind_of(s, [a, b, c]))
+    assert got == sorted([(b, convs[a, b], 2, 3), (c, convs[c, d], 0, 3)])  # not a (had it), not d (not asked)
