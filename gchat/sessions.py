@@ -29,7 +29,7 @@ written from what its connection no longer holds, every `flush_interval`
 seconds (one statement for all sessions) and when it ends. A modern client
 (`"sync": true` at login) moves its cursors itself, with receipts. The flush
 visits only the sessions whose tracks moved since (or whose connection still
-held something then): an idle node with 16,667 sessions spent 11 ms a second
+held something then): an idle node with 16,000 sessions spent 20-30 ms of CPU a second
 walking them all for nothing.
 """
 
