@@ -62,8 +62,9 @@ NOT_STORED: Mark = (0, 0)
 REPAIR_PAGE = 200
 DRAINED = 1024 * 1024
 # sessions compared with the log per query of a sweep (one IN list of ids
-# written into the text): 16,000 sessions in batches of 500 cost 75 ms of CPU
-# a sweep, in batches of 2,000 through convlog.behind_of 10 to 16 ms
+# written into the text): 16,000 idle sessions in batches of 500 cost 75-169
+# ms of CPU a sweep, in batches of 2,000 through convlog.behind_of 10-22 ms
+# (scripts/sweep-speed)
 SWEEP_BATCH = 2000
 
 
