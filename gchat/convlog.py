@@ -716,3 +716,21 @@ def prune(s: Session, *, older_than_ms: int | None = None, keep_last: int | None
     s.execute(delete(Message).where(or_(*(and_(Message.conversation_id == c, Message.seq.in_(qs))
                                          for c, qs in by_conv.items()))))
     return len(keys)
+
+
+def behind_of(s: Session, user_ids: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """(user, conversation, delivered, last_seq) for the users' conversations
+    with something after the delivered cursor: the repair sweep's question,
+    asked of every session of a node every few seconds. The ids are ints
+    formatted by str() into the text: SQLAlchemy's literal rendering and
+    PyMySQL's escaping of thousands of parameters were most of an idle
+    node's CPU at 16,000 sessions (see docs/benchmarks.md, "Idle and
+    low-rate cost")."""
+    if not user_ids:
+        return []
+    ids = ",".join(str(int(u)) for u in user_ids)
+    conv = Conversation.__tablename__
+    sql = (f"SELECT k.user_id, k.conversation_id, k.delivered_seq, v.last_seq FROM {CURSOR.name} AS k "
+           f"JOIN {conv} AS v ON v.id = k.conversation_id "
+           f"WHERE k.user_id IN ({ids}) AND v.last_seq > k.delivered_seq")
+    return [(int(u), int(c), int(d), int(q)) for u, c, d, q in s.connection().exec_driver_sql(sql)]

@@ -38,6 +38,8 @@ from gchat.service import Handover, Reply
 from gchat.transport import RECV_SIZE, Incoming, TcpTransport, Transport, tune
 
 if TYPE_CHECKING:
+    from gevent._types import _TimerWatcher
+
     from gchat.service import Services
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ class Connection:
         self._closed = Event()  # wakes a reader that holds off reading
         self._hold_until = 0.0
         self.close_reason = ""
-        self._deadline: gevent.Greenlet[[], None] | None = None
+        self._deadline: _TimerWatcher | None = None  # login_timeout
         # replies in request order, some waiting for the log's commit
         # (service.Pending): pushes are held behind them as behind any reply
         self._waiting: deque[list[Reply] | service.Pending] = deque()
@@ -112,7 +114,8 @@ class Connection:
         if value is not None and not self.logged_in_once:
             self.logged_in_once = True
             if self._deadline is not None:  # its job is done: do not keep it for login_timeout
-                self._deadline.kill(block=False)
+                self._deadline.close()
+                self._deadline = None
 
     def hold(self, seconds: float) -> None:
         self._hold_until = max(self._hold_until, time.monotonic() + seconds)
@@ -170,7 +173,11 @@ class Connection:
     # --- reader -------------------------------------------------------------
 
     def serve(self) -> None:
-        self._deadline = deadline = gevent.spawn_later(self.settings.login_timeout, self._login_deadline)
+        # a bare timer of the loop, not spawn_later's greenlet: a greenlet
+        # killed before it ran stayed with the connection, 1.9 KB of every
+        # idle one in 15 blocks (tracemalloc); the greenlet comes only if it fires
+        self._deadline = gevent.get_hub().loop.timer(self.settings.login_timeout)
+        self._deadline.start(gevent.spawn, self._login_deadline)
         yielded_at = 0  # transport.received when the reader last paused
         try:
             while not self._closing:
@@ -202,7 +209,9 @@ class Connection:
             if not self._closing:
                 log.info("%s: connection lost (%s)", self.who(), e)
         finally:
-            deadline.kill(block=False)
+            if self._deadline is not None:
+                self._deadline.close()
+                self._deadline = None
             self._finish()
 
     def _handle_frames(self, frames: Sequence[Incoming]) -> None:

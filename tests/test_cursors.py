@@ -10,10 +10,11 @@ from typing import Any
 
 import gevent
 import pytest
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, event, select, update
 
 from gchat import convlog, schema, store
-from gchat.models import Cursor
+from gchat.errors import Unavailable
+from gchat.models import Conversation, Cursor
 from gchat.sessions import Sessions
 from gchat.store import Database
 
@@ -180,3 +181,117 @@ def test_sessions_ending_at_once_write_their_cursors_together(db: Database) -> N
     assert len(updates) <= 2  # the first alone, the eleven that came meanwhile together
     assert {k: d for k, (d, _r) in _cursors(db).items()} == {(u, convs[u, v]): 1 for u in users for v in users
                                                            if v != u}
+
+
+class CountingPeer(Peer):
+    """A connection that counts the flushes that look at it, and may still
+    hold messages (conversation -> the lowest seq the kernel has not taken)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looked = 0
+        self.held: dict[int, int] = {}
+
+    def unsent(self) -> dict[int, int]:
+        self.looked += 1
+        return dict(self.held)
+
+
+def _counting_sessions(db: Database, users: list[int], convs: dict[tuple[int, int], int],
+                       ) -> tuple[Sessions, dict[int, CountingPeer]]:
+    sessions = Sessions(db, flush_interval=0)
+    peers = {}
+    for u in users:
+        peers[u] = CountingPeer()
+        sessions.begin(u, peers[u], sync=False)
+        sessions.open(u, {convs[u, v]: 0 for v in users if v != u})
+    return sessions, peers
+
+
+def test_a_flush_looks_only_at_the_sessions_that_moved(db: Database) -> None:
+    """Idle sessions cost a flush nothing: only those whose tracks moved
+    since the flush before are looked at (and their cursors written)."""
+    users, convs = _pairs(db, 6)
+    sessions, peers = _counting_sessions(db, users, convs)
+    sessions.flush()  # the logins: every session once
+    assert [p.looked for p in peers.values()] == [1] * 6
+    sessions.flush()
+    sessions.flush()
+    assert [p.looked for p in peers.values()] == [1] * 6
+    a, b = users[0], users[1]
+    sessions.offer(b, convs[a, b], 1, b'{"msgid":5}')
+    sessions.own(a, convs[a, b], 1)
+    sessions.flush()
+    assert [p.looked for p in peers.values()] == [2, 2, 1, 1, 1, 1]
+    assert _cursors(db)[b, convs[a, b]] == (1, 0) and _cursors(db)[a, convs[a, b]] == (1, 0)
+
+
+def test_a_cursor_held_back_by_the_connection_is_written_once_the_kernel_took_it(db: Database) -> None:
+    """A message still queued at a flush holds its cursor back; nothing else
+    happens to the session afterwards, yet the next flush writes it."""
+    users, convs = _pairs(db, 3)
+    sessions, peers = _counting_sessions(db, users, convs)
+    sessions.flush()
+    a, b = users[0], users[1]
+    conv = convs[a, b]
+    for seq in (1, 2, 3):
+        sessions.offer(b, conv, seq, b'{"msgid":5}')
+    peers[b].held = {conv: 2}  # seq 1 written to the kernel, 2 and 3 queued
+    sessions.flush()
+    assert _cursors(db)[b, conv] == (1, 0)
+    peers[b].held = {}
+    sessions.flush()
+    assert _cursors(db)[b, conv] == (3, 0)
+    looked = peers[b].looked
+    sessions.flush()  # all written: the session is idle again
+    assert peers[b].looked == looked
+
+
+def test_a_failed_write_is_tried_again_at_the_next_flush(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    users, convs = _pairs(db, 3)
+    sessions, _ = _counting_sessions(db, users, convs)
+    sessions.flush()
+    a, b = users[0], users[1]
+    sessions.offer(b, convs[a, b], 1, b'{"msgid":5}')
+    real = convlog.set_delivered
+
+    def down(*_: Any) -> None:
+        raise Unavailable("database unavailable")
+
+    monkeypatch.setattr(convlog, "set_delivered", down)
+    sessions.flush()
+    assert _cursors(db)[b, convs[a, b]] == (0, 0)
+    monkeypatch.setattr(convlog, "set_delivered", real)
+    sessions.flush()
+    assert _cursors(db)[b, convs[a, b]] == (1, 0)
+
+
+def test_a_session_ended_before_its_flush_loses_nothing(db: Database) -> None:
+    """Delivered and ended between two flushes: end writes the cursor, and a
+    later flush does not look at the gone session."""
+    users, convs = _pairs(db, 3)
+    sessions, peers = _counting_sessions(db, users, convs)
+    sessions.flush()
+    a, b = users[0], users[1]
+    sessions.offer(b, convs[a, b], 1, b'{"msgid":5}')
+    sessions.offer(b, convs[a, b], 2, b'{"msgid":5}')
+    sessions.end(b, peers[b])
+    assert _cursors(db)[b, convs[a, b]] == (2, 0)
+    looked = peers[b].looked
+    sessions.flush()
+    assert peers[b].looked == looked
+
+
+def test_behind_of_lists_the_conversations_after_the_delivered_cursor_only(db: Database) -> None:
+    """The sweep's question (convlog.behind_of): of the users asked, each
+    conversation whose last_seq is past the user's delivered cursor, on
+    MariaDB and SQLite."""
+    users, convs = _pairs(db, 4)
+    a, b, c, d = users
+    with db.transaction() as s:
+        s.execute(update(Conversation).where(Conversation.id.in_([convs[a, b], convs[c, d]])).values(last_seq=3))
+        convlog.set_delivered(s, [(a, convs[a, b], 3), (b, convs[a, b], 2)])
+    with db.transaction() as s:
+        assert convlog.behind_of(s, []) == []
+        got = sorted(convlog.behind_of(s, [a, b, c]))
+    assert got == sorted([(b, convs[a, b], 2, 3), (c, convs[c, d], 0, 3)])  # not a (had it), not d (not asked)
