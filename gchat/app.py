@@ -158,6 +158,7 @@ def build(settings: Settings) -> App:
         cache=Cache(settings.cache_groups),
         friend_requests=settings.friend_requests,
         log_linger=settings.log_linger,
+        log_gather=settings.log_gather,
         group_notices_live=settings.group_notices_live,
         sync_max=settings.sync_max,
         sync_bytes=settings.sync_bytes,

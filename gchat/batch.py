@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar, cast
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -31,17 +31,21 @@ MAX_BATCH = 500
 
 class Batcher(Generic[K, V]):
     def __init__(self, run: Callable[[list[K]], Sequence[V]], max_batch: int = MAX_BATCH,
-                 linger: float = 0.0) -> None:
+                 linger: float = 0.0, gather: int = 0) -> None:
         """`run(keys)` returns one result per key, in order. An exception it
         raises is raised to every caller of that batch. `linger`: seconds to
         wait before a batch that follows another at once (calls kept coming
         while the last one ran), so that it gathers more; the first batch
-        after a quiet spell goes at once."""
+        after a quiet spell goes at once. `gather`: a lingering batch goes
+        as soon as this many calls wait (0: it waits the whole linger), so a
+        long linger costs a slow stream latency, not a fast one."""
         self._run = run
         self._linger = linger
+        self._gather = min(gather, max_batch) if gather > 0 else max_batch
         self._max = max_batch
         self._pending: list[tuple[K, AsyncResult[V]]] = []
         self._worker: gevent.Greenlet[[], None] | None = None
+        self._lingering: Event | None = None  # set when enough calls wait to end a linger
 
     def __call__(self, key: K) -> V:
         return cast(V, self.submit(key).get())  # typed V | None as set() may pass nothing; _drain always passes a V
@@ -53,14 +57,20 @@ class Batcher(Generic[K, V]):
         self._pending.append((key, result))
         if self._worker is None:
             self._worker = gevent.spawn(self._drain)
+        elif self._lingering is not None and len(self._pending) >= self._gather:
+            self._lingering.set()
         return result
 
     def _drain(self) -> None:
         try:
             first = True
             while self._pending:
-                if not first and self._linger and len(self._pending) < self._max:
-                    gevent.sleep(self._linger)
+                if not first and self._linger and len(self._pending) < self._gather:
+                    self._lingering = Event()
+                    try:
+                        self._lingering.wait(self._linger)
+                    finally:
+                        self._lingering = None
                 first = False
                 batch, self._pending = self._pending[: self._max], self._pending[self._max :]
                 try:

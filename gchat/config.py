@@ -127,9 +127,12 @@ class Settings:
     cursor_flush: float = _opt(1.0, "seconds between writes of classic clients' delivered cursors "
                                     "(a node killed loses at most this much: those messages come again)")
     log_linger: float = _opt(
-        0.002, "seconds the log's writer waits, while messages keep coming, to gather more of them into its "
+        0.010, "seconds the log's writer waits, while messages keep coming, to gather more of them into its "
         "next batch (one commit for all: less CPU per message, that much more latency); a message after a "
         "quiet spell is written at once; 0 = never wait")
+    log_gather: int = _opt(
+        16, "messages waiting that end the writer's linger at once: a fast stream's batch goes as soon as it "
+        "holds this many, a slow one waits log_linger; 0 = always the whole linger")
     sync_max: int = _opt(5000, "messages in a sync login's reply, all its conversations together (the rest "
                          "through history)")
     sync_bytes: int = _opt(4 * 1024 * 1024, "bytes of messages in a sync login's reply (the rest through history)")

@@ -113,14 +113,14 @@ Done = tuple[Written, int] | ProtocolError
 
 class LogWriter:
     def __init__(self, db: Database, deliver: Deliver | None = None, linger: float = 0.0,
-                 counts: Counts | None = None) -> None:
+                 counts: Counts | None = None, gather: int = 0) -> None:
         self.db = db
         # batches by the path that committed them (gchat_log_batches)
         self.counts = counts if counts is not None else Counts()
         # called with each committed batch, in seq order: how many recipients
         # of each message were reached live
         self.deliver = deliver
-        self._batcher: Batcher[tuple[Outgoing, int], Done] = Batcher(self._write, linger=linger)
+        self._batcher: Batcher[tuple[Outgoing, int], Done] = Batcher(self._write, linger=linger, gather=gather)
         self._pairs: dict[tuple[int, int], int] = {}
         self._groups: dict[int, int] = {}
         # conversation -> (member epoch, member ids) as last read under the lock

@@ -62,6 +62,39 @@ def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(li
         assert sizes == [1, 3, 1]  # each batch took what had arrived
 
 
+def test_a_lingering_batch_goes_once_gather_calls_wait_and_a_slow_stream_waits_the_linger() -> None:
+    """Settings.log_gather: a long linger costs a fast stream no latency (its
+    batch goes as soon as `gather` calls wait) and gives a slow one bigger
+    batches (it waits the whole linger); nothing is lost or reordered."""
+    sizes: list[int] = []
+
+    def run(keys: list[int]) -> list[int]:
+        sizes.append(len(keys))
+        gevent.sleep(0.01)  # the batch's round trip
+        return keys
+
+    b: Batcher[int, int] = Batcher(run, linger=5.0, gather=3)
+    first = gevent.spawn(b, 0)
+    gevent.sleep(0.001)  # its batch runs; a burst arrives meanwhile
+    burst = [gevent.spawn(b, k) for k in range(1, 6)]
+    started = time.monotonic()
+    gevent.joinall([first, *burst], raise_error=True)
+    assert time.monotonic() - started < 2.5  # far from the linger of 5 s: gathered at once
+    assert [g.value for g in (first, *burst)] == [0, 1, 2, 3, 4, 5]
+    assert sizes == [1, 5]  # everything that had arrived, not only `gather` of them
+
+    sizes.clear()
+    slow: Batcher[int, int] = Batcher(run, linger=0.2, gather=3)
+    lead = gevent.spawn(slow, 10)
+    gevent.sleep(0.001)
+    one = gevent.spawn(slow, 11)  # alone behind it: below gather, so it lingers
+    gevent.sleep(0.05)
+    two = gevent.spawn(slow, 12)  # arrives during that linger and shares the batch
+    gevent.joinall([lead, one, two], raise_error=True)
+    assert [g.value for g in (lead, one, two)] == [10, 11, 12]
+    assert sizes == [1, 2]
+
+
 def test_an_error_reaches_every_caller_of_its_batch_only() -> None:
     def run(keys: list[int]) -> list[int]:
         gevent.sleep(0)
