@@ -4,7 +4,7 @@ MariaDB and SQLite, that only ever raises an existing cursor."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +129,13 @@ class Peer:
 
 
 def _classic_sessions(db: Database, users: list[int], convs: dict[tuple[int, int], int],
-                      ) -> tuple[Sessions, dict[int, Peer]]:
-    """Every user logged in as a classic client, each cursor at 0."""
+                      make: Callable[[], Any] = Peer) -> tuple[Sessions, dict[int, Any]]:
+    """Every user logged in as a classic client (its peer made by `make`),
+    each cursor at 0."""
     sessions = Sessions(db, flush_interval=0)
     peers = {}
     for u in users:
-        peers[u] = Peer()
+        peers[u] = make()
         sessions.begin(u, peers[u], sync=False)
         sessions.open(u, {convs[u, v]: 0 for v in users if v != u})
     return sessions, peers
@@ -197,22 +198,11 @@ class CountingPeer(Peer):
         return dict(self.held)
 
 
-def _counting_sessions(db: Database, users: list[int], convs: dict[tuple[int, int], int],
-                       ) -> tuple[Sessions, dict[int, CountingPeer]]:
-    sessions = Sessions(db, flush_interval=0)
-    peers = {}
-    for u in users:
-        peers[u] = CountingPeer()
-        sessions.begin(u, peers[u], sync=False)
-        sessions.open(u, {convs[u, v]: 0 for v in users if v != u})
-    return sessions, peers
-
-
 def test_a_flush_looks_only_at_the_sessions_that_moved(db: Database) -> None:
     """Idle sessions cost a flush nothing: only those whose tracks moved
     since the flush before are looked at (and their cursors written)."""
     users, convs = _pairs(db, 6)
-    sessions, peers = _counting_sessions(db, users, convs)
+    sessions, peers = _classic_sessions(db, users, convs, CountingPeer)
     sessions.flush()  # the logins: every session once
     assert [p.looked for p in peers.values()] == [1] * 6
     sessions.flush()
@@ -230,7 +220,7 @@ def test_a_cursor_held_back_by_the_connection_is_written_once_the_kernel_took_it
     """A message still queued at a flush holds its cursor back; nothing else
     happens to the session afterwards, yet the next flush writes it."""
     users, convs = _pairs(db, 3)
-    sessions, peers = _counting_sessions(db, users, convs)
+    sessions, peers = _classic_sessions(db, users, convs, CountingPeer)
     sessions.flush()
     a, b = users[0], users[1]
     conv = convs[a, b]
@@ -249,7 +239,7 @@ def test_a_cursor_held_back_by_the_connection_is_written_once_the_kernel_took_it
 
 def test_a_failed_write_is_tried_again_at_the_next_flush(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     users, convs = _pairs(db, 3)
-    sessions, _ = _counting_sessions(db, users, convs)
+    sessions, _ = _classic_sessions(db, users, convs, CountingPeer)
     sessions.flush()
     a, b = users[0], users[1]
     sessions.offer(b, convs[a, b], 1, b'{"msgid":5}')
@@ -270,7 +260,7 @@ def test_a_session_ended_before_its_flush_loses_nothing(db: Database) -> None:
     """Delivered and ended between two flushes: end writes the cursor, and a
     later flush does not look at the gone session."""
     users, convs = _pairs(db, 3)
-    sessions, peers = _counting_sessions(db, users, convs)
+    sessions, peers = _classic_sessions(db, users, convs, CountingPeer)
     sessions.flush()
     a, b = users[0], users[1]
     sessions.offer(b, convs[a, b], 1, b'{"msgid":5}')

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pymysql.converters
@@ -53,6 +55,23 @@ def _store_url(backend: str, mariadb, tmp_path: Path) -> str:  # type: ignore[no
         schema.upgrade(Database(url))
     return url
 
+@contextmanager
+def two_writers_on_a_pair(url: str) -> Iterator[tuple[int, int, LogWriter, LogWriter, Database]]:
+    """Users a and b, and two writers on their own Database each, as two
+    nodes have: (a, b, one, two, one's Database)."""
+    db_a, db_b = Database(url), Database(url)
+    try:
+        with db_a.transaction() as s:
+            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
+        one, two = LogWriter(db_a), LogWriter(db_b)
+        yield a, b, one, two, db_a
+        one.close()
+        two.close()
+    finally:
+        db_a.dispose()
+        db_b.dispose()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
 def test_odd_message_texts_are_stored_and_delivered_exactly_as_sent(backend, mariadb, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = _store_url(backend, mariadb, tmp_path)
@@ -89,26 +108,16 @@ def test_two_writers_taking_turns_on_one_conversation_keep_one_gap_free_order(ba
     conversation where it last left it, finds it moved by the other (the
     checking UPDATE matches nothing and its INSERT hits the other's numbers),
     rolls back and numbers under the lock instead. No gap, no duplicate."""
-    url = _store_url(backend, mariadb, tmp_path)
-    db_a, db_b = Database(url), Database(url)
-    try:
-        with db_a.transaction() as s:
-            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
-        one, two = LogWriter(db_a), LogWriter(db_b)
+    with two_writers_on_a_pair(_store_url(backend, mariadb, tmp_path)) as (a, b, one, two, db):
         seqs = []
         for i in range(12):
             writer = one if i % 3 else two  # runs of two on one writer, then a turn on the other
             w, _ = writer.append(Outgoing(a if i % 2 else b, {"msgid": 5, "msg": f"m{i}"}, to=b if i % 2 else a))
             seqs.append(w.seq)
         assert seqs == list(range(1, 13))
-        with db_a.transaction() as s:
+        with db.transaction() as s:
             stored = convlog.messages_between(s, w.conv, 0)
         assert [loads(m.body)["msg"] for m in stored] == [f"m{i}" for i in range(12)]
-        one.close()
-        two.close()
-    finally:
-        db_a.dispose()
-        db_b.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"])

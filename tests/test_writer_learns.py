@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 
-from gchat import convlog, store
+from gchat import convlog
 from gchat.protocol import loads
-from gchat.store import Database
 from gchat.writer import LogWriter, Outgoing
 from tests.cluster_support import Cluster, RedisServer, running_cluster
 from tests.support import ServerProcess, user
 from tests.test_metrics import scrape, value
-from tests.test_writer import _store_url
+from tests.test_writer import _store_url, two_writers_on_a_pair
 
 
 def batches(node: ServerProcess) -> dict[str, float]:
@@ -103,13 +102,7 @@ def test_a_wrong_guess_takes_the_locking_path_and_numbers_stay_gap_free(backend:
     fast try finds the conversation moved, and the locking path numbers the
     message 4. Heard right, the next batch is fast; a notice (a membership
     change) sends the conversation to the lock first."""
-    url = _store_url(backend, mariadb, tmp_path)
-    db_a, db_b = Database(url), Database(url)
-    try:
-        with db_a.transaction() as s:
-            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
-        one, two = LogWriter(db_a), LogWriter(db_b)
-
+    with two_writers_on_a_pair(_store_url(backend, mariadb, tmp_path)) as (a, b, one, two, db):
         def send(writer: LogWriter, text: str) -> int:
             w, _ = writer.append(Outgoing(a, {"msgid": 5, "msg": text}, to=b))
             return w.seq
@@ -134,11 +127,6 @@ def test_a_wrong_guess_takes_the_locking_path_and_numbers_stay_gap_free(backend:
         moved, locked = one.counts.batches_moved, one.counts.batches_locked
         assert send(one, "m7") == 8
         assert (one.counts.batches_moved, one.counts.batches_locked) == (moved, locked + 1)
-        with db_a.transaction() as s:
+        with db.transaction() as s:
             stored = convlog.messages_between(s, c, 0)
         assert [(m.seq, loads(m.body)["msg"]) for m in stored] == [(i + 1, f"m{i}") for i in range(8)]
-        one.close()
-        two.close()
-    finally:
-        db_a.dispose()
-        db_b.dispose()
