@@ -28,6 +28,21 @@ ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count(1)
 
 
+class HandedOver:
+    """The part of a fake connection (gchat.sessions.LogPeer) that hands
+    every push to the kernel at once: nothing unsent, nothing queued,
+    nothing to settle before a cursor is written."""
+
+    def unsent(self) -> dict[int, int]:
+        return {}
+
+    def queued(self) -> int:
+        return 0
+
+    def settle(self) -> dict[int, int]:
+        return {}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ from gchat.errors import Unavailable
 from gchat.models import Conversation, Cursor
 from gchat.sessions import Sessions
 from gchat.store import Database
+from tests.support import HandedOver
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
@@ -105,7 +106,7 @@ def test_a_removed_members_cursor_is_not_made_again(db: Database) -> None:
     assert len(cursors) == 11
 
 
-class Peer:
+class Peer(HandedOver):
     """A classic client's connection that has handed everything to the kernel."""
 
     user_id: int | None = None
@@ -117,15 +118,6 @@ class Peer:
     def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
         assert mark is not None
         self.pushed.append(mark)
-
-    def unsent(self) -> dict[int, int]:
-        return {}
-
-    def queued(self) -> int:
-        return 0
-
-    def settle(self) -> dict[int, int]:
-        return {}
 
 
 def _classic_sessions(db: Database, users: list[int], convs: dict[tuple[int, int], int],

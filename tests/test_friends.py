@@ -9,6 +9,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -101,6 +102,18 @@ class Where:
         self.people.append(p)
         return p
 
+    @classmethod
+    @contextmanager
+    def on(cls, nodes: list[ServerProcess]) -> Iterator[Where]:
+        """alice on the first node, bob on the last (the same one when there
+        is one); everyone made here is closed afterwards."""
+        w = cls(nodes[0].address, nodes[-1].address, nodes)
+        try:
+            yield w
+        finally:
+            for p in w.people:
+                p.close()
+
     def pair(self) -> tuple[Person, Person]:
         return self.person("a"), self.person("b")
 
@@ -130,10 +143,8 @@ def nodes(request: pytest.FixtureRequest, mariadb: Any,
 
 @pytest.fixture
 def where(nodes: list[ServerProcess]) -> Iterator[Where]:
-    w = Where(nodes[0].address, nodes[-1].address, nodes)
-    yield w
-    for p in w.people:
-        p.close()
+    with Where.on(nodes) as w:
+        yield w
 
 
 # --- requests ------------------------------------------------------------------

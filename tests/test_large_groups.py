@@ -42,10 +42,8 @@ def nodes(request: pytest.FixtureRequest, mariadb: Any,
 
 @pytest.fixture
 def where(nodes: list[ServerProcess]) -> Iterator[Where]:
-    w = Where(nodes[0].address, nodes[-1].address, nodes)
-    yield w
-    for p in w.people:
-        p.close()
+    with Where.on(nodes) as w:
+        yield w
 
 
 def group_of(where: Where, members: int) -> tuple[int, list[Person]]:

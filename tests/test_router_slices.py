@@ -12,13 +12,14 @@ from gchat.router import OFFER_SLICE, Router
 from gchat.sessions import Sessions
 from gchat.store import Database
 from gchat.writer import Written
+from tests.support import HandedOver
 from tests.test_control_broadcast import while_running
 
 CONV = 7
 BODY = b'{"msgid":9,"id":1,"name":"a","groupid":3,"msg":"hi","conv":7,"cseq":1}'
 
 
-class FakePeer:
+class FakePeer(HandedOver):
     def __init__(self, uid: int, log: list[int]) -> None:
         self.user_id: int | None = uid
         self.notices = False
@@ -28,15 +29,6 @@ class FakePeer:
     def push(self, body: bytes, mark: tuple[int, int] | None = None) -> None:
         self.got.append((body, mark))
         self.log.append(self.user_id or 0)
-
-    def unsent(self) -> dict[int, int]:
-        return {}
-
-    def queued(self) -> int:
-        return 0
-
-    def settle(self) -> dict[int, int]:
-        return {}
 
 
 def members(n: int) -> tuple[Router, list[FakePeer], list[int]]:

@@ -20,9 +20,10 @@ from gchat.registry import Registry
 from gchat.router import Router
 from gchat.service import Services
 from gchat.store import Database
+from tests.support import HandedOver
 
 
-class FakePeer:
+class FakePeer(HandedOver):
     def __init__(self) -> None:
         self.user_id: int | None = None
         self.user_name = ""
@@ -37,15 +38,6 @@ class FakePeer:
 
     def notify(self, body: bytes) -> None:
         self.pushed.append(json.loads(body))
-    def unsent(self) -> dict[int, int]:
-        return {}  # handed over at once
-
-    def queued(self) -> int:
-        return 0
-
-    def settle(self) -> dict[int, int]:
-        return {}
-
     def close(self, reason: str) -> None:
         self.closed = reason
 
