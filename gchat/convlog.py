@@ -515,11 +515,9 @@ def messages_between(s: Session, conv_id: int, after: int, upto: int | None = No
     return rows[::-1] if newest else rows
 
 
-def cursors_of(s: Session, user_ids: Sequence[int], behind: bool = False,
-               ) -> dict[int, dict[int, tuple[int, int, int, int]]]:
-    """Each user's conversations: conv -> (delivered, read, joined, last_seq);
-    with `behind`, only those with something after the delivered cursor (the
-    repair sweep: the others the user has, however it got them)."""
+def cursors_of(s: Session, user_ids: Sequence[int]) -> dict[int, dict[int, tuple[int, int, int, int]]]:
+    """Each user's conversations: conv -> (delivered, read, joined, last_seq)
+    (the repair sweep's question, only those behind, is behind_of)."""
     out: dict[int, dict[int, tuple[int, int, int, int]]] = {u: {} for u in user_ids}
     if not user_ids:
         return out
@@ -529,8 +527,6 @@ def cursors_of(s: Session, user_ids: Sequence[int], behind: bool = False,
         .join(Conversation, Conversation.id == Cursor.conversation_id)
         .where(Cursor.user_id.in_(list(user_ids)))
     )
-    if behind:
-        q = q.where(Conversation.last_seq > Cursor.delivered_seq)
     for uid, conv, d, r, j, last in s.execute(q):
         out[uid][conv] = (int(d), int(r), int(j), int(last))
     return out

@@ -97,6 +97,10 @@ class Written:
 
 Deliver = Callable[[list[Written]], list[int]]
 
+# a message of a batch: as written, with how many recipients were reached
+# live; or why the log refused it (that message only: the batch goes on)
+Done = tuple[Written, int] | ProtocolError
+
 
 @dataclass
 class _Sent:
@@ -106,9 +110,6 @@ class _Sent:
 
     done: list[Written | ProtocolError]
     first: convlog.Row
-# a message of a batch: as written, with how many recipients were reached
-# live; or why the log refused it (that message only: the batch goes on)
-Done = tuple[Written, int] | ProtocolError
 
 
 class LogWriter:
