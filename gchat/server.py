@@ -113,9 +113,7 @@ class Connection:
         self._user_id = value
         if value is not None and not self.logged_in_once:
             self.logged_in_once = True
-            if self._deadline is not None:  # its job is done: do not keep it for login_timeout
-                self._deadline.close()
-                self._deadline = None
+            self._end_deadline()  # its job is done: do not keep it for login_timeout
 
     def hold(self, seconds: float) -> None:
         self._hold_until = max(self._hold_until, time.monotonic() + seconds)
@@ -209,9 +207,7 @@ class Connection:
             if not self._closing:
                 log.info("%s: connection lost (%s)", self.who(), e)
         finally:
-            if self._deadline is not None:
-                self._deadline.close()
-                self._deadline = None
+            self._end_deadline()
             self._finish()
 
     def _handle_frames(self, frames: Sequence[Incoming]) -> None:
@@ -349,6 +345,11 @@ class Connection:
             "none of them was applied",
             self.who(), self.close_reason, len(frames), summary, sum(map(len, frames)), buffered,
         )
+
+    def _end_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
 
     def _login_deadline(self) -> None:
         if not self.logged_in_once:
