@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from gchat.protocol import Limits
+from gchat.store import TLS_MODES
 
 
 def _opt(default: Any, help: str, *, flag: bool = True, choices: tuple[str, ...] = ()) -> Any:
@@ -64,7 +65,7 @@ class Settings:
         "auto", "TLS to MySQL/MariaDB: preferred (when the server offers it, certificate unchecked: PyMySQL's "
         "default), required (certificate and name checked against the system's CAs), off, or auto (off to "
         "a database on this host, preferred to another); ssl_* options in the URL take precedence",
-        choices=("auto", "preferred", "required", "off"))
+        choices=TLS_MODES)
 
     # passwords: argon2id, the OWASP minimum profile by default (19 MiB, t=2)
     hash_time_cost: int = _opt(2, "argon2id iterations")
