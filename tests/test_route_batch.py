@@ -74,3 +74,53 @@ def test_a_batch_past_the_argument_bound_goes_in_several_calls_in_order(
     items = [(members, b"7,%d {}" % seq) for seq in range(1, 6)]
     assert a.route_batch(items) == [[], [], [], [], []]
     assert handed(5) == [(members, body) for _, body in items]
+
+
+def test_a_batch_is_routed_again_after_redis_restarted(
+        buses: tuple[RedisBus, Callable[[int], Got], redis.Redis], redis_server: RedisServer) -> None:
+    """The route's own connection (gchat/cluster/script_line.py) was closed
+    by the restart and Redis forgot the script: the next batch still
+    reaches its users (one more connection, the script loaded again), and
+    none of it is reported missed."""
+    a, handed, r = buses
+    r.set(online_key(11), "b")
+    assert a.route_batch([([11], b"7,1 {}")]) == [[]]
+    assert handed(1) == [([11], b"7,1 {}")]
+    redis_server.restart()
+    r = redis_server.client()
+    sub = r.pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(node_channel("b"))
+    r.set(node_key("b"), "token")
+    r.set(online_key(11), "b")
+    r.set(online_key(12), "b")
+    assert a.route_batch([([11], b"7,2 {}"), ([12, 13], b"8,1 {}")]) == [[], [13]]
+    got: Got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 2 and time.monotonic() < deadline:
+        msg = sub.get_message(timeout=0.1)
+        if msg is not None:
+            dispatch(msg["data"], lambda u, body: got.append((u, body)), lambda g: pytest.fail("no invalidation"))
+    sub.close()
+    assert got == [([11], b"7,2 {}"), ([12], b"8,1 {}")]
+
+
+def test_a_batch_routed_while_the_route_s_own_connection_is_busy_reaches_its_users(
+        buses: tuple[RedisBus, Callable[[int], Got], redis.Redis]) -> None:
+    """A caller that finds the route's own connection busy (the writer's
+    batch on its way: held here) goes through the client's pool: its batch
+    arrives whole and in order, its misses are its own; and the line serves
+    the next batch once free."""
+    a, handed, r = buses
+    for uid in range(20, 30):
+        r.set(online_key(uid), "b")
+    line = a._route_batch
+    assert line is not None
+    first = [([uid], b"7,%d {}" % (uid - 19)) for uid in range(20, 25)] + [([99], b"7,6 {}")]
+    second = [([uid], b"8,%d {}" % (uid - 24)) for uid in range(25, 30)]
+    assert line._busy.acquire(blocking=False)
+    try:
+        assert a.route_batch(first) == [[], [], [], [], [], [99]]
+    finally:
+        line._busy.release()
+    assert a.route_batch(second) == [[], [], [], [], []]
+    assert handed(10) == [d for d in first if d[0] != [99]] + second

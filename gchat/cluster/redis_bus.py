@@ -43,6 +43,7 @@ from gchat.cluster.bus import (
 from gchat.cluster.redis_client import connect, subscribe
 from gchat.cluster.redis_keys import ALL, PREFIX, Scripts, node_channel
 from gchat.cluster.redis_shards import ShardedRoute
+from gchat.cluster.script_line import ScriptLine
 from gchat.config import Settings
 from gchat.errors import Unavailable
 
@@ -67,11 +68,12 @@ class RedisBus:
         self.redis = connect(self.url, self.timeout)
         # in a Redis Cluster, a lookup then SPUBLISH per message
         # (gchat/cluster/redis_shards.py); else the scripts, a batch in one call
+        # (a writer batch's on a connection of its own: gchat/cluster/script_line.py)
         self._route: Callable[..., Any]
-        self._route_batch: Callable[..., Any] | None
+        self._route_batch: ScriptLine | None
         if isinstance(self.redis, redis.Redis):
             scripts = Scripts(self.redis)
-            self._route, self._route_batch = scripts.route, scripts.route_batch
+            self._route, self._route_batch = scripts.route, ScriptLine(self.redis, scripts.route_batch)
         else:
             self._route, self._route_batch = ShardedRoute(self.redis), None
         self._backoff = EqualJitterBackoff(cap=settings.bus_reconnect_max, base=RECONNECT_BASE)
@@ -140,7 +142,7 @@ class RedisBus:
     def _call_route_batch(self, args: list[bytes | str]) -> list[list[int]]:
         assert self._route_batch is not None
         try:
-            missed = self._route_batch(keys=[], args=args)
+            missed = self._route_batch(args)
         except redis.RedisError as e:
             raise Unavailable("bus unavailable") from e
         return [[int(u) for u in m.split(b",")] if m else [] for m in missed]
@@ -205,14 +207,33 @@ class RedisBus:
                 if self._on_resubscribed is not None:
                     self._on_resubscribed()
             try:
-                msg = self._pubsub.get_message(timeout=self.idle_check)
+                got = self._next(self._pubsub)
             except (redis.RedisError, OSError) as e:
                 log.warning("bus: lost Redis (%s: %s); reconnecting", e.__class__.__name__, e)
                 lost_at = time.monotonic()
                 self._close_pubsub()
                 continue
-            if msg is not None and msg.get("type") == "message":
-                self._handle(msg["channel"], msg["data"])
+            if got is not None:
+                self._handle(*got)
+
+    def _next(self, pubsub: redis.client.PubSub) -> tuple[bytes, bytes] | None:
+        """The next message published to this node (channel, data), or
+        None: a subscription's confirmation, a health check's answer, or
+        bus_idle_check seconds of silence. What get_message does, but a
+        published message (nearly all a node reads) skips redis-py's
+        handle_message: a dict, an OpenTelemetry collector looked up, the
+        unsubscribe bookkeeping, per message (docs/benchmarks.md, "The route
+        on a line of its own"). Everything else (and a shard's message,
+        whose sunsubscribe ShardSubscriber watches) still goes through it."""
+        response = pubsub.parse_response(block=False, timeout=self.idle_check)
+        if response is None:
+            return None
+        if type(response) is list and len(response) == 3 and response[0] == b"message":
+            return response[1], response[2]
+        msg = pubsub.handle_message(response, ignore_subscribe_messages=True)
+        if msg is not None and msg.get("type") == "message":
+            return msg["channel"], msg["data"]
+        return None
 
     def _handle(self, channel: bytes, data: bytes) -> None:
         assert self._on_deliver is not None and self._on_invalidate is not None
