@@ -27,7 +27,8 @@ statement were most of a batch's CPU):
   round trip: the UPDATE that checks this node's last_seq and member
   epoch, the server's own check of its count (convlog.check_count: it
   signals, and runs nothing more, when a conversation moved: a rollback
-  and the locking path), the INSERT and the COMMIT;
+  and the locking path), the INSERT and the COMMIT, as one compound
+  statement (one result to read, not four: convlog.FastSql.fast);
 - the locking path (conversations another node writes too without this
   one hearing of it, `_contested`: the fast path would only fail on them):
   the lock's SELECT; then the UPDATE, the INSERT and the COMMIT in one
@@ -341,18 +342,17 @@ class LogWriter:
         with _raw_transaction(raw, dialect):
             cur = raw.cursor()
             try:
-                update, args = self._sql.advance_if(expected)
-                insert, params = self._sql.append(rows)
-                # one round trip for the whole batch: the server itself
-                # checks the UPDATE's count (the driver's FOUND_ROWS: rows
-                # matched) and signals MOVED when a conversation moved; it
-                # runs no statement of a query after one that failed, so the
-                # INSERT and the COMMIT go only with a batch numbered right
+                # one round trip and one result for the whole batch: the
+                # server itself checks the UPDATE's count (the driver's
+                # FOUND_ROWS: rows matched) and signals MOVED when a
+                # conversation moved; it runs nothing after a statement that
+                # failed, so the INSERT and the COMMIT go only with a batch
+                # numbered right (convlog.FastSql.fast)
+                sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
                 sent.append(_Sent(done, rows[0]))
                 try:
-                    _execute(raw, cur, update + ";" + convlog.check_count(len(expected)) + ";" + insert + ";COMMIT",
-                             args + params)
-                    while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
+                    cur.execute(sql)  # no args: the values are in the text, nothing for the driver to bind
+                    while cur.nextset():  # none expected: one statement
                         pass
                 except dialect.loaded_dbapi.Error as e:
                     if convlog.moved(e):
@@ -397,10 +397,10 @@ class LogWriter:
                 if not rows:
                     raw.rollback()  # the locks go; nothing was written
                     return done
-                update, args = self._sql.advance_if(advanced)  # matches: the rows are locked
-                insert, params = self._sql.append(rows)
+                update = self._sql.advance_if(advanced)  # matches: the rows are locked
+                insert = self._sql.append(rows, _backslash_escapes(raw))
                 sent.append(_Sent(done, rows[0]))
-                _execute(raw, cur, update + ";" + insert + ";COMMIT", args + params)
+                cur.execute(update + ";" + insert + ";COMMIT")  # the values are in the text
                 if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
                     log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
                 while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
@@ -514,9 +514,7 @@ class LogWriter:
                 continue
             last[c] += 1
             seq = last[c]
-            body = dict(m.body)
-            body["conv"], body["cseq"], body["ts"] = c, seq, now
-            text = dumps(body)
+            text = _stamped(m.body, c, seq, now)
             if m.to is not None:
                 recipients: tuple[int, ...] = (m.to,)
             else:
@@ -555,13 +553,34 @@ class LogWriter:
             del self._pairs[convlog.pair_key(m.sender, m.to)]
 
 
+# the log's fields, last in the delivered object's text
+_STAMP = b',"conv":%d,"cseq":%d,"ts":%d}'
+
+
+def _stamped(body: dict[str, Any], conv: int, seq: int, ts: int) -> bytes:
+    """The delivered text: body with the log's conv, cseq and ts set, the
+    bytes dumps({**body, "conv": conv, "cseq": seq, "ts": ts}) gives. The
+    fields are appended to the body's own text (the body's copy into a new
+    dict cost more than its dumps); a body that holds one of them already
+    (a client may send anything more) or none at all is copied."""
+    if body and "conv" not in body and "cseq" not in body and "ts" not in body:
+        return dumps(body)[:-1] + _STAMP % (conv, seq, ts)
+    return dumps({**body, "conv": conv, "cseq": seq, "ts": ts})
+
+
+def _backslash_escapes(raw: Any) -> bool:
+    """The connection's sql_mode quotes strings with backslash escapes (not
+    NO_BACKSLASH_ESCAPES): how a string's literal is written."""
+    return not raw.server_status & NO_BACKSLASH_ESCAPES
+
+
 def _execute(raw: Any, cur: Any, sql: str, args: list[Any]) -> None:
     """One query on the driver's cursor, its values bound by the driver's
     quoting, or by convlog.render's when backslash escapes are on."""
-    if raw.server_status & NO_BACKSLASH_ESCAPES:
-        cur.execute(sql, args)  # the driver's quoting
-    else:
+    if _backslash_escapes(raw):
         cur.execute(convlog.render(sql, args))
+    else:
+        cur.execute(sql, args)  # the driver's quoting
 
 
 @contextlib.contextmanager
