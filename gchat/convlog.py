@@ -473,12 +473,36 @@ class FastSql:
         ids = sorted(set(group_ids))
         return self._members(len(ids)), ids
 
+    @functools.cached_property
+    def _advance_parts(self) -> tuple[str, str, str, str, str, str]:
+        """_advance_if(1)'s text cut where a batch's conversations go: the
+        text before the CASE's first WHEN, one WHEN, the text up to the
+        id list, the text up to the key list, one key, and the end.
+        advance_if joins them for any number of conversations (compiling
+        the statement for each new number was most of a busy node's first
+        minutes; tests/test_writer_text.py checks the joined text is what
+        _advance_if(n) is)."""
+        one = self._advance_if(1)
+        head, _, rest = one.partition("WHEN ")
+        when, _, rest = rest.partition(" ELSE ")
+        to_ids, _, rest = rest.partition("%d")
+        to_keys, _, rest = rest.partition("((")
+        if (when.count("%d"), to_ids.count("%d"), to_keys.count("%d"), rest) != (2, 0, 0, "%d, %d, %d))"):
+            raise AssertionError(f"unexpected UPDATE text {one!r}")
+        return head, "WHEN " + when, " ELSE " + to_ids, to_keys + "(", "(%d, %d, %d)", ")"
+
+    @functools.lru_cache(maxsize=512)  # noqa: B019
+    def _advance_text(self, n: int) -> str:
+        """_advance_if(n)'s text, joined from _advance_parts."""
+        head, when, to_ids, to_keys, key, end = self._advance_parts
+        return head + " ".join([when] * n) + to_ids + ", ".join(["%d"] * n) + to_keys + ", ".join([key] * n) + end
+
     def advance_if(self, expected: Mapping[int, tuple[int, int, int]]) -> str:
         """One UPDATE for the batch: conv -> (last_seq, member_epoch, n) as
         this node last left them; each matching row's last_seq goes to
         last_seq + n (as advance_if). Its row count (the driver counts found
         rows) says how many matched. Only ints go into it, formatted by
-        `%d`."""
+        `%d` (one `%` for the whole text: the cheapest way measured)."""
         convs = sorted(expected)
         args: list[int] = []
         for c in convs:  # CASE: new last_seq by conversation
@@ -488,15 +512,23 @@ class FastSql:
         for c in convs:  # and (id, last_seq, member_epoch) as expected
             last, epoch, _ = expected[c]
             args += (c, last, epoch)
-        return self._advance_if(len(convs)) % tuple(args)
+        return self._advance_text(len(convs)) % tuple(args)
+
+    @functools.lru_cache(maxsize=512)  # noqa: B019
+    def _append_text(self, n: int) -> str:
+        head, row = self._append_head
+        return head + ", ".join([row] * n)
 
     def append(self, rows: Sequence[Row], backslash_escapes: bool = True) -> str:
         """One multi-row INSERT of the messages (APPEND_COLUMNS order), its
         values in the text: ints by `%d`, strings quoted for the connection
         (`backslash_escapes`: its sql_mode has not NO_BACKSLASH_ESCAPES)."""
-        head, row = self._append_head
         quote = _quote if backslash_escapes else _quote_doubling
-        return head + ", ".join([row % (c, s, u, t, quote(b), quote(k)) for c, s, u, t, b, k in rows])
+        kinds = _KINDS
+        args: list[object] = []
+        for c, s, u, t, b, k in rows:
+            args += (c, s, u, t, quote(b), kinds.get(k) or quote(k))
+        return self._append_text(len(rows)) % tuple(args)
 
     def fast(self, expected: Mapping[int, tuple[int, int, int]], rows: Sequence[Row],
              backslash_escapes: bool = True) -> str:
@@ -520,8 +552,24 @@ def _ints_only(text: str, n: int) -> str:
 
 
 def _quote(s: str) -> str:
-    """A string literal, backslash escapes on (the driver's own quoting)."""
-    return "'" + escape_string(s) + "'"
+    """A string literal, backslash escapes on. Only the backslash and the
+    quote must be escaped inside single quotes, and NUL is, as the driver
+    does (the server reads a raw one as well); the driver's escape_string
+    also escapes '"', LF, CR and ^Z, needless there: a JSON text holds a
+    '"' for every key, and that replacement was most of escape_string's
+    time. tests/test_writer_text.py stores every character through it and
+    reads it back."""
+    if "\\" in s:
+        s = s.replace("\\", "\\\\")
+    if "'" in s:
+        s = s.replace("'", "\\'")
+    if "\0" in s:
+        s = s.replace("\0", "\\0")
+    return "'" + s + "'"
+
+
+# the kinds' literals, the same in either quoting mode
+_KINDS = {CHAT: "'chat'", NOTICE: "'notice'"}
 
 
 def _quote_doubling(s: str) -> str:

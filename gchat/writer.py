@@ -51,7 +51,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gevent.event import AsyncResult
 from sqlalchemy import Connection, Dialect, Engine, make_url
@@ -86,8 +86,11 @@ class Outgoing:
     group: int | None = None
 
 
-@dataclass(frozen=True)
-class Written:
+class Written(NamedTuple):
+    """A message as the log holds it. A NamedTuple, not a frozen dataclass:
+    one is made per message in the writer's loop, and a frozen dataclass's
+    __init__ (an object.__setattr__ per field) cost about twice as much."""
+
     conv: int
     seq: int
     ts: int  # server time, Unix milliseconds
@@ -514,7 +517,9 @@ class LogWriter:
                 continue
             last[c] += 1
             seq = last[c]
-            text = _stamped(m.body, c, seq, now)
+            body = dict(m.body)
+            body["conv"], body["cseq"], body["ts"] = c, seq, now
+            text = dumps(body)
             if m.to is not None:
                 recipients: tuple[int, ...] = (m.to,)
             else:
@@ -551,21 +556,6 @@ class LogWriter:
             del self._groups[m.group]
         if m.to is not None and self._pairs.get(convlog.pair_key(m.sender, m.to)) == c:
             del self._pairs[convlog.pair_key(m.sender, m.to)]
-
-
-# the log's fields, last in the delivered object's text
-_STAMP = b',"conv":%d,"cseq":%d,"ts":%d}'
-
-
-def _stamped(body: dict[str, Any], conv: int, seq: int, ts: int) -> bytes:
-    """The delivered text: body with the log's conv, cseq and ts set, the
-    bytes dumps({**body, "conv": conv, "cseq": seq, "ts": ts}) gives. The
-    fields are appended to the body's own text (the body's copy into a new
-    dict cost more than its dumps); a body that holds one of them already
-    (a client may send anything more) or none at all is copied."""
-    if body and "conv" not in body and "cseq" not in body and "ts" not in body:
-        return dumps(body)[:-1] + _STAMP % (conv, seq, ts)
-    return dumps({**body, "conv": conv, "cseq": seq, "ts": ts})
 
 
 def _backslash_escapes(raw: Any) -> bool:
