@@ -354,7 +354,7 @@ class LogWriter:
                 sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
                 sent.append(_Sent(done, rows[0]))
                 try:
-                    cur.execute(sql)  # no args: the values are in the text, nothing for the driver to bind
+                    _execute(raw, cur, sql, None)  # the values are in the text
                     while cur.nextset():  # none expected: one statement
                         pass
                 except dialect.loaded_dbapi.Error as e:
@@ -403,7 +403,7 @@ class LogWriter:
                 update = self._sql.advance_if(advanced)  # matches: the rows are locked
                 insert = self._sql.append(rows, _backslash_escapes(raw))
                 sent.append(_Sent(done, rows[0]))
-                cur.execute(update + ";" + insert + ";COMMIT")  # the values are in the text
+                _execute(raw, cur, update + ";" + insert + ";COMMIT", None)  # the values are in the text
                 if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
                     log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
                 while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
@@ -564,10 +564,14 @@ def _backslash_escapes(raw: Any) -> bool:
     return not raw.server_status & NO_BACKSLASH_ESCAPES
 
 
-def _execute(raw: Any, cur: Any, sql: str, args: list[Any]) -> None:
+def _execute(raw: Any, cur: Any, sql: str, args: list[Any] | None) -> None:
     """One query on the driver's cursor, its values bound by the driver's
-    quoting, or by convlog.render's when backslash escapes are on."""
-    if _backslash_escapes(raw):
+    quoting, or by convlog.render's when backslash escapes are on; None:
+    the values are in the text already (FastSql's UPDATE and INSERT), sent
+    as is, with nothing for the driver to bind."""
+    if args is None:
+        cur.execute(sql)
+    elif _backslash_escapes(raw):
         cur.execute(convlog.render(sql, args))
     else:
         cur.execute(sql, args)  # the driver's quoting
