@@ -327,8 +327,13 @@ def append(conn: Connection, rows: Sequence[Mapping[str, object]]) -> None:
 # the expanding IN list rendered per call, the parameter processing of each
 # row) cost more CPU than the round trip it wraps. The SQL text is still
 # SQLAlchemy Core's, compiled once per batch shape for the dialect with
-# positional placeholders; every value is bound by the driver (its own
-# escaping), never formatted into the text.
+# positional placeholders. The values are bound here, by the driver's rules:
+# the lock's and the member read's ids by render; the UPDATE's and the
+# INSERT's (a batch's whole query, by FastSql.fast) formatted into the text
+# as the driver would (ints by `%d`, strings escaped as its escape_string
+# does, for the connection's sql_mode): the driver's mogrify of a batch's
+# hundreds of values, or render's loop over them, was a tenth of the
+# writer's CPU (docs/benchmarks.md, "The writer's batch, cheaper").
 
 # every column, kind too: Core would add its default as one more parameter
 APPEND_COLUMNS = ("conversation_id", "seq", "sender", "created", "body", "kind")
@@ -338,7 +343,7 @@ Row = tuple[int, int, int, int, str, str]  # a message to append, in APPEND_COLU
 # replacement by one str.replace, which runs in C: PyMySQL's str.translate
 # with two-character replacements takes CPython's slow path for every
 # character (14 times slower on a message body, the writer's largest cost
-# per message). tests/test_fastsql.py checks both agree on every character.
+# per message). tests/test_writer.py checks both agree on every character.
 # The backslash goes first: the later replacements add backslashes.
 _ESCAPES = (("\\", "\\\\"), ("\0", "\\0"), ("\n", "\\n"), ("\r", "\\r"), ("\x1a", "\\Z"),
             ('"', '\\"'), ("'", "\\'"))
@@ -388,9 +393,10 @@ def render(sql: str, args: Sequence[object]) -> str:
 
 
 class FastSql:
-    """The writer's statements (its lock, member read, UPDATE and INSERT) as
-    (SQL text, positional args) for a DB-API driver whose paramstyle is
-    "format" or "pyformat" (PyMySQL)."""
+    """The writer's statements for PyMySQL: its lock and member read as
+    (SQL text, positional args) for a "format" paramstyle; its UPDATE and
+    INSERT (and the fast path's whole batch) as SQL text with the values in
+    it."""
 
     def __init__(self, dialect: Dialect) -> None:
         # the same dialect, positional: "%s" placeholders in the order of the args
@@ -409,12 +415,19 @@ class FastSql:
                 .values(last_seq=new))
         order = ([f"{p}{k}" for k in range(n) for p in "cs"] + [f"d{k}" for k in range(n)]
                  + [f"{p}{k}" for k in range(n) for p in "ile"])
-        return self._render(stmt, order)
+        return _ints_only(self._render(stmt, order), len(order))
 
-    @functools.lru_cache(maxsize=512)  # noqa: B019
-    def _append(self, n: int) -> str:
-        rows: list[dict[str, Any]] = [{c: bindparam(f"{c}{k}") for c in APPEND_COLUMNS} for k in range(n)]
-        return self._render(insert(MESSAGE).values(rows), [f"{c}{k}" for k in range(n) for c in APPEND_COLUMNS])
+    @functools.cached_property
+    def _append_head(self) -> tuple[str, str]:
+        """The INSERT's text up to its rows, and one row's placeholders with
+        the ints as %d (formatted by `%`, which refuses anything but a
+        number) and the strings as %s (quoted first: _quote)."""
+        rows: list[dict[str, Any]] = [{c: bindparam(f"{c}0") for c in APPEND_COLUMNS}]
+        text = self._render(insert(MESSAGE).values(rows), [f"{c}0" for c in APPEND_COLUMNS])
+        head, sep, row = text.partition(" VALUES ")
+        if not sep or row != "(%s, %s, %s, %s, %s, %s)":
+            raise AssertionError(f"unexpected INSERT text {text!r}")
+        return head + sep, "(%d, %d, %d, %d, %s, %s)"
 
     def _render(self, stmt: Any, order: list[str]) -> str:
         compiled = stmt.compile(dialect=self._dialect)
@@ -460,28 +473,109 @@ class FastSql:
         ids = sorted(set(group_ids))
         return self._members(len(ids)), ids
 
-    def advance_if(self, expected: Mapping[int, tuple[int, int, int]]) -> tuple[str, list[int]]:
+    @functools.cached_property
+    def _advance_parts(self) -> tuple[str, str, str, str, str, str]:
+        """_advance_if(1)'s text cut where a batch's conversations go: the
+        text before the CASE's first WHEN, one WHEN, the text up to the
+        id list, the text up to the key list, one key, and the end.
+        advance_if joins them for any number of conversations (compiling
+        the statement for each new number was most of a busy node's first
+        minutes; tests/test_writer_text.py checks the joined text is what
+        _advance_if(n) is)."""
+        one = self._advance_if(1)
+        head, _, rest = one.partition("WHEN ")
+        when, _, rest = rest.partition(" ELSE ")
+        to_ids, _, rest = rest.partition("%d")
+        to_keys, _, rest = rest.partition("((")
+        if (when.count("%d"), to_ids.count("%d"), to_keys.count("%d"), rest) != (2, 0, 0, "%d, %d, %d))"):
+            raise AssertionError(f"unexpected UPDATE text {one!r}")
+        return head, "WHEN " + when, " ELSE " + to_ids, to_keys + "(", "(%d, %d, %d)", ")"
+
+    @functools.lru_cache(maxsize=512)  # noqa: B019
+    def _advance_text(self, n: int) -> str:
+        """_advance_if(n)'s text, joined from _advance_parts."""
+        head, when, to_ids, to_keys, key, end = self._advance_parts
+        return head + " ".join([when] * n) + to_ids + ", ".join(["%d"] * n) + to_keys + ", ".join([key] * n) + end
+
+    def advance_if(self, expected: Mapping[int, tuple[int, int, int]]) -> str:
         """One UPDATE for the batch: conv -> (last_seq, member_epoch, n) as
         this node last left them; each matching row's last_seq goes to
         last_seq + n (as advance_if). Its row count (the driver counts found
-        rows) says how many matched."""
+        rows) says how many matched. Only ints go into it, formatted by
+        `%d` (one `%` for the whole text: the cheapest way measured)."""
         convs = sorted(expected)
         args: list[int] = []
         for c in convs:  # CASE: new last_seq by conversation
-            args.append(c)
-            args.append(expected[c][0] + expected[c][2])
+            last, _, n = expected[c]
+            args += (c, last + n)
         args += convs  # WHERE: id IN (...), the key range
         for c in convs:  # and (id, last_seq, member_epoch) as expected
             last, epoch, _ = expected[c]
             args += (c, last, epoch)
-        return self._advance_if(len(convs)), args
+        return self._advance_text(len(convs)) % tuple(args)
 
-    def append(self, rows: Sequence[Row]) -> tuple[str, list[object]]:
-        """One multi-row INSERT of the messages (APPEND_COLUMNS order)."""
+    @functools.lru_cache(maxsize=512)  # noqa: B019
+    def _append_text(self, n: int) -> str:
+        head, row = self._append_head
+        return head + ", ".join([row] * n)
+
+    def append(self, rows: Sequence[Row], backslash_escapes: bool = True) -> str:
+        """One multi-row INSERT of the messages (APPEND_COLUMNS order), its
+        values in the text: ints by `%d`, strings quoted for the connection
+        (`backslash_escapes`: its sql_mode has not NO_BACKSLASH_ESCAPES)."""
+        quote = _quote if backslash_escapes else _quote_doubling
+        kinds = _KINDS
         args: list[object] = []
-        for row in rows:
-            args += row
-        return self._append(len(rows)), args
+        for c, s, u, t, b, k in rows:
+            args += (c, s, u, t, quote(b), kinds.get(k) or quote(k))
+        return self._append_text(len(rows)) % tuple(args)
+
+    def fast(self, expected: Mapping[int, tuple[int, int, int]], rows: Sequence[Row],
+             backslash_escapes: bool = True) -> str:
+        """The fast path's whole batch as one statement, so its answer is
+        one result to read (four as separate statements): the checking
+        UPDATE, check_count's check of its count, the INSERT and the COMMIT,
+        in a compound statement (MariaDB's BEGIN NOT ATOMIC). A statement
+        that fails (the check's MOVED, a duplicate key, a deadlock) ends it
+        with its error, the rest unrun: the COMMIT goes only with a batch
+        numbered right; the caller rolls back what ran."""
+        return (f"BEGIN NOT ATOMIC {self.advance_if(expected)}; {check_count(len(expected))}; "
+                f"{self.append(rows, backslash_escapes)}; COMMIT; END")
+
+
+def _ints_only(text: str, n: int) -> str:
+    """A statement of n "%s" placeholders, all for ints: "%d" instead, so
+    that `%` formats only numbers into it (anything else raises)."""
+    if text.count("%s") != n or "%%" in text:
+        raise AssertionError(f"unexpected statement text {text!r}")
+    return text.replace("%s", "%d")
+
+
+def _quote(s: str) -> str:
+    """A string literal, backslash escapes on. Only the backslash and the
+    quote must be escaped inside single quotes, and NUL is, as the driver
+    does (the server reads a raw one as well); the driver's escape_string
+    also escapes '"', LF, CR and ^Z, needless there: a JSON text holds a
+    '"' for every key, and that replacement was most of escape_string's
+    time. tests/test_writer_text.py stores every character through it and
+    reads it back."""
+    if "\\" in s:
+        s = s.replace("\\", "\\\\")
+    if "'" in s:
+        s = s.replace("'", "\\'")
+    if "\0" in s:
+        s = s.replace("\0", "\\0")
+    return "'" + s + "'"
+
+
+# the kinds' literals, the same in either quoting mode
+_KINDS = {CHAT: "'chat'", NOTICE: "'notice'"}
+
+
+def _quote_doubling(s: str) -> str:
+    """A string literal under NO_BACKSLASH_ESCAPES: a quote is doubled,
+    nothing else is special (the driver's escape_string in that mode)."""
+    return "'" + s.replace("'", "''") + "'"
 
 
 # --- reading the log -------------------------------------------------------

@@ -27,7 +27,8 @@ statement were most of a batch's CPU):
   round trip: the UPDATE that checks this node's last_seq and member
   epoch, the server's own check of its count (convlog.check_count: it
   signals, and runs nothing more, when a conversation moved: a rollback
-  and the locking path), the INSERT and the COMMIT;
+  and the locking path), the INSERT and the COMMIT, as one compound
+  statement (one result to read, not four: convlog.FastSql.fast);
 - the locking path (conversations another node writes too without this
   one hearing of it, `_contested`: the fast path would only fail on them):
   the lock's SELECT; then the UPDATE, the INSERT and the COMMIT in one
@@ -50,7 +51,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gevent.event import AsyncResult
 from sqlalchemy import Connection, Dialect, Engine, make_url
@@ -85,8 +86,11 @@ class Outgoing:
     group: int | None = None
 
 
-@dataclass(frozen=True)
-class Written:
+class Written(NamedTuple):
+    """A message as the log holds it. A NamedTuple, not a frozen dataclass:
+    one is made per message in the writer's loop, and a frozen dataclass's
+    __init__ (an object.__setattr__ per field) cost about twice as much."""
+
     conv: int
     seq: int
     ts: int  # server time, Unix milliseconds
@@ -341,18 +345,17 @@ class LogWriter:
         with _raw_transaction(raw, dialect):
             cur = raw.cursor()
             try:
-                update, args = self._sql.advance_if(expected)
-                insert, params = self._sql.append(rows)
-                # one round trip for the whole batch: the server itself
-                # checks the UPDATE's count (the driver's FOUND_ROWS: rows
-                # matched) and signals MOVED when a conversation moved; it
-                # runs no statement of a query after one that failed, so the
-                # INSERT and the COMMIT go only with a batch numbered right
+                # one round trip and one result for the whole batch: the
+                # server itself checks the UPDATE's count (the driver's
+                # FOUND_ROWS: rows matched) and signals MOVED when a
+                # conversation moved; it runs nothing after a statement that
+                # failed, so the INSERT and the COMMIT go only with a batch
+                # numbered right (convlog.FastSql.fast)
+                sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
                 sent.append(_Sent(done, rows[0]))
                 try:
-                    _execute(raw, cur, update + ";" + convlog.check_count(len(expected)) + ";" + insert + ";COMMIT",
-                             args + params)
-                    while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
+                    _execute(raw, cur, sql, None)  # the values are in the text
+                    while cur.nextset():  # none expected: one statement
                         pass
                 except dialect.loaded_dbapi.Error as e:
                     if convlog.moved(e):
@@ -397,10 +400,10 @@ class LogWriter:
                 if not rows:
                     raw.rollback()  # the locks go; nothing was written
                     return done
-                update, args = self._sql.advance_if(advanced)  # matches: the rows are locked
-                insert, params = self._sql.append(rows)
+                update = self._sql.advance_if(advanced)  # matches: the rows are locked
+                insert = self._sql.append(rows, _backslash_escapes(raw))
                 sent.append(_Sent(done, rows[0]))
-                _execute(raw, cur, update + ";" + insert + ";COMMIT", args + params)
+                _execute(raw, cur, update + ";" + insert + ";COMMIT", None)  # the values are in the text
                 if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
                     log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
                 while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
@@ -555,13 +558,23 @@ class LogWriter:
             del self._pairs[convlog.pair_key(m.sender, m.to)]
 
 
-def _execute(raw: Any, cur: Any, sql: str, args: list[Any]) -> None:
+def _backslash_escapes(raw: Any) -> bool:
+    """The connection's sql_mode quotes strings with backslash escapes (not
+    NO_BACKSLASH_ESCAPES): how a string's literal is written."""
+    return not raw.server_status & NO_BACKSLASH_ESCAPES
+
+
+def _execute(raw: Any, cur: Any, sql: str, args: list[Any] | None) -> None:
     """One query on the driver's cursor, its values bound by the driver's
-    quoting, or by convlog.render's when backslash escapes are on."""
-    if raw.server_status & NO_BACKSLASH_ESCAPES:
-        cur.execute(sql, args)  # the driver's quoting
-    else:
+    quoting, or by convlog.render's when backslash escapes are on; None:
+    the values are in the text already (FastSql's UPDATE and INSERT), sent
+    as is, with nothing for the driver to bind."""
+    if args is None:
+        cur.execute(sql)
+    elif _backslash_escapes(raw):
         cur.execute(convlog.render(sql, args))
+    else:
+        cur.execute(sql, args)  # the driver's quoting
 
 
 @contextlib.contextmanager
