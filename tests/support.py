@@ -51,7 +51,11 @@ def _unassigned_ports() -> range:
         low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
         low, high = 32768, 60999
-    return range(high + 1, 65536) if 65535 - high >= 1000 else range(max(1024, low - 8000), low)
+    ports = range(high + 1, 65536) if 65535 - high >= 1000 else range(max(1024, low - 8000), low)
+    # pytest-xdist's workers (gw0, gw1, ...) each take every n-th one: never the same port twice
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    n = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return ports[int(worker) % n::n] if worker.isdigit() else ports
 
 
 _UNASSIGNED = _unassigned_ports()
