@@ -64,6 +64,10 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            # scripts/test runs the suite on two workers, a module at a time each: its tests
+            # mostly wait on real processes (nodes, Redis, nginx, a browser), so one worker
+            # left a 2-core machine half idle (docs/testing.md)
+            "pytest-xdist>=3.6",
             "hypothesis>=6.100",
             "psutil>=5.9",
             "pexpect>=4.8",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,10 +44,44 @@ class HandedOver:
         return {}
 
 
+def _unassigned_ports() -> range:
+    """Ports the kernel never gives a connecting socket: those above its
+    ephemeral range (below it where that range reaches the top)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    ports = range(high + 1, 65536) if 65535 - high >= 1000 else range(max(1024, low - 8000), low)
+    # pytest-xdist's workers (gw0, gw1, ...) each take every n-th one: never the same port twice
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    n = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return ports[int(worker) % n::n] if worker.isdigit() else ports
+
+
+_UNASSIGNED = _unassigned_ports()
+_handed: set[int] = set()
+_pick = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port for a server that binds it later (redis-server, nginx,
+    mariadbd cannot bind port 0 and say which they got). Not one the kernel
+    picks (bind to port 0): any of the suite's thousands of client sockets
+    could be given that one meanwhile, and the server then fails to start
+    (EADDRINUSE). Taken from outside the ephemeral range, never twice in a
+    run, and free now: nothing but a server told its port binds there."""
+    for _ in range(1000):
+        port = _pick.choice(_UNASSIGNED)
+        if port in _handed:
+            continue
+        _handed.add(port)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port in TIME_WAIT is not free either
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {_UNASSIGNED}")
 
 
 def unique(prefix: str = "u") -> str:
@@ -60,11 +95,12 @@ class ServerProcess:
     def __init__(self, database_url: str, *, redis_url: str = "", extra: Sequence[str] = (),
                  env: dict[str, str] | None = None, port: int | None = None, node_id: str = "") -> None:
         self.host = "127.0.0.1"
-        # 0: the node binds a port the kernel picks and logs it; a port chosen
-        # here and bound later could be taken meanwhile by any client socket
-        # (the suite opens thousands). A restart keeps the port it got.
-        self.port = port or 0
-        self.web_port = 0  # the web app and WebSocket (--web-bind), also on a port the kernel picks
+        # Not 0 (a port the kernel picks): a restart keeps the port, and one
+        # from the ephemeral range could be given to any of the suite's client
+        # sockets while the node is down; free_port's never is. The node logs
+        # the ports it bound, which are read back from its log.
+        self.port = port or free_port()
+        self.web_port = free_port()  # the web app and WebSocket (--web-bind)
         self.database_url = database_url
         self.redis_url = redis_url
         self.node_id = node_id or f"test-{uuid.uuid4().hex[:8]}"

@@ -22,13 +22,15 @@ from tests.support import unique
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "PYTHONUNBUFFERED": "1"}
+# a client process starts in a second or two; a loaded 2-core CI machine may take
+# several times that, so every wait for what it shows has 30 s
 TUI = [sys.executable, "-m", "gchat.client.tui"]
 
 
 def spawn_tui(*args: str, password: str | None = None) -> pexpect.spawn:
     """gchat-client on a pseudo-terminal, as a person runs it."""
     env = ENV if password is None else {**ENV, "GCHAT_PASSWORD": password}
-    return pexpect.spawn(TUI[0], [*TUI[1:], *args], env=env, encoding="utf-8", timeout=15, dimensions=(40, 160))
+    return pexpect.spawn(TUI[0], [*TUI[1:], *args], env=env, encoding="utf-8", timeout=30, dimensions=(40, 160))
 
 
 def run_tui(*args: str, stdin: str = "", password: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -79,7 +81,7 @@ class Lines:
             self.q.put(line.rstrip("\n"))
         self.q.put(None)
 
-    def until(self, text: str, timeout: float = 10) -> str:
+    def until(self, text: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -125,7 +127,7 @@ def test_script_mode_login_chat_receive_logout(server):
         assert out.until("hello alice").endswith(f"{bob_name} ({idb}): hello alice")
         p.stdin.write(f"chat:{idb}:hello: bob\naddfriend:{idb}\nloginout\n3\n")
         p.stdin.flush()
-        m = bob.next_message(timeout=10)
+        m = bob.next_message(timeout=30)
         assert m is not None and (m.sender_id, m.text) == (ida, "hello: bob")
         out.until(f"friend added: {bob_name} ({idb}), online")
         out.until("logged out")
@@ -149,7 +151,7 @@ def test_script_mode_flags_errors_and_groups(server):
         )
         p = run_tui(server.host, str(server.port), "--login", str(ida), password="pa", stdin=script)
         assert p.returncode == 0, p.stdout
-        m = bob.next_message(timeout=10)
+        m = bob.next_message(timeout=30)
         assert m is not None and m.is_group and (m.groupid, m.text) == (gid, "hi group")
         assert p.stdout.count("no such user or group") == 2
         for text in ("usage: chat:friendid:message", "unknown command 'bogus'", "usage: creategroup:name:desc",
@@ -169,7 +171,7 @@ def test_register_flag_and_classic_mode(server):
                     password="pc", stdin=f"chat:{idb}:classic hi\nchat:{2**31 - 2}:x\n")
         assert p.returncode == 0, p.stdout
         assert f"registered {name}: your id is" in p.stdout and f"logged in as {name}" in p.stdout
-        m = bob.next_message(timeout=10)
+        m = bob.next_message(timeout=30)
         assert m is not None and m.text == "classic hi"
     # without acks the server still answers errors; the client shows those that
     # come in before it leaves (--linger), in words
@@ -240,7 +242,7 @@ def test_terminal_mode_through_a_pty(server):
             t.expect(f"{bob_name} \\({idb}\\): arrives mid-line")
             t.expect("half")  # the line is redrawn below it, intact
             t.send(" typed\r")
-            m = bob.next_message(timeout=10)
+            m = bob.next_message(timeout=30)
             assert m is not None and m.text == "half typed"
             t.sendline("help")
             t.expect("groupchat:groupid:message")

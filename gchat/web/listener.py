@@ -83,6 +83,9 @@ class WebListener:
         # the TCP listener's pool: max_connections bounds both addresses together
         self.server = StreamServer(address, self._handle, spawn=listener.pool, backlog=LISTEN_BACKLOG)
         self.sockets: set[WebSocketTransport] = set()
+        # the connections still speaking HTTP (a browser keeps one open between
+        # requests): ended by close(), else the stop would wait for them
+        self._http: set[socket.socket] = set()
         self._keepalive: gevent.Greenlet[[], None] | None = None
 
     @property
@@ -97,11 +100,19 @@ class WebListener:
         log.info("web app on http://%s:%d/ (WebSocket %s)", host, port, WS_PATH)
 
     def close(self) -> None:
-        """Stop accepting; the WebSocket connections are closed with the
-        TCP listener's (Listener.stop)."""
+        """Stop accepting, and end the HTTP connections; the WebSocket
+        connections are closed with the TCP listener's (Listener.stop). An
+        idle keep-alive connection left open held every stop for its whole
+        timeout (10 s): both listeners' handlers are in one pool, which
+        the stop waits for."""
         if self._keepalive is not None:
             self._keepalive.kill(block=False)
         self.server.close()
+        for sock in list(self._http):
+            try:
+                sock.shutdown(socket.SHUT_RD)  # wakes its wait for a request; a response being sent still goes
+            except OSError:
+                pass
 
     def stop(self, timeout: float = 10.0) -> None:
         """Wait for the handlers (their connections closed by Listener.stop)."""
@@ -136,6 +147,7 @@ class WebListener:
     # --- HTTP ------------------------------------------------------------------
 
     def _handle(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        self._http.add(sock)
         try:
             tune(sock, self.settings)
             sock.settimeout(HTTP_IDLE)
@@ -158,6 +170,7 @@ class WebListener:
         except (OSError, TimeoutError) as e:
             log.debug("%s: web connection ended: %s", address[0], e)
         finally:
+            self._http.discard(sock)
             sock.close()
 
     def _next_event(self, sock: socket.socket, http: h11.Connection) -> object:
@@ -231,6 +244,7 @@ class WebListener:
         if ws.state is not State.OPEN:  # no Sec-WebSocket-Key, a wrong version...: the library's 400 went out
             log.info("%s: WebSocket handshake refused: %s", address[0], ws.handshake_exc)
             return
+        self._http.discard(sock)  # a Connection now, closed by Listener.stop
         sock.settimeout(None)  # from now the WebSocket keepalive finds dead peers
         leftover, _ = http.trailing_data  # a client that wrote before it saw the 101
         transport = WebSocketTransport(sock, ws, self.settings.frame_max, bytes(leftover))
