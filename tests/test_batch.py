@@ -30,7 +30,7 @@ def test_callers_arriving_during_a_batch_share_the_next_one() -> None:
     assert b(9) == 90  # one caller alone: one batch of one
 
 
-@pytest.mark.parametrize("linger", [0.0, 0.5])
+@pytest.mark.parametrize("linger", [0.0, 2.0])
 def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(linger: float) -> None:
     """The log's writer (Settings.log_linger): the first batch after a quiet
     spell runs at once; a batch that follows another at once waits `linger`
@@ -48,7 +48,7 @@ def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(li
     b: Batcher[int, int] = Batcher(run, linger=linger)
     started = time.monotonic()
     assert b(0) == 0 and sizes == [1]
-    assert time.monotonic() - started < 0.4  # alone: its batch at once, no linger
+    assert time.monotonic() - started < 1.0  # alone: its batch at once, not after the linger of 2 s
     sizes.clear()
     first = gevent.spawn(b, 1)
     gevent.sleep(0.001)  # its batch runs; three more callers meanwhile
@@ -73,13 +73,13 @@ def test_a_lingering_batch_goes_once_gather_calls_wait_and_a_slow_stream_waits_t
         gevent.sleep(0.01)  # the batch's round trip
         return keys
 
-    b: Batcher[int, int] = Batcher(run, linger=5.0, gather=3)
+    b: Batcher[int, int] = Batcher(run, linger=30.0, gather=3)
     first = gevent.spawn(b, 0)
     gevent.sleep(0.001)  # its batch runs; a burst arrives meanwhile
     burst = [gevent.spawn(b, k) for k in range(1, 6)]
     started = time.monotonic()
     gevent.joinall([first, *burst], raise_error=True)
-    assert time.monotonic() - started < 2.5  # far from the linger of 5 s: gathered at once
+    assert time.monotonic() - started < 15  # far from the linger of 30 s: gathered at once
     assert [g.value for g in (first, *burst)] == [0, 1, 2, 3, 4, 5]
     assert sizes == [1, 5]  # everything that had arrived, not only `gather` of them
 
