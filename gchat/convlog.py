@@ -330,33 +330,14 @@ def append(conn: Connection, rows: Sequence[Mapping[str, object]]) -> None:
 # positional placeholders. The values are bound here, by the driver's rules:
 # the lock's and the member read's ids by render; the UPDATE's and the
 # INSERT's (a batch's whole query, by FastSql.fast) formatted into the text
-# as the driver would (ints by `%d`, strings escaped as its escape_string
-# does, for the connection's sql_mode): the driver's mogrify of a batch's
-# hundreds of values, or render's loop over them, was a tenth of the
+# as the driver would (ints by `%d`, strings quoted by _quote or
+# _quote_doubling for the connection's sql_mode): the driver's mogrify of a
+# batch's hundreds of values, or render's loop over them, was a tenth of the
 # writer's CPU (docs/benchmarks.md, "The writer's batch, cheaper").
 
 # every column, kind too: Core would add its default as one more parameter
 APPEND_COLUMNS = ("conversation_id", "seq", "sender", "created", "body", "kind")
 Row = tuple[int, int, int, int, str, str]  # a message to append, in APPEND_COLUMNS order
-
-# The driver's escaping of a string (pymysql.converters.escape_string), each
-# replacement by one str.replace, which runs in C: PyMySQL's str.translate
-# with two-character replacements takes CPython's slow path for every
-# character (14 times slower on a message body, the writer's largest cost
-# per message). tests/test_writer.py checks both agree on every character.
-# The backslash goes first: the later replacements add backslashes.
-_ESCAPES = (("\\", "\\\\"), ("\0", "\\0"), ("\n", "\\n"), ("\r", "\\r"), ("\x1a", "\\Z"),
-            ('"', '\\"'), ("'", "\\'"))
-
-
-def escape_string(s: str) -> str:
-    """s escaped for a quoted MySQL string literal (backslash escapes on),
-    exactly as the driver's own escape_string would."""
-    for ch, escaped in _ESCAPES:
-        if ch in s:
-            s = s.replace(ch, escaped)
-    return s
-
 
 # The fast path's check, run by the server between its UPDATE and its INSERT
 # (MariaDB runs IF outside stored programs): the UPDATE's count (found rows:
@@ -379,14 +360,15 @@ def moved(e: BaseException) -> bool:
 
 def render(sql: str, args: Sequence[object]) -> str:
     """sql's "%s" placeholders bound to args, as the driver's mogrify would
-    bind them (this module's statements take only ints and strings), for a
+    bind them (this module's statements take only ints and strings; a
+    string quoted by _quote, as FastSql's INSERT quotes a body), for a
     connection with backslash escapes on (the caller checks)."""
     literals = []
     for a in args:
         if type(a) is int:
             literals.append(str(a))
         elif type(a) is str:
-            literals.append("'" + escape_string(a) + "'")
+            literals.append(_quote(a))
         else:
             raise TypeError(f"cannot bind {type(a).__name__}")
     return sql % tuple(literals)
