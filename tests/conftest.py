@@ -68,7 +68,7 @@ class MariaDB:
 
 # The layers of docs/testing.md, so that one runs with -m unit, -m node or -m cluster.
 UNIT = {"test_protocol", "test_ratelimit", "test_cache", "test_batch", "test_outbox", "test_service", "test_fuzz",
-        "test_config", "test_throttle", "test_control_broadcast", "test_router_slices"}
+        "test_config", "test_throttle", "test_control_broadcast", "test_router_slices", "test_transport"}
 CLUSTER = {"test_cluster", "test_admin", "test_redis_modes", "test_bench_crowd", "test_presence_batch",
            "test_redis_client"}
 BROWSER = {"test_browser"}

@@ -26,7 +26,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gchat.protocol import Errno, FrameTooLarge, ProtocolError
-from gchat.transport import RECV_SIZE, Incoming, SocketIO
+from gchat.transport import Incoming, SocketIO
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class WebSocketTransport(SocketIO):
     def __init__(self, sock: socket.socket, ws: ServerProtocol, frame_max: int, early: bytes = b"") -> None:
         self.sock = sock
         self._early = early  # bytes read with the handshake
+        self._drained = False
         self.ws = ws
         self.frame_max = frame_max
         self.writer: Writer | None = None  # the connection's outbox, once it has one
@@ -159,7 +160,7 @@ class WebSocketTransport(SocketIO):
             if self._early:
                 data, self._early = self._early, b""
             else:
-                data = self.sock.recv(RECV_SIZE)
+                data = self.recv()
             if not data:
                 return None
             self.received += len(data)
