@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # What start-up made (modules, the engines, the ORM's mappers: about
     # 105,000 objects) lives as long as the process. A full collection
-    # walked all of it: 55-58 ms with the node stopped, every time the
+    # walked all of it, 55-58 ms with every greenlet held up, each time the
     # cyclic GC reached its oldest generation (some ten seconds apart in
     # pingpong), against 1-2 ms once frozen (docs/benchmarks.md, "Start-up
     # objects frozen"). Objects made later are collected as before.
