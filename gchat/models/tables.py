@@ -106,7 +106,7 @@ class Conversation(Base):
     the last sequence number handed out. `last_seq` is raised in the same
     transaction that inserts the messages, under the row's lock: numbers are
     gap-free and two nodes writing to one conversation are put in order.
-    `member_epoch` rises with every join, under the same lock, so a writer
+    `member_epoch` rises with every membership change, under the same lock, so a writer
     holding an older member list sees that it must reload it."""
 
     __tablename__ = "conversation"
