@@ -16,17 +16,27 @@ The caller's view stays synchronous: `batcher(key)` returns that key's result
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 import gevent
 from gevent.event import AsyncResult, Event
 
 K = TypeVar("K")
 V = TypeVar("V")
+V_contra = TypeVar("V_contra", contravariant=True)
 
 # rows named in one IN (...) list: large enough for any storm to pay off,
 # small enough for a statement of bounded size
 MAX_BATCH = 500
+
+
+class Sink(Protocol[V_contra]):
+    """Where a call's result goes: an AsyncResult (submit), or the caller's
+    own object (submit_to), set by the batch's worker greenlet."""
+
+    def set(self, value: V_contra) -> None: ...
+
+    def set_exception(self, exception: BaseException) -> None: ...
 
 
 class Batcher(Generic[K, V]):
@@ -43,7 +53,7 @@ class Batcher(Generic[K, V]):
         self._linger = linger
         self._gather = min(gather, max_batch) if gather > 0 else max_batch
         self._max = max_batch
-        self._pending: list[tuple[K, AsyncResult[V]]] = []
+        self._pending: list[tuple[K, Sink[V]]] = []
         self._worker: gevent.Greenlet[[], None] | None = None
         self._lingering: Event | None = None  # set when enough calls wait to end a linger
 
@@ -54,12 +64,20 @@ class Batcher(Generic[K, V]):
         """Queue key for the next batch without waiting: its result (or
         exception) arrives in the AsyncResult."""
         result: AsyncResult[V] = AsyncResult()
-        self._pending.append((key, result))
+        self.submit_to(key, result)
+        return result
+
+    def submit_to(self, key: K, sink: Sink[V]) -> None:
+        """Queue key for the next batch; its result (or exception) is set on
+        sink by the worker greenlet, which must not block there. An
+        AsyncResult's waiters and links are woken through the event loop; a
+        sink of the caller's own may act at once, with no AsyncResult, link
+        and loop callback per call (the log's writer: one per chat message)."""
+        self._pending.append((key, sink))
         if self._worker is None:
             self._worker = gevent.spawn(self._drain)
         elif self._lingering is not None and len(self._pending) >= self._gather:
             self._lingering.set()
-        return result
 
     def _drain(self) -> None:
         try:

@@ -93,17 +93,24 @@ class Router:
         Redis (a round trip, not the bytes, is what a message across nodes
         cost: docs/benchmarks.md). Returns, per message, how many were
         reached live."""
-        sessions = self.sessions
+        own, offer = self.sessions.own, self.sessions.offer
         reached: list[int] = []
         remote: list[tuple[int, list[int]]] = []  # (index in batch, users not here)
-        for i, w in enumerate(batch):
-            sessions.own(w.sender, w.conv, w.seq)
+        for i, (conv, seq, _, sender, body, recipients) in enumerate(batch):
+            own(sender, conv, seq)
+            if len(recipients) == 1:  # one-to-one: the common case, without the loop's bookkeeping
+                if offer(recipients[0], conv, seq, body):
+                    reached.append(1)
+                else:
+                    reached.append(0)
+                    remote.append((i, list(recipients)))
+                continue
             here = 0
             elsewhere: list[int] = []
-            for k, uid in enumerate(w.recipients):
+            for k, uid in enumerate(recipients):
                 if k and not k % OFFER_SLICE:
                     gevent.sleep(0)
-                if sessions.offer(uid, w.conv, w.seq, w.body):
+                if offer(uid, conv, seq, body):
                     here += 1
                 else:
                     elsewhere.append(uid)

@@ -275,8 +275,8 @@ class Connection:
             outbox.release()
 
     def _on_commit(self, _: object) -> None:
-        """A waiting request's commit is done (called in the event loop's
-        greenlet: nothing here blocks). Write the replies of the requests at
+        """A waiting request's commit is done (called in the log writer's
+        greenlet as it hands out a batch's outcomes: nothing here blocks). Write the replies of the requests at
         the head of the queue whose commits are done, in their order; what
         was pushed while each waited goes after its replies."""
         waiting, outbox = self._waiting, self.outbox
@@ -302,7 +302,7 @@ class Connection:
                 outbox.release()
                 if waiting:
                     outbox.hold()
-        except Exception:  # in the event loop: logged here, not printed by the hub
+        except Exception:  # in the writer's greenlet: logged here, the batch's other messages go on
             log.exception("%s: writing replies failed; closing", self.who())
             self.close("internal error")
 

@@ -16,8 +16,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from gevent.event import Event
 from sqlalchemy.orm import Session
 
 from gchat import audit, convlog, friends, groups, loghandlers, store
@@ -36,10 +37,7 @@ from gchat.router import Router
 from gchat.sessions import Sessions
 from gchat.store import Database
 from gchat.throttle import LoginThrottle
-from gchat.writer import LogWriter, Outgoing
-
-if TYPE_CHECKING:
-    from gevent.event import AsyncResult
+from gchat.writer import Done, LogWriter, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -221,36 +219,74 @@ class Services:
         self.cache.invalidate_blocks(user_id)
 
 
-@dataclass
 class Pending:
     """Replies that exist once the log has committed (a chat's ACK): the
     connection goes on with its next frames meanwhile and writes these in
     order, so a client's pipelined messages share the writer's batches
-    instead of waiting for one commit each."""
+    instead of waiting for one commit each.
 
-    wait: Callable[[], list[Reply]]
-    # what wait() waits for: the writer's result for the message
-    ready: AsyncResult[Any]
-    req: Request | None = None
+    It is the writer's sink for the message (batch.Sink): the writer's
+    greenlet sets the outcome and calls the connection back at once, with
+    no AsyncResult, link and event-loop callback per chat message."""
+
+    __slots__ = ("_reply", "req", "_done", "_value", "_error", "_callback", "_woken")
+
+    def __init__(self, reply: Callable[[Any], list[Reply]]) -> None:
+        self._reply = reply  # the replies, made from the writer's outcome (writer.Done)
+        self.req: Request | None = None
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._callback: Callable[[Any], None] | None = None
+        self._woken: Event | None = None  # a get() that came before the commit waits on it
+
+    def set(self, value: Any) -> None:
+        self._value = value
+        self._finish()
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._error = exception
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._woken is not None:
+            self._woken.set()
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:  # in the writer's greenlet: the batch's other messages go on
+                log.exception("a chat's commit callback failed")
 
     def done(self) -> bool:
         """get() would not block."""
-        return self.ready.ready()
+        return self._done
 
     def when_done(self, callback: Callable[[Any], None]) -> None:
-        """callback(...) once get() would not block, called in the event
-        loop's own greenlet (it must not block): the connection writes the
-        ACK from there, with no greenlet of its own per chat (spawning and
-        waking one was a tenth of a node's CPU per message in pingpong)."""
-        self.ready.rawlink(callback)
+        """callback(self) once get() would not block, called in the writer's
+        greenlet as it hands out the batch's outcomes (it must not block):
+        the connection writes the ACK from there, with no greenlet of its
+        own per chat (spawning and waking one was a tenth of a node's CPU
+        per message in pingpong)."""
+        if self._done:
+            callback(self)
+        else:
+            self._callback = callback
 
     def get(self) -> list[Reply]:
-        """The replies; a refusal or a failure becomes the error reply
-        addressed to the request, as in handle()."""
+        """The replies (waiting for the commit if it is not done); a refusal
+        or a failure becomes the error reply addressed to the request, as
+        in handle()."""
+        if not self._done:
+            self._woken = Event()
+            self._woken.wait()
         req = self.req
         assert req is not None  # set by handle()
         try:
-            return self.wait()
+            if self._error is not None:
+                raise self._error
+            return self._reply(self._value)
         except ProtocolError as e:
             return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
         except DomainError as e:
@@ -579,13 +615,14 @@ def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     if user_id in _blocks_or_none(svc, to):
         raise _err(Errno.FORBIDDEN, f"user {to} does not take your messages")  # and nothing is stored
     # answered once the message is committed to the log (docs/protocol.md, section D)
-    pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), to=to))
 
-    def ack_after_commit() -> list[Reply]:
-        w, reached = svc.writer.result(pending)
+    def ack_after_commit(done: Done) -> list[Reply]:
+        w, reached = LogWriter.outcome(done)
         return _acked(req, delivered="online" if reached else "offline", conv=w.conv, cseq=w.seq, ts=w.ts)
 
-    return Pending(ack_after_commit, pending)
+    pending = Pending(ack_after_commit)
+    svc.writer.submit_to(Outgoing(user_id, _delivery(peer, req), to=to), pending)
+    return pending
 
 
 def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
@@ -596,13 +633,14 @@ def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
         raise _err(Errno.NOT_FOUND, f"no group {group_id}")
     if user_id not in members:
         raise _err(Errno.FORBIDDEN, f"not a member of group {group_id}")
-    pending = svc.writer.submit(Outgoing(user_id, _delivery(peer, req), group=group_id))
 
-    def ack_after_commit() -> list[Reply]:
-        w, _ = svc.writer.result(pending)
+    def ack_after_commit(done: Done) -> list[Reply]:
+        w, _ = LogWriter.outcome(done)
         return _acked(req, members=len(w.recipients), conv=w.conv, cseq=w.seq, ts=w.ts)
 
-    return Pending(ack_after_commit, pending)
+    pending = Pending(ack_after_commit)
+    svc.writer.submit_to(Outgoing(user_id, _delivery(peer, req), group=group_id), pending)
+    return pending
 
 
 # --- friends and groups ----------------------------------------------------

@@ -46,6 +46,7 @@ from gevent.event import Event
 
 from gchat import convlog
 from gchat.batch import Batcher
+from gchat.convlog import NOTICE_HEAD
 from gchat.errors import DomainError
 from gchat.protocol import ProtocolError
 from gchat.store import Database
@@ -264,14 +265,19 @@ class Sessions:
                 woken.set()
             return True
         track = sess.tracks.get(conv)
-        if track is not None and track.has(seq):
-            return True
-        if track is not None and seq == track.high + 1:
-            track.take(seq)
-            self._touch(sess)
-            if sess.wants(body):
-                sess.peer.push(body, (conv, seq))
-            return True
+        if track is not None:
+            if seq == track.high + 1:  # the next one: by far the most common case, checked first
+                if track.ahead:
+                    track.take(seq)
+                else:
+                    track.high = seq
+                if not sess.sync:  # _touch, inline: once per delivery
+                    self._dirty[sess.user_id] = sess
+                if not body.startswith(NOTICE_HEAD) or sess.wants(body):
+                    sess.peer.push(body, (conv, seq))
+                return True
+            if track.has(seq):
+                return True
         # a gap, or a conversation this session has not seen yet
         sess.parked.setdefault(conv, []).append((seq, body))
         sess.repairing.add(conv)

@@ -58,7 +58,7 @@ from sqlalchemy import Connection, Dialect, Engine, make_url
 from sqlalchemy import exc as sa_exc
 
 from gchat import convlog
-from gchat.batch import Batcher
+from gchat.batch import Batcher, Sink
 from gchat.errors import Conflict, Unavailable
 from gchat.metrics import Counts
 from gchat.protocol import Errno, ProtocolError, dumps
@@ -75,10 +75,10 @@ class _Moved(Exception):
     """A conversation moved since this node last wrote it: take the locking path."""
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """A chat message to log: `to` (one-to-one) or `group`, and the delivered
-    object without its log fields."""
+    object without its log fields. A NamedTuple, as Written: one is made per
+    chat message."""
 
     sender: int
     body: dict[str, Any]
@@ -168,15 +168,26 @@ class LogWriter:
         conv = self._conv_of(msg)  # cached after the first message: no I/O
         return self._batcher.submit((msg, conv))
 
+    def submit_to(self, msg: Outgoing, sink: Sink[Done]) -> None:
+        """submit, with the outcome set on sink by the writer's greenlet
+        (which must not block there) once the batch is committed, or failed:
+        an exception, raised to the caller of result() as submit's."""
+        self._batcher.submit_to((msg, self._conv_of(msg)), sink)
+
     @staticmethod
     def result(pending: AsyncResult[Done]) -> tuple[Written, int]:
         try:
             done = pending.get()
         except ProtocolError as e:  # re-raised as this caller's own (service.handle fills msgid, seq)
             raise ProtocolError(e.errno, e.errmsg) from e
+        assert done is not None
+        return LogWriter.outcome(done)
+
+    @staticmethod
+    def outcome(done: Done) -> tuple[Written, int]:
+        """A message's outcome as written, or its refusal raised."""
         if isinstance(done, ProtocolError):  # refused by the log: this message only
             raise ProtocolError(done.errno, done.errmsg)
-        assert done is not None
         return done
 
     # --- conversations -------------------------------------------------------

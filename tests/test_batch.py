@@ -140,6 +140,37 @@ def test_the_batcher_works_on_after_an_error_and_after_an_exit() -> None:
     assert b(3) == 3  # a new worker serves the next caller
 
 
+def test_a_sink_of_the_callers_own_hears_each_outcome_as_its_batch_ends() -> None:
+    """submit_to (the log's writer: a chat's Pending): the worker sets each
+    key's value, or its batch's exception, on the caller's sink in key
+    order as soon as the batch is done, before the event loop runs anything
+    else (no AsyncResult and loop callback per key)."""
+    heard: list[object] = []
+
+    class Sink:
+        def __init__(self, key: int) -> None:
+            self.key = key
+
+        def set(self, value: int) -> None:
+            heard.append((self.key, value))
+
+        def set_exception(self, exception: BaseException) -> None:
+            heard.append((self.key, type(exception).__name__))
+
+    def run(keys: list[int]) -> list[int]:
+        gevent.spawn(heard.append, "the loop ran")  # runs only once the worker yields
+        if 13 in keys:
+            raise Unavailable("down")
+        return [k * 10 for k in keys]
+
+    b: Batcher[int, int] = Batcher(run, max_batch=2)
+    for k in (1, 2, 13, 4):
+        b.submit_to(k, Sink(k))
+    gevent.sleep(0.05)
+    # both batches ran without a switch: every outcome came before the loop ran the greenlets they spawned
+    assert heard == [(1, 10), (2, 20), (13, "Unavailable"), (4, "Unavailable"), "the loop ran", "the loop ran"]
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> store.Database:
     d = store.Database(f"sqlite:///{tmp_path / 'b.db'}")
