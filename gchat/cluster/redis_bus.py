@@ -16,8 +16,11 @@ The bus is not the record (docs/architecture.md, "The conversation log"): a
 chat message is committed to the log before it is published, and whatever
 the bus drops (Redis cut the subscriber past its output buffer limit, the
 node was paused, Redis restarted) is found missing by its sequence number and
-brought from the log. So the node must hear of every re-subscription, also
-the ones redis-py makes by itself (`_resubscribed`).
+brought from the log. So the node must hear of every re-subscription: the
+bus's loop makes them (the subscription's reads, `Subscription`, raise a lost
+one instead of letting redis-py reconnect silently), and one redis-py would
+make by itself (its connect finding the connection closed) calls
+`_resubscribed`.
 """
 
 from __future__ import annotations
