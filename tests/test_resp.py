@@ -67,6 +67,31 @@ def test_the_wire_returns_a_reply_cut_over_reads_once_whole_and_all_that_one_rea
         b.close()
 
 
+class _TlsLike:
+    """A TLS socket's shape: data the TLS layer holds (`pending`) while the
+    descriptor has nothing to wait for."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self._reads = reads
+
+    def pending(self) -> int:
+        return len(self._reads[0]) if self._reads else 0
+
+    def _wait(self, _event: object) -> None:
+        raise AssertionError("waited on the descriptor while the TLS layer held the reply")
+
+    _read_event = None
+
+    def recv(self, _n: int) -> bytes:
+        return self._reads.pop(0)
+
+
+def test_the_wire_does_not_wait_on_the_descriptor_of_a_tls_socket() -> None:
+    # a reply in two TLS records: the second is read from the TLS layer
+    wire = Wire(_TlsLike([b"*2\r\n$1\r\na\r\n", b"$1\r\nb\r\n"]))  # type: ignore[arg-type]
+    assert wire.replies() == [[b"a", b"b"]]
+
+
 def test_the_route_line_stays_in_step_after_an_error_reply(redis_server: RedisServer) -> None:
     r = redis_server.client()
     bus = RedisBus("a", Settings(redis_url=redis_server.url))

@@ -104,8 +104,11 @@ class Wire:
         # gevent's socket tries recv before it waits, a recv that fails with
         # EAGAIN each time the socket is empty; its own wait comes first
         # here when the last read left nothing behind (a plain socket, as in
-        # tests without gevent's patching, blocks in recv itself)
-        self._wait = getattr(sock, "_wait", None)
+        # tests without gevent's patching, blocks in recv itself). Not on
+        # TLS (rediss://): a read there returns one record, and the next may
+        # already sit decrypted in the TLS layer with nothing left on the
+        # descriptor to wait for
+        self._wait = None if hasattr(sock, "pending") else getattr(sock, "_wait", None)
         self._read_event = getattr(sock, "_read_event", None)
         self._drained = True
 
