@@ -16,8 +16,11 @@ The bus is not the record (docs/architecture.md, "The conversation log"): a
 chat message is committed to the log before it is published, and whatever
 the bus drops (Redis cut the subscriber past its output buffer limit, the
 node was paused, Redis restarted) is found missing by its sequence number and
-brought from the log. So the node must hear of every re-subscription, also
-the ones redis-py makes by itself (`_resubscribed`).
+brought from the log. So the node must hear of every re-subscription: the
+bus's loop makes them (the subscription's reads, `Subscription`, raise a lost
+one instead of letting redis-py reconnect silently), and one redis-py would
+make by itself (its connect finding the connection closed) calls
+`_resubscribed`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from gchat.cluster.bus import (
 from gchat.cluster.redis_client import connect, subscribe
 from gchat.cluster.redis_keys import ALL, PREFIX, Scripts, node_channel
 from gchat.cluster.redis_shards import ShardedRoute
+from gchat.cluster.resp import ReplyError, Wire
 from gchat.cluster.script_line import ScriptLine
 from gchat.config import Settings
 from gchat.errors import Unavailable
@@ -87,6 +91,7 @@ class RedisBus:
         self._on_notice: DeliverHandler | None = None
         self._on_blocks: InvalidateHandler | None = None
         self._pubsub: redis.client.PubSub | None = None
+        self._sub: Subscription | None = None  # its connection, read by the bus itself
         self._listener: gevent.Greenlet[[], None] | None = None
 
     def start(
@@ -207,33 +212,16 @@ class RedisBus:
                 if self._on_resubscribed is not None:
                     self._on_resubscribed()
             try:
-                got = self._next(self._pubsub)
+                if self._sub is None:
+                    self._sub = Subscription(self._pubsub, self.idle_check)
+                got = self._sub.messages()
             except (redis.RedisError, OSError) as e:
                 log.warning("bus: lost Redis (%s: %s); reconnecting", e.__class__.__name__, e)
                 lost_at = time.monotonic()
                 self._close_pubsub()
                 continue
-            if got is not None:
-                self._handle(*got)
-
-    def _next(self, pubsub: redis.client.PubSub) -> tuple[bytes, bytes] | None:
-        """The next message published to this node (channel, data), or
-        None: a subscription's confirmation, a health check's answer, or
-        bus_idle_check seconds of silence. What get_message does, but a
-        published message (nearly all a node reads) skips redis-py's
-        handle_message: a dict, an OpenTelemetry collector looked up, the
-        unsubscribe bookkeeping, per message (docs/benchmarks.md, "The route
-        on a line of its own"). Everything else (and a shard's message,
-        whose sunsubscribe ShardSubscriber watches) still goes through it."""
-        response = pubsub.parse_response(block=False, timeout=self.idle_check)
-        if response is None:
-            return None
-        if type(response) is list and len(response) == 3 and response[0] == b"message":
-            return response[1], response[2]
-        msg = pubsub.handle_message(response, ignore_subscribe_messages=True)
-        if msg is not None and msg.get("type") == "message":
-            return msg["channel"], msg["data"]
-        return None
+            for channel, data in got:
+                self._handle(channel, data)
 
     def _handle(self, channel: bytes, data: bytes) -> None:
         assert self._on_deliver is not None and self._on_invalidate is not None
@@ -247,9 +235,80 @@ class RedisBus:
             log.exception("bus: could not handle %r", data[:64])
 
     def _close_pubsub(self) -> None:
+        self._sub = None
         if self._pubsub is not None:
             try:
                 self._pubsub.close()
             except (redis.RedisError, OSError) as e:
                 log.debug("bus: closing the subscription: %s", e)
             self._pubsub = None
+
+
+# the health check's PING, answered on the subscription (its argument tells
+# the answer from anything else there)
+HEALTH_CHECK = b"*2\r\n$4\r\nPING\r\n$12\r\nhealth-check\r\n"
+
+
+class Subscription:
+    """A subscription's connection, read by the bus itself once redis-py has
+    connected and subscribed it (gchat/cluster/resp.py): each read hands on
+    every published message it brought, in order, not one per call; a
+    subscription's confirmations and the health check's answers are
+    skipped.
+
+    What redis-py did around its reads is done here: after `idle_check`
+    seconds of silence a PING goes out, and a connection that stays silent
+    for as long again is lost (raised as redis.ConnectionError, so the bus
+    subscribes again and repairs from the log); so is an unsubscription
+    Redis made by itself (on a Redis Cluster, the shard channel's slot moved
+    to another node: gchat/cluster/redis_client.py ShardSubscriber) and an
+    error reply. redis-py's own reconnect and re-subscribe never happen on
+    this connection: a failure reaches the bus's loop, which subscribes
+    anew and tells the node (`on_resubscribed`)."""
+
+    def __init__(self, pubsub: redis.client.PubSub, idle_check: float) -> None:
+        conn: Any = pubsub.connection
+        assert conn is not None
+        conn.connect()  # at once when connected (it is: it subscribed)
+        sock = conn._sock
+        sock.settimeout(idle_check)
+        self._wire = Wire(sock, _unread(conn))
+        self._pinged = False
+
+    def messages(self) -> list[tuple[bytes, bytes]]:
+        """The (channel, data) of each message one read brought, maybe none
+        (an idle check, a confirmation). Raises redis.RedisError when the
+        subscription is lost."""
+        wire = self._wire
+        try:
+            replies = wire.replies()
+        except redis.TimeoutError:
+            if self._pinged:
+                raise redis.ConnectionError("Redis did not answer the subscription's health check") from None
+            wire.send(HEALTH_CHECK)
+            self._pinged = True
+            return []
+        self._pinged = False
+        out: list[tuple[bytes, bytes]] = []
+        for reply in replies:
+            if type(reply) is list and len(reply) == 3:
+                kind = reply[0]
+                if kind == b"message" or kind == b"smessage":
+                    out.append((reply[1], reply[2]))
+                elif kind == b"sunsubscribe" or kind == b"unsubscribe":
+                    raise redis.ConnectionError(f"Redis ended the subscription to {reply[1]!r}")
+                # else a subscription's confirmation
+            elif isinstance(reply, ReplyError):
+                raise redis.ConnectionError(f"Redis answered the subscription with an error: {reply}")
+            # else the health check's answer (a bulk string, or RESP2's pong)
+        return out
+
+
+def _unread(conn: Any) -> bytes:
+    """What redis-py's parser read from the connection and did not parse
+    yet (nothing, as it only sent the subscription; taken all the same)."""
+    buffer = getattr(getattr(conn, "_parser", None), "_buffer", None)
+    raw = getattr(buffer, "_buffer", None)
+    if buffer is None or raw is None or not buffer.unread_bytes():
+        return b""
+    return bytes(raw.getvalue()[raw.tell():])

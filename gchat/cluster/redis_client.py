@@ -175,11 +175,13 @@ class ShardSubscriber(redis.client.PubSub):
     slot: the node's channel by SSUBSCRIBE, the cluster-wide channel by
     SUBSCRIBE (a classic PUBLISH reaches every node of a cluster).
 
-    A shard message is handed on as a plain one, so the bus's loop reads
-    both alike. When the slot leaves the node (a failover, a resharding),
-    Redis ends the subscription with an SUNSUBSCRIBE the client never asked
-    for: that is a lost subscription, raised as a ConnectionError so the bus
-    subscribes again where the slot went, and repairs from the log."""
+    A shard message is handed on as a plain one, so both read alike. When
+    the slot leaves the node (a failover, a resharding), Redis ends the
+    subscription with an SUNSUBSCRIBE the client never asked for: that is a
+    lost subscription, raised as a ConnectionError so the bus subscribes
+    again where the slot went, and repairs from the log. (The bus reads its
+    subscription itself once subscribed, with the same two rules:
+    gchat/cluster/redis_bus.py `Subscription`.)"""
 
     def handle_message(self, response: Any, ignore_subscribe_messages: bool = False) -> dict[str, Any] | None:
         kind = response[0] if isinstance(response, list) else None

@@ -30,9 +30,8 @@ from typing import Any
 import redis
 from gevent.lock import Semaphore
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
-Arg = bytes | str | int
+from gchat.cluster.resp import Arg, ReplyError, Wire, pack
 
 
 class ScriptLine:
@@ -40,6 +39,7 @@ class ScriptLine:
         self._client = client
         self._script = script
         self._conn: Any = None  # a redis.connection.AbstractConnection, taken from the client's pool once
+        self._wire: Wire | None = None  # its socket, written and read here (gchat/cluster/resp.py)
         self._busy = Semaphore()
 
     def __call__(self, args: Sequence[Arg]) -> Any:
@@ -76,13 +76,29 @@ class ScriptLine:
         # it had, and on a Sentinel client only connect() asks the sentinels
         # for the master (after a failover, a new one); at once when connected
         conn.connect()
-        conn.send_command("EVALSHA", script.sha, 0, *args)
-        try:
-            return conn.read_response()
-        except NoScriptError:  # a Redis restarted (or another server) without it
-            conn.send_command("SCRIPT", "LOAD", script.script)
-            script.sha = conn.read_response()
-            if isinstance(script.sha, bytes):
-                script.sha = script.sha.decode()
-            conn.send_command("EVALSHA", script.sha, 0, *args)
-            return conn.read_response()
+        wire = self._wire
+        if wire is None or wire.sock is not conn._sock:  # a new connection
+            wire = self._wire = Wire(conn._sock)
+        reply = self._ask(wire, pack(("EVALSHA", script.sha, 0, *args)))
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            # a Redis restarted (or another server) without it
+            source = script.script
+            if isinstance(source, memoryview):
+                source = source.tobytes()
+            sha = self._ask(wire, pack(("SCRIPT", "LOAD", source)))
+            if isinstance(sha, ReplyError):
+                raise redis.ResponseError(str(sha))
+            script.sha = sha.decode() if isinstance(sha, bytes) else sha
+            reply = self._ask(wire, pack(("EVALSHA", script.sha, 0, *args)))
+        if isinstance(reply, ReplyError):
+            raise redis.ResponseError(str(reply))
+        return reply
+
+    @staticmethod
+    def _ask(wire: Wire, command: bytes) -> Any:
+        """One command and its one reply (the line carries one at a time)."""
+        wire.send(command)
+        replies = wire.replies()
+        if len(replies) != 1:  # more than was asked for: out of step
+            raise redis.ConnectionError(f"Redis answered {len(replies)} replies to one command")
+        return replies[0]
