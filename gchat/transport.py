@@ -16,6 +16,7 @@ from typing import Protocol
 
 from gchat.config import Settings
 from gchat.protocol import FrameDecoder, ProtocolError
+from gchat.reads import Reads
 
 RECV_SIZE = 64 * 1024
 
@@ -72,32 +73,15 @@ class Transport(Protocol):
 class SocketIO:
     """The socket calls every transport makes the same way (TCP, WebSocket)."""
 
-    __slots__ = ("_drained",)
+    __slots__ = ("_reads",)
     sock: socket.socket
-    _drained: bool  # the last read took all the kernel held (recv)
+    _reads: Reads  # made by each transport's __init__ over its sock
 
     def recv(self) -> bytes:
         """The next bytes from the peer, blocking the calling greenlet; b""
-        at the end of the stream.
-
-        gevent's `recv` first tries the call and waits for readability
-        only when it fails with EAGAIN. After a read that took less than
-        it asked for, the kernel held nothing more, and a chat client
-        (one request, then its answer) has almost never sent again by the
-        next call: that try is a failed syscall and an exception per
-        request. So such a read waits first, on the same watcher and with
-        the same timeout and close handling as gevent's own wait (a
-        socket closed by another greenlet raises there as in `recv`):
-        1.0 to 1.6 us less CPU a read (docs/benchmarks.md, "The reader
-        waits before it reads"). Plain sockets only: a TLS socket may hold
-        decrypted bytes the kernel no longer shows as readable."""
-        sock = self.sock
-        event = sock._read_event  # type: ignore[attr-defined]  # gevent's socket: see above
-        if self._drained and event is not None:  # None: closed; recv raises EBADF, as it did
-            sock._wait(event)  # type: ignore[attr-defined]
-        data = sock.recv(RECV_SIZE)
-        self._drained = len(data) < RECV_SIZE
-        return data
+        at the end of the stream; after a read that emptied the kernel's
+        buffer, a wait for readability comes first (gchat/reads.py)."""
+        return self._reads.recv(RECV_SIZE)
 
     def send(self, data: bytes | memoryview) -> int:
         return self.sock.send(data)
@@ -134,7 +118,7 @@ class TcpTransport(SocketIO):
         self.sock = sock
         self.decoder = decoder
         self.received = 0
-        self._drained = False
+        self._reads = Reads(sock)
 
     def receive(self) -> list[Incoming] | None:
         data = self.recv()

@@ -21,6 +21,8 @@ from typing import Any
 
 import redis
 
+from gchat.reads import Reads
+
 # what one recv asks the kernel for; a longer reply comes in several
 CHUNK = 65536
 
@@ -101,16 +103,10 @@ class Wire:
         self.sock = sock
         self._buf = buffered
         self._need = 1  # bytes the buffer must hold before a parse can end
-        # gevent's socket tries recv before it waits, a recv that fails with
-        # EAGAIN each time the socket is empty; its own wait comes first
-        # here when the last read left nothing behind (a plain socket, as in
-        # tests without gevent's patching, blocks in recv itself). Not on
-        # TLS (rediss://): a read there returns one record, and the next may
-        # already sit decrypted in the TLS layer with nothing left on the
-        # descriptor to wait for
-        self._wait = None if hasattr(sock, "pending") else getattr(sock, "_wait", None)
-        self._read_event = getattr(sock, "_read_event", None)
-        self._drained = True
+        # a read waits for readability first when the last one left
+        # nothing behind (gchat/reads.py); the first one too: the
+        # connection has just been subscribed or been sent a command
+        self._reads = Reads(sock, drained=True)
 
     def replies(self) -> list[Any]:
         out: list[Any] = []
@@ -135,9 +131,7 @@ class Wire:
         have = len(self._buf)
         while have < self._need or not chunks:
             try:
-                if self._drained and self._wait is not None:
-                    self._wait(self._read_event)
-                data = self.sock.recv(CHUNK)
+                data = self._reads.recv(CHUNK)
             except TimeoutError as e:
                 self._buf = b"".join(chunks)
                 raise redis.TimeoutError("Timeout reading from Redis") from e
@@ -145,9 +139,6 @@ class Wire:
                 raise redis.ConnectionError(f"Error reading from Redis: {e}") from e
             if not data:
                 raise redis.ConnectionError("Redis closed the connection")
-            # a full read may leave more in the kernel: read again before
-            # waiting for the socket to be readable
-            self._drained = len(data) < CHUNK
             chunks.append(data)
             have += len(data)
         self._buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -26,6 +26,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gchat.protocol import Errno, FrameTooLarge, ProtocolError
+from gchat.reads import Reads
 from gchat.transport import Incoming, SocketIO
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class WebSocketTransport(SocketIO):
     def __init__(self, sock: socket.socket, ws: ServerProtocol, frame_max: int, early: bytes = b"") -> None:
         self.sock = sock
         self._early = early  # bytes read with the handshake
-        self._drained = False
+        self._reads = Reads(sock)
         self.ws = ws
         self.frame_max = frame_max
         self.writer: Writer | None = None  # the connection's outbox, once it has one
