@@ -267,11 +267,13 @@ class Sessions:
         track = sess.tracks.get(conv)
         if track is not None:
             if seq == track.high + 1:  # the next one: by far the most common case, checked first
+                # Track.take, _touch and Session.wants's first test, inline:
+                # once per delivery, 0.17 us of its 0.74 (scripts/deliver-speed)
                 if track.ahead:
                     track.take(seq)
                 else:
                     track.high = seq
-                if not sess.sync:  # _touch, inline: once per delivery
+                if not sess.sync:
                     self._dirty[sess.user_id] = sess
                 if not body.startswith(NOTICE_HEAD) or sess.wants(body):
                     sess.peer.push(body, (conv, seq))
