@@ -76,6 +76,19 @@ def test_a_batch_past_the_argument_bound_goes_in_several_calls_in_order(
     assert handed(5) == [(members, body) for _, body in items]
 
 
+def test_misses_stay_with_their_messages_across_the_calls_of_a_long_batch(
+        buses: tuple[RedisBus, Callable[[int], Got], redis.Redis]) -> None:
+    """ROUTE_BATCH answers '' when it reached everyone, else every message's
+    misses in order: a long batch's calls each answer for their own
+    messages, those that reached everyone included."""
+    a, handed, r = buses
+    members = list(range(1000, 1000 + BATCH_ARGS // 3))
+    r.mset({online_key(uid): "b" for uid in members})
+    items = [(members, b"7,%d {}" % seq) for seq in range(1, 5)] + [([7, 8], b"9,1 {}"), ([members[0]], b"9,2 {}")]
+    assert a.route_batch(items) == [[], [], [], [], [7, 8], []]
+    assert handed(5) == [(members, body) for _, body in items[:4]] + [([members[0]], b"9,2 {}")]
+
+
 def test_a_batch_is_routed_again_after_redis_restarted(
         buses: tuple[RedisBus, Callable[[int], Got], redis.Redis], redis_server: RedisServer) -> None:
     """The route's own connection (gchat/cluster/script_line.py) was closed
