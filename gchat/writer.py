@@ -57,7 +57,7 @@ from gevent.event import AsyncResult
 from sqlalchemy import Connection, Dialect, Engine, make_url
 from sqlalchemy import exc as sa_exc
 
-from gchat import convlog
+from gchat import convlog, sqlwire
 from gchat.batch import Batcher, Sink
 from gchat.errors import Conflict, Unavailable
 from gchat.metrics import Counts
@@ -143,6 +143,7 @@ class LogWriter:
         # MySQL/MariaDB: the fast path's statements go to the driver itself,
         # both in one round trip, on a connection of the writer's own
         self._sql: convlog.FastSql | None = None
+        self._wire: sqlwire.Wire | None = None  # the writer's connection's socket, for its queries
         self._engine = db.engine
         if db.engine.dialect.name == "mysql":
             self._sql = convlog.FastSql(db.engine.dialect)
@@ -354,28 +355,22 @@ class LogWriter:
         assert raw is not None and expected is not None
         dialect = conn.dialect
         with _raw_transaction(raw, dialect):
-            cur = raw.cursor()
+            # one round trip and one result for the whole batch: the
+            # server itself checks the UPDATE's count (the driver's
+            # FOUND_ROWS: rows matched) and signals MOVED when a
+            # conversation moved; it runs nothing after a statement that
+            # failed, so the INSERT and the COMMIT go only with a batch
+            # numbered right (convlog.FastSql.fast)
+            sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
+            sent.append(_Sent(done, rows[0]))
             try:
-                # one round trip and one result for the whole batch: the
-                # server itself checks the UPDATE's count (the driver's
-                # FOUND_ROWS: rows matched) and signals MOVED when a
-                # conversation moved; it runs nothing after a statement that
-                # failed, so the INSERT and the COMMIT go only with a batch
-                # numbered right (convlog.FastSql.fast)
-                sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
-                sent.append(_Sent(done, rows[0]))
-                try:
-                    _execute(raw, cur, sql, None)  # the values are in the text
-                    while cur.nextset():  # none expected: one statement
-                        pass
-                except dialect.loaded_dbapi.Error as e:
-                    if convlog.moved(e):
-                        sent.clear()  # nothing was committed: the transaction is open, rolled back here
-                        raw.rollback()
-                        raise _Moved from None
-                    raise
-            finally:
-                cur.close()
+                self._command(raw, sql)  # the values are in the text
+            except dialect.loaded_dbapi.Error as e:
+                if convlog.moved(e):
+                    sent.clear()  # nothing was committed: the transaction is open, rolled back here
+                    raw.rollback()
+                    raise _Moved from None
+                raise
         return done
 
     def _locked(self, conn: Connection, items: list[tuple[Outgoing, int]],
@@ -414,14 +409,24 @@ class LogWriter:
                 update = self._sql.advance_if(advanced)  # matches: the rows are locked
                 insert = self._sql.append(rows, _backslash_escapes(raw))
                 sent.append(_Sent(done, rows[0]))
-                _execute(raw, cur, update + ";" + insert + ";COMMIT", None)  # the values are in the text
-                if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
-                    log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
-                while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
-                    pass
+                # the values are in the text; the UPDATE's count first, then
+                # the INSERT's and the COMMIT's results (an error, if any)
+                matched = self._command(raw, update + ";" + insert + ";COMMIT")
+                if matched != len(advanced):  # never: the rows are locked (a bug would show here)
+                    log.error("the locked UPDATE matched %d of %d conversations", matched, len(advanced))
             finally:
                 cur.close()
         return done
+
+    def _command(self, raw: Any, sql: str) -> int:
+        """A query returning no rows (one or several statements) on the
+        driver's connection, every result read; the first one's found rows.
+        On the wire itself (gchat/sqlwire.py) unless the connection is
+        TLS's: then through PyMySQL's cursor."""
+        wire = self._wire = sqlwire.Wire.for_(raw, self._wire)
+        if wire.usable:
+            return wire.query(sql)
+        return _cursor_command(raw, sql)
 
     def _committed(self, sent: _Sent) -> bool | None:
         """Whether the batch whose query was lost with its connection
@@ -586,6 +591,19 @@ def _execute(raw: Any, cur: Any, sql: str, args: list[Any] | None) -> None:
         cur.execute(convlog.render(sql, args))
     else:
         cur.execute(sql, args)  # the driver's quoting
+
+
+def _cursor_command(raw: Any, sql: str) -> int:
+    """_command through PyMySQL's cursor (a TLS connection)."""
+    cur = raw.cursor()
+    try:
+        cur.execute(sql)
+        matched = int(cur.rowcount)
+        while cur.nextset():
+            pass
+    finally:
+        cur.close()
+    return matched
 
 
 @contextlib.contextmanager
