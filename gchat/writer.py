@@ -21,7 +21,9 @@ a time): a checkout per batch, with its ping and the ORM session around it,
 was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
 (not the pool's) and may carry several statements per query, sent to the
 driver itself (convlog.FastSql; round trips and SQLAlchemy's execution per
-statement were most of a batch's CPU):
+statement were most of a batch's CPU), the query that writes the rows on
+the MySQL wire itself (gchat/sqlwire.py: PyMySQL's layers per query were a
+seventh of a busy node's CPU), but on a TLS connection:
 - the fast path (this node knows where the conversations are: it wrote
   them last, or heard of their last message over the bus, `heard`), one
   round trip: the UPDATE that checks this node's last_seq and member
@@ -527,10 +529,12 @@ class LogWriter:
         done: list[Written | ProtocolError] = []
         rows: list[convlog.Row] = []
         for m, c in items:
-            refused = self._refused(m, c, state)
-            if refused is not None:
-                done.append(refused)
-                continue
+            # a one-to-one message in a conversation there is: nothing to refuse (no call)
+            if m.group is not None or c not in state:
+                refused = self._refused(m, c, state)
+                if refused is not None:
+                    done.append(refused)
+                    continue
             last[c] += 1
             seq = last[c]
             body = dict(m.body)
@@ -606,24 +610,37 @@ def _cursor_command(raw: Any, sql: str) -> int:
     return matched
 
 
-@contextlib.contextmanager
-def _raw_transaction(raw: Any, dialect: Dialect) -> Iterator[None]:
+class _raw_transaction:  # noqa: N801 -- used as the context manager it was (a class: a generator's cost more)
     """A transaction on the driver's connection: its errors as SQLAlchemy's
-    (_wrapped), and rolled back on any error but a lost connection (the
+    (as _wrapped), and rolled back on any error but a lost connection (the
     server rolls that back itself): a deadlock victim's connection stays in
-    use."""
-    try:
-        with _wrapped(dialect):
-            yield
-    except _Moved:
-        raise
-    except BaseException as e:
+    use. A class, not a generator with contextlib's wrapper (that, with
+    _wrapped inside it, was a few per cent of a small batch's CPU)."""
+
+    __slots__ = ("raw", "dialect")
+
+    def __init__(self, raw: Any, dialect: Dialect) -> None:
+        self.raw = raw
+        self.dialect = dialect
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        if e is None or isinstance(e, _Moved):
+            return
+        if isinstance(e, self.dialect.loaded_dbapi.Error):
+            wrapped = _as_sqlalchemys(self.dialect, e)
+            self._rollback(wrapped)
+            raise wrapped from e
+        self._rollback(e)
+
+    def _rollback(self, e: BaseException) -> None:
         if not getattr(e, "connection_invalidated", False):
             try:
-                raw.rollback()
+                self.raw.rollback()
             except Exception:
                 log.debug("rollback after a failed batch failed", exc_info=True)
-        raise
 
 
 def _multi_statement_engine(db: Database) -> Engine:
@@ -643,11 +660,17 @@ def _multi_statement_engine(db: Database) -> Engine:
 def _wrapped(dialect: Dialect) -> Iterator[None]:
     """The driver's own errors as SQLAlchemy's (what store.driver_errors
     translates), with a lost connection marked as SQLAlchemy marks it."""
-    dbapi = dialect.loaded_dbapi
     try:
         yield
-    except dbapi.Error as e:
-        raise sa_exc.DBAPIError.instance(
-            None, None, e, dbapi.Error, hide_parameters=True, dialect=dialect,
-            connection_invalidated=dialect.is_disconnect(e, None, None),
-        ) from e
+    except dialect.loaded_dbapi.Error as e:
+        raise _as_sqlalchemys(dialect, e) from e
+
+
+def _as_sqlalchemys(dialect: Dialect, e: Any) -> BaseException:
+    """The driver's error e as SQLAlchemy's, a lost connection marked."""
+    dbapi = dialect.loaded_dbapi
+    wrapped: BaseException = sa_exc.DBAPIError.instance(
+        None, None, e, dbapi.Error, hide_parameters=True, dialect=dialect,
+        connection_invalidated=dialect.is_disconnect(e, None, None),
+    )
+    return wrapped
