@@ -21,7 +21,9 @@ a time): a checkout per batch, with its ping and the ORM session around it,
 was a sixth of a batch's CPU. On MySQL/MariaDB that connection is its own
 (not the pool's) and may carry several statements per query, sent to the
 driver itself (convlog.FastSql; round trips and SQLAlchemy's execution per
-statement were most of a batch's CPU):
+statement were most of a batch's CPU), the query that writes the rows on
+the MySQL wire itself (gchat/sqlwire.py: PyMySQL's layers per query were a
+seventh of a busy node's CPU), but on a TLS connection:
 - the fast path (this node knows where the conversations are: it wrote
   them last, or heard of their last message over the bus, `heard`), one
   round trip: the UPDATE that checks this node's last_seq and member
@@ -57,7 +59,7 @@ from gevent.event import AsyncResult
 from sqlalchemy import Connection, Dialect, Engine, make_url
 from sqlalchemy import exc as sa_exc
 
-from gchat import convlog
+from gchat import convlog, sqlwire
 from gchat.batch import Batcher, Sink
 from gchat.errors import Conflict, Unavailable
 from gchat.metrics import Counts
@@ -143,6 +145,7 @@ class LogWriter:
         # MySQL/MariaDB: the fast path's statements go to the driver itself,
         # both in one round trip, on a connection of the writer's own
         self._sql: convlog.FastSql | None = None
+        self._wire: sqlwire.Wire | None = None  # the writer's connection's socket, for its queries
         self._engine = db.engine
         if db.engine.dialect.name == "mysql":
             self._sql = convlog.FastSql(db.engine.dialect)
@@ -354,28 +357,22 @@ class LogWriter:
         assert raw is not None and expected is not None
         dialect = conn.dialect
         with _raw_transaction(raw, dialect):
-            cur = raw.cursor()
+            # one round trip and one result for the whole batch: the
+            # server itself checks the UPDATE's count (the driver's
+            # FOUND_ROWS: rows matched) and signals MOVED when a
+            # conversation moved; it runs nothing after a statement that
+            # failed, so the INSERT and the COMMIT go only with a batch
+            # numbered right (convlog.FastSql.fast)
+            sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
+            sent.append(_Sent(done, rows[0]))
             try:
-                # one round trip and one result for the whole batch: the
-                # server itself checks the UPDATE's count (the driver's
-                # FOUND_ROWS: rows matched) and signals MOVED when a
-                # conversation moved; it runs nothing after a statement that
-                # failed, so the INSERT and the COMMIT go only with a batch
-                # numbered right (convlog.FastSql.fast)
-                sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
-                sent.append(_Sent(done, rows[0]))
-                try:
-                    _execute(raw, cur, sql, None)  # the values are in the text
-                    while cur.nextset():  # none expected: one statement
-                        pass
-                except dialect.loaded_dbapi.Error as e:
-                    if convlog.moved(e):
-                        sent.clear()  # nothing was committed: the transaction is open, rolled back here
-                        raw.rollback()
-                        raise _Moved from None
-                    raise
-            finally:
-                cur.close()
+                self._command(raw, sql)  # the values are in the text
+            except dialect.loaded_dbapi.Error as e:
+                if convlog.moved(e):
+                    sent.clear()  # nothing was committed: the transaction is open, rolled back here
+                    raw.rollback()
+                    raise _Moved from None
+                raise
         return done
 
     def _locked(self, conn: Connection, items: list[tuple[Outgoing, int]],
@@ -414,14 +411,24 @@ class LogWriter:
                 update = self._sql.advance_if(advanced)  # matches: the rows are locked
                 insert = self._sql.append(rows, _backslash_escapes(raw))
                 sent.append(_Sent(done, rows[0]))
-                _execute(raw, cur, update + ";" + insert + ";COMMIT", None)  # the values are in the text
-                if cur.rowcount != len(advanced):  # never: the rows are locked (a bug would show here)
-                    log.error("the locked UPDATE matched %d of %d conversations", cur.rowcount, len(advanced))
-                while cur.nextset():  # the INSERT's and the COMMIT's results (an error, if any)
-                    pass
+                # the values are in the text; the UPDATE's count first, then
+                # the INSERT's and the COMMIT's results (an error, if any)
+                matched = self._command(raw, update + ";" + insert + ";COMMIT")
+                if matched != len(advanced):  # never: the rows are locked (a bug would show here)
+                    log.error("the locked UPDATE matched %d of %d conversations", matched, len(advanced))
             finally:
                 cur.close()
         return done
+
+    def _command(self, raw: Any, sql: str) -> int:
+        """A query returning no rows (one or several statements) on the
+        driver's connection, every result read; the first one's found rows.
+        On the wire itself (gchat/sqlwire.py) unless the connection is
+        TLS's: then through PyMySQL's cursor."""
+        wire = self._wire = sqlwire.Wire.for_(raw, self._wire)
+        if wire.usable:
+            return wire.query(sql)
+        return _cursor_command(raw, sql)
 
     def _committed(self, sent: _Sent) -> bool | None:
         """Whether the batch whose query was lost with its connection
@@ -522,10 +529,12 @@ class LogWriter:
         done: list[Written | ProtocolError] = []
         rows: list[convlog.Row] = []
         for m, c in items:
-            refused = self._refused(m, c, state)
-            if refused is not None:
-                done.append(refused)
-                continue
+            # a one-to-one message in a conversation there is: nothing to refuse (no call)
+            if m.group is not None or c not in state:
+                refused = self._refused(m, c, state)
+                if refused is not None:
+                    done.append(refused)
+                    continue
             last[c] += 1
             seq = last[c]
             body = dict(m.body)
@@ -588,24 +597,50 @@ def _execute(raw: Any, cur: Any, sql: str, args: list[Any] | None) -> None:
         cur.execute(sql, args)  # the driver's quoting
 
 
-@contextlib.contextmanager
-def _raw_transaction(raw: Any, dialect: Dialect) -> Iterator[None]:
-    """A transaction on the driver's connection: its errors as SQLAlchemy's
-    (_wrapped), and rolled back on any error but a lost connection (the
-    server rolls that back itself): a deadlock victim's connection stays in
-    use."""
+def _cursor_command(raw: Any, sql: str) -> int:
+    """_command through PyMySQL's cursor (a TLS connection)."""
+    cur = raw.cursor()
     try:
-        with _wrapped(dialect):
-            yield
-    except _Moved:
-        raise
-    except BaseException as e:
+        cur.execute(sql)
+        matched = int(cur.rowcount)
+        while cur.nextset():
+            pass
+    finally:
+        cur.close()
+    return matched
+
+
+class _raw_transaction:  # noqa: N801 -- used as the context manager it was (a class: a generator's cost more)
+    """A transaction on the driver's connection: its errors as SQLAlchemy's
+    (as _wrapped), and rolled back on any error but a lost connection (the
+    server rolls that back itself): a deadlock victim's connection stays in
+    use. A class, not a generator with contextlib's wrapper (that, with
+    _wrapped inside it, was a few per cent of a small batch's CPU)."""
+
+    __slots__ = ("raw", "dialect")
+
+    def __init__(self, raw: Any, dialect: Dialect) -> None:
+        self.raw = raw
+        self.dialect = dialect
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        if e is None or isinstance(e, _Moved):
+            return
+        if isinstance(e, self.dialect.loaded_dbapi.Error):
+            wrapped = _as_sqlalchemys(self.dialect, e)
+            self._rollback(wrapped)
+            raise wrapped from e
+        self._rollback(e)
+
+    def _rollback(self, e: BaseException) -> None:
         if not getattr(e, "connection_invalidated", False):
             try:
-                raw.rollback()
+                self.raw.rollback()
             except Exception:
                 log.debug("rollback after a failed batch failed", exc_info=True)
-        raise
 
 
 def _multi_statement_engine(db: Database) -> Engine:
@@ -625,11 +660,17 @@ def _multi_statement_engine(db: Database) -> Engine:
 def _wrapped(dialect: Dialect) -> Iterator[None]:
     """The driver's own errors as SQLAlchemy's (what store.driver_errors
     translates), with a lost connection marked as SQLAlchemy marks it."""
-    dbapi = dialect.loaded_dbapi
     try:
         yield
-    except dbapi.Error as e:
-        raise sa_exc.DBAPIError.instance(
-            None, None, e, dbapi.Error, hide_parameters=True, dialect=dialect,
-            connection_invalidated=dialect.is_disconnect(e, None, None),
-        ) from e
+    except dialect.loaded_dbapi.Error as e:
+        raise _as_sqlalchemys(dialect, e) from e
+
+
+def _as_sqlalchemys(dialect: Dialect, e: Any) -> BaseException:
+    """The driver's error e as SQLAlchemy's, a lost connection marked."""
+    dbapi = dialect.loaded_dbapi
+    wrapped: BaseException = sa_exc.DBAPIError.instance(
+        None, None, e, dbapi.Error, hide_parameters=True, dialect=dialect,
+        connection_invalidated=dialect.is_disconnect(e, None, None),
+    )
+    return wrapped

@@ -271,25 +271,23 @@ def test_a_batch_whose_connection_is_lost_during_its_commit_is_logged_once(maria
     in the log once, numbered without a gap."""
     import pymysql
 
-    from gchat import writer as writer_mod
+    from gchat import sqlwire
     from gchat.writer import Outgoing
 
     with _a_pairs_writer(mariadb) as (db, writer, a, b, first):
-        real = writer_mod._execute
+        real = sqlwire.Wire.query
         lost: list[bool] = []
 
-        def execute_then_lose(raw, cur, sql, args):  # type: ignore[no-untyped-def]
+        def query_then_lose(wire, sql):  # type: ignore[no-untyped-def]
             if "COMMIT" in sql and not lost:
                 lost.append(True)
                 if reached:
-                    real(raw, cur, sql, args)
-                    while cur.nextset():
-                        pass
-                raw.close()  # the socket goes, as with a network cut
+                    real(wire, sql)
+                wire.raw.close()  # the socket goes, as with a network cut
                 raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
-            real(raw, cur, sql, args)
+            return real(wire, sql)
 
-        monkeypatch.setattr(writer_mod, "_execute", execute_then_lose)
+        monkeypatch.setattr(sqlwire.Wire, "query", query_then_lose)
         second, _ = writer.append(Outgoing(a, {"msg": "two"}, to=b))
         third, _ = writer.append(Outgoing(a, {"msg": "three"}, to=b))
         assert lost == [True]

@@ -1,0 +1,171 @@
+"""One query that returns no rows, sent and answered on the socket PyMySQL
+opened and authenticated: the log's writer's batches (gchat/writer.py).
+
+Why not PyMySQL's `Cursor.execute`: a batch's one query went through the
+cursor, `Connection.query`, a `MySQLResult`, `_read_packet` twice per
+packet (its header, then its payload) through a BufferedReader over a
+SocketIO, each read a `recv_into` that first failed with EAGAIN and then
+waited under a gevent Timeout, and an `OKPacketWrapper` around a
+`MysqlPacket`: ~400 µs of Python a batch on the bench machine, a seventh of
+a busy node's CPU (docs/benchmarks.md, "The writer's query on the wire").
+Here the query is one `sendall`, its answer one wait and (almost always)
+one `recv`, parsed in place (the MySQL client/server protocol: a COM_QUERY
+packet; OK or ERR packets back).
+
+What stays PyMySQL's: the handshake, TLS, every query that returns rows,
+ROLLBACK. Its connection's state is kept as its own reads would leave it:
+`server_status` from each OK packet (the writer reads NO_BACKSLASH_ESCAPES
+there), a lost connection closed (`_force_close`) and raised as PyMySQL
+raises it (OperationalError 2013 or 2006, which SQLAlchemy's dialect calls a
+disconnect), an ERR packet raised as PyMySQL's own exception for its errno
+(a deadlock, a duplicate key, the writer's MOVED signal).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pymysql import err  # type: ignore[import-untyped]  # PyMySQL ships no types
+
+from gchat.reads import Reads
+
+COM_QUERY = 3
+# a packet's longest payload: a longer one is split, and a query that long
+# (never a batch of chat messages) goes through PyMySQL
+MAX_PACKET = 0xFFFFFF
+MORE_RESULTS = 8  # SERVER_MORE_RESULTS_EXISTS: another result of a multi-statement query follows
+CHUNK = 65536  # what one recv asks the kernel for
+CR_SERVER_GONE_ERROR, CR_SERVER_LOST = 2006, 2013  # PyMySQL's constants.CR
+
+
+class Wire:
+    """A PyMySQL connection's socket, for `query`; made once per connection
+    (`for_`): looking at the socket (is it TLS's? gevent's watcher) is an
+    attribute miss through gevent's socket each time."""
+
+    __slots__ = ("raw", "sock", "reads", "usable")
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sock = sock = raw._sock
+        # a TLS socket's records are PyMySQL's to read (its BufferedReader
+        # may hold some, and a decrypted record may wait in the SSL object
+        # while the descriptor shows nothing readable): PyMySQL's path
+        self.usable = sock is not None and not getattr(raw, "_secure", False) and not hasattr(sock, "pending")
+        # every read of an answer waits for readability first: the query
+        # has just been sent, the server has not answered yet
+        self.reads = Reads(sock, drained=True)
+
+    @staticmethod
+    def for_(raw: Any, last: Wire | None) -> Wire:
+        """raw's Wire: last, if it is raw's and raw still has that socket."""
+        if last is not None and last.raw is raw and last.sock is raw._sock:
+            return last
+        return Wire(raw)
+
+    def query(self, sql: str) -> int:
+        """Send sql (one or several statements returning no rows) as one
+        COM_QUERY and read its answer: the first result's affected (found)
+        rows. An ERR packet is raised as PyMySQL raises it (the statements
+        after the failed one were not run); a lost connection is closed and
+        raised as PyMySQL's OperationalError."""
+        raw, sock = self.raw, self.sock
+        if raw._sock is not sock or sock is None:  # closed (PyMySQL's _force_close)
+            raise err.InterfaceError(0, "")
+        data = sql.encode(raw.encoding)
+        if len(data) + 1 >= MAX_PACKET:
+            raw.query(sql)
+            return int(raw.affected_rows())
+        raw._result = None  # PyMySQL's last result, read whole: none of its own now
+        # the header: a 3-byte length and sequence id 0 (the high byte of
+        # the 4-byte int), then the command
+        data = struct.pack("<IB", len(data) + 1, COM_QUERY) + data
+        try:
+            # send, not sendall: gevent's sendall asks the kernel for the
+            # send buffer's size and starts a deadline each time; a batch's
+            # query fits the buffer (send waits under the socket's timeout
+            # when it does not)
+            sent = sock.send(data)
+            while sent < len(data):
+                sent += sock.send(memoryview(data)[sent:])
+        except OSError as e:
+            raw._force_close()
+            raise err.OperationalError(CR_SERVER_GONE_ERROR, f"MySQL server has gone away ({e!r})") from None
+        except BaseException:
+            raw._force_close()
+            raise
+        raw._next_seq_id = 1
+        self.reads._drained = True
+        return _answer(raw, self.reads)
+
+
+def _answer(raw: Any, reads: Reads) -> int:
+    """The query's OK packets (several: a multi-statement query's, each but
+    the last with MORE_RESULTS set) or its ERR packet."""
+    buf = b""
+    seq = 1
+    first: int | None = None
+    while True:
+        buf = _fill(raw, reads, buf, 4)
+        length = buf[0] | buf[1] << 8 | buf[2] << 16
+        if buf[3] != seq:
+            raw._force_close()
+            if buf[3] == 0:  # MariaDB's ERR packet when it shuts down (as PyMySQL reads it)
+                raise err.OperationalError(CR_SERVER_LOST, "Lost connection to MySQL server during query")
+            raise err.InternalError(f"Packet sequence number wrong - got {buf[3]} expected {seq}")
+        if length >= MAX_PACKET:  # never for an OK or ERR packet
+            raw._force_close()
+            raise err.InternalError(f"unexpected packet of {length} bytes")
+        buf = _fill(raw, reads, buf, 4 + length)
+        payload, buf = buf[4:4 + length], buf[4 + length:]
+        seq = (seq + 1) % 256
+        raw._next_seq_id = seq
+        if payload[0] == 0xFF:  # ERR: the query ends here
+            if buf:  # bytes after the end: the connection is out of step
+                raw._force_close()
+            err.raise_mysql_exception(payload)
+        if payload[0] != 0x00 or length < 7:  # a result set, or no OK packet
+            raw._force_close()
+            raise err.InternalError(f"unexpected answer to a query without rows: {payload[:16]!r}")
+        affected, at = _lenenc(payload, 1)
+        _, at = _lenenc(payload, at)  # the last insert id
+        status = payload[at] | payload[at + 1] << 8
+        raw.server_status = status
+        if first is None:
+            first = affected
+        if not status & MORE_RESULTS:
+            if buf:  # bytes nobody asked for: the connection is out of step
+                raw._force_close()
+                raise err.InternalError(f"unexpected bytes after a query's answer: {buf[:16]!r}")
+            return first
+
+
+def _fill(raw: Any, reads: Reads, buf: bytes, need: int) -> bytes:
+    """buf with at least `need` bytes, read from the socket as they come."""
+    while len(buf) < need:
+        try:
+            data = reads.recv(CHUNK)
+        except OSError as e:  # a timeout too, as PyMySQL's reads
+            raw._force_close()
+            raise err.OperationalError(CR_SERVER_LOST, f"Lost connection to MySQL server during query ({e})") from None
+        except BaseException:
+            raw._force_close()
+            raise
+        if not data:
+            raw._force_close()
+            raise err.OperationalError(CR_SERVER_LOST, "Lost connection to MySQL server during query")
+        buf = buf + data if buf else data
+    return buf
+
+
+def _lenenc(b: bytes, at: int) -> tuple[int, int]:
+    """A length-encoded integer at b[at] and where the next field starts."""
+    first = b[at]
+    if first < 0xFB:
+        return first, at + 1
+    if first == 0xFC:
+        return b[at + 1] | b[at + 2] << 8, at + 3
+    if first == 0xFD:
+        return b[at + 1] | b[at + 2] << 8 | b[at + 3] << 16, at + 4
+    return int.from_bytes(b[at + 1:at + 9], "little"), at + 9

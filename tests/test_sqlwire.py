@@ -1,0 +1,193 @@
+"""The writer's queries on the MySQL wire itself (gchat/sqlwire.py), against
+the real MariaDB: OK packets (one, or a multi-statement query's several),
+an answer that comes a byte at a time, ERR packets raised as PyMySQL's own
+errors, a connection the server closed, and the TLS guard (a TLS
+connection's queries stay PyMySQL's)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pymysql
+import pytest
+from sqlalchemy.dialects.mysql.pymysql import MySQLDialect_pymysql
+
+from gchat import convlog, sqlwire, store
+from gchat.writer import MULTI_STATEMENTS, NO_BACKSLASH_ESCAPES, LogWriter, Outgoing
+from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
+
+
+@pytest.fixture
+def raw(mariadb: Any) -> Iterator[pymysql.connections.Connection]:
+    """A PyMySQL connection as the writer's (several statements a query,
+    found rows counted, read and write timeouts), on a fresh database with
+    a table t(id primary key, v)."""
+    url = mariadb.create()
+    conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD,
+                           database=url.rsplit("/", 1)[1].split("?")[0], autocommit=False,
+                           client_flag=MULTI_STATEMENTS | pymysql.constants.CLIENT.FOUND_ROWS,
+                           read_timeout=10, write_timeout=10)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL)")
+    yield conn
+    conn.close()
+
+
+def _rows(conn: pymysql.connections.Connection) -> list[tuple[int, int]]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, v FROM t ORDER BY id")
+        return [(int(i), int(v)) for i, v in cur.fetchall()]
+
+
+def test_a_multi_statement_query_answers_its_first_count_and_commits(raw: Any) -> None:
+    wire = sqlwire.Wire(raw)
+    assert wire.usable
+    n = wire.query("INSERT INTO t VALUES (1, 1), (2, 2), (3, 3); UPDATE t SET v = 9 WHERE id = 1; COMMIT")
+    assert n == 3
+    # found rows (FOUND_ROWS), not changed ones: the writer's UPDATE counts matches
+    assert wire.query("UPDATE t SET v = v WHERE id IN (1, 2)") == 2
+    raw.rollback()
+    assert _rows(raw) == [(1, 9), (2, 2), (3, 3)]
+    # the compound statement of the fast path: one OK packet
+    wire.query("BEGIN NOT ATOMIC UPDATE t SET v = 5 WHERE id = 2; COMMIT; END")
+    assert _rows(raw) == [(1, 9), (2, 5), (3, 3)]
+    # PyMySQL's own queries go on after ours on the same connection
+    with raw.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchall() == ((1,),)
+    assert sqlwire.Wire.for_(raw, wire) is wire
+
+
+def test_the_server_status_is_read_from_every_answer(raw: Any) -> None:
+    """The writer quotes by the connection's sql_mode (NO_BACKSLASH_ESCAPES
+    in server_status): a mode set by a query on the wire shows there."""
+    wire = sqlwire.Wire(raw)
+    assert not raw.server_status & NO_BACKSLASH_ESCAPES
+    wire.query("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+    assert raw.server_status & NO_BACKSLASH_ESCAPES
+
+
+class _Trickle:
+    """A socket that gives at most one byte a read: every packet of an
+    answer arrives split, its header too."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(1)
+
+    def send(self, data: bytes) -> int:
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("pending", "_wait"):  # not TLS's; no wait first: recv blocks
+            raise AttributeError(name)
+        return getattr(self._sock, name)
+
+
+def test_an_answer_split_across_reads_is_read_whole(raw: Any) -> None:
+    real = raw._sock
+    raw._sock = _Trickle(real)
+    try:
+        wire = sqlwire.Wire(raw)
+        assert wire.query("INSERT INTO t VALUES (1, 1), (2, 2); UPDATE t SET v = 3; COMMIT") == 2
+        with pytest.raises(pymysql.err.IntegrityError) as e:
+            wire.query("INSERT INTO t VALUES (1, 1)")
+        assert e.value.args[0] == 1062
+    finally:
+        raw._sock = real
+    raw.rollback()
+    assert _rows(raw) == [(1, 3), (2, 3)]
+
+
+def test_an_err_packet_is_raised_as_pymysqls_error_and_runs_nothing_after(raw: Any) -> None:
+    wire = sqlwire.Wire(raw)
+    with pytest.raises(pymysql.err.ProgrammingError) as syntax:
+        wire.query("INSERT INTO t VALUES (1, 1); NOT SQL; INSERT INTO t VALUES (2, 2)")
+    assert syntax.value.args[0] == 1064
+    raw.rollback()
+    # the writer's MOVED signal, as the fast path's check sends it
+    with pytest.raises(pymysql.err.MySQLError) as signal:
+        wire.query(f"BEGIN NOT ATOMIC UPDATE t SET v = 1 WHERE id = 7; {convlog.check_count(1)}; "
+                   "INSERT INTO t VALUES (7, 7); COMMIT; END")
+    assert convlog.moved(signal.value)
+    raw.rollback()
+    assert _rows(raw) == []
+    # the connection is still sound, for the wire and for PyMySQL
+    assert raw.open
+    assert wire.query("INSERT INTO t VALUES (3, 3); COMMIT") == 1
+    assert _rows(raw) == [(3, 3)]
+
+
+def test_a_connection_the_server_closed_is_a_lost_connection(raw: Any) -> None:
+    """Killed by the server (a restart, wait_timeout): the error is
+    PyMySQL's OperationalError that SQLAlchemy calls a disconnect, and the
+    connection is closed (PyMySQL refuses it from then on)."""
+    wire = sqlwire.Wire(raw)
+    admin = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD)
+    with admin.cursor() as cur:
+        cur.execute(f"KILL {int(raw.thread_id())}")
+    admin.close()
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        wire.query("INSERT INTO t VALUES (1, 1); COMMIT")
+    assert e.value.args[0] in (sqlwire.CR_SERVER_LOST, sqlwire.CR_SERVER_GONE_ERROR)
+    dialect = MySQLDialect_pymysql(dbapi=pymysql)  # type: ignore[call-arg]
+    assert dialect.is_disconnect(e.value, None, None)
+    assert not raw.open
+    with pytest.raises(pymysql.err.InterfaceError):  # as PyMySQL's own query would
+        wire.query("COMMIT")
+
+
+def test_a_socket_closed_here_is_a_lost_connection(raw: Any) -> None:
+    wire = sqlwire.Wire(raw)
+    raw._sock.shutdown(socket.SHUT_RDWR)
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        wire.query("COMMIT")
+    assert e.value.args[0] in (sqlwire.CR_SERVER_LOST, sqlwire.CR_SERVER_GONE_ERROR)
+    assert not raw.open
+
+
+def test_an_answer_with_rows_is_refused_and_the_connection_dropped(raw: Any) -> None:
+    """A result set is not an answer the writer's queries have: the
+    connection is out of step, closed rather than read on."""
+    wire = sqlwire.Wire(raw)
+    with pytest.raises(pymysql.err.InternalError):
+        wire.query("SELECT 1")
+    assert not raw.open
+
+
+def test_a_tls_connection_keeps_pymysqls_path(mariadb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test MariaDB offers no TLS: the writer's connection is marked as
+    PyMySQL marks one that is (`_secure`), and its batches (the fast path's
+    and the locking path's) must not touch the wire."""
+    db = store.Database(mariadb.create())
+    try:
+        with db.transaction() as s:
+            a, b = store.create_user(s, "a", "x"), store.create_user(s, "b", "x")
+        writer = LogWriter(db)
+        writer.append(Outgoing(a, {"msg": "on the wire"}, to=b))  # opens the connection
+        assert writer._wire is not None and writer._wire.usable
+        assert writer._conn is not None
+        raw = writer._conn.connection.dbapi_connection
+        raw._secure = True  # type: ignore[union-attr]
+        writer._wire = None  # made again for the connection: TLS is known from its handshake on
+
+        def refused(self: sqlwire.Wire, sql: str) -> int:
+            raise AssertionError("a TLS connection's query went on the wire")
+
+        monkeypatch.setattr(sqlwire.Wire, "query", refused)
+        fast = writer.counts.batches_fast
+        second, _ = writer.append(Outgoing(a, {"msg": "through PyMySQL"}, to=b))
+        assert writer.counts.batches_fast == fast + 1
+        writer._contested.add(second.conv)  # the locking path next
+        third, _ = writer.append(Outgoing(b, {"msg": "locked"}, to=a))
+        assert writer._wire is not None and not writer._wire.usable
+        assert third.seq == second.seq + 1
+        with db.transaction() as s:
+            assert [m.seq for m in convlog.messages_between(s, second.conv, 0)][-2:] == [second.seq, third.seq]
+        writer.close()
+    finally:
+        db.dispose()
