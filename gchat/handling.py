@@ -33,7 +33,7 @@ def session_user(peer: Peer, req: Request) -> int:
     an `id` that names anyone else is refused."""
     if peer.user_id is None:
         raise refuse(Errno.NOT_LOGGED_IN, "log in first")
-    claimed = req.get("id")
+    claimed = req.body.get("id")
     if claimed is not None and claimed != peer.user_id:
         raise refuse(Errno.FORBIDDEN, "id is not yours")
     return peer.user_id

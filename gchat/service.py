@@ -190,11 +190,11 @@ class Services:
         return self._dummy_hash
 
     def user_exists(self, user_id: int) -> bool:
-        def load(uid: int) -> bool:
-            with self.db.transaction() as s:
-                return store.user_exists(s, uid)
+        return self.cache.user_exists(user_id, self._load_user_exists)
 
-        return self.cache.user_exists(user_id, load)
+    def _load_user_exists(self, user_id: int) -> bool:
+        with self.db.transaction() as s:
+            return store.user_exists(s, user_id)
 
     def members(self, group_id: int) -> tuple[int, ...]:
         def load(gid: int) -> list[int]:
@@ -231,9 +231,11 @@ class Pending:
 
     __slots__ = ("_reply", "req", "_done", "_value", "_error", "_callback", "_woken")
 
-    def __init__(self, reply: Callable[[Any], list[Reply]]) -> None:
-        self._reply = reply  # the replies, made from the writer's outcome (writer.Done)
-        self.req: Request | None = None
+    def __init__(self, reply: Callable[[Request, Any], list[Reply]], req: Request | None = None) -> None:
+        # the replies, made from the request and the writer's outcome
+        # (writer.Done): a module function, not a closure made per chat
+        self._reply = reply
+        self.req = req
         self._done = False
         self._value: Any = None
         self._error: BaseException | None = None
@@ -286,7 +288,7 @@ class Pending:
         try:
             if self._error is not None:
                 raise self._error
-            return self._reply(self._value)
+            return self._reply(req, self._value)
         except ProtocolError as e:
             return [refusal(e.errno, e.errmsg, req.msgid, req.seq)]
         except DomainError as e:
@@ -609,38 +611,52 @@ def _blocks_or_none(svc: Services, user_id: int) -> frozenset[int]:
 
 def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     user_id = _session_user(peer, req)
-    to = req["to"]
+    to = req.body["to"]
     if not svc.user_exists(to):
         raise _err(Errno.NOT_FOUND, f"no user {to}")
     if user_id in _blocks_or_none(svc, to):
         raise _err(Errno.FORBIDDEN, f"user {to} does not take your messages")  # and nothing is stored
     # answered once the message is committed to the log (docs/protocol.md, section D)
-
-    def ack_after_commit(done: Done) -> list[Reply]:
-        w, reached = LogWriter.outcome(done)
-        return _acked(req, delivered="online" if reached else "offline", conv=w.conv, cseq=w.seq, ts=w.ts)
-
-    pending = Pending(ack_after_commit)
+    pending = Pending(_one_chat_ack, req)
     svc.writer.submit_to(Outgoing(user_id, _delivery(peer, req), to=to), pending)
     return pending
 
 
+def _one_chat_ack(req: Request, done: Done) -> list[Reply]:
+    # ack()'s reply, built at once: the same fields in the same order
+    if type(done) is not tuple:
+        LogWriter.outcome(done)  # raises the log's refusal
+    w, reached = done  # type: ignore[misc]
+    if req.seq is None:  # part A: silent
+        return []
+    return [{"msgid": _ACK, "ack": req.msgid, "seq": req.seq, "errno": 0,
+             "delivered": "online" if reached else "offline", "conv": w.conv, "cseq": w.seq, "ts": w.ts}]
+
+
 def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     user_id = _session_user(peer, req)
-    group_id = req["groupid"]
+    group_id = req.body["groupid"]
     members = svc.members(group_id)
     if not members:
         raise _err(Errno.NOT_FOUND, f"no group {group_id}")
     if user_id not in members:
         raise _err(Errno.FORBIDDEN, f"not a member of group {group_id}")
-
-    def ack_after_commit(done: Done) -> list[Reply]:
-        w, _ = LogWriter.outcome(done)
-        return _acked(req, members=len(w.recipients), conv=w.conv, cseq=w.seq, ts=w.ts)
-
-    pending = Pending(ack_after_commit)
+    pending = Pending(_group_chat_ack, req)
     svc.writer.submit_to(Outgoing(user_id, _delivery(peer, req), group=group_id), pending)
     return pending
+
+
+def _group_chat_ack(req: Request, done: Done) -> list[Reply]:
+    if type(done) is not tuple:
+        LogWriter.outcome(done)  # raises the log's refusal
+    w, _ = done  # type: ignore[misc]
+    if req.seq is None:
+        return []
+    return [{"msgid": _ACK, "ack": req.msgid, "seq": req.seq, "errno": 0,
+             "members": len(w.recipients), "conv": w.conv, "cseq": w.seq, "ts": w.ts}]
+
+
+_ACK = int(MsgId.ACK)
 
 
 # --- friends and groups ----------------------------------------------------

@@ -383,3 +383,56 @@ def test_a_single_oversized_frame_says_the_cap() -> None:
     with pytest.raises(FrameTooLarge) as e:
         FrameDecoder(frame_max=8).feed(b"z" * 9 + b"\n")
     assert e.value.errmsg == "frame larger than 8 bytes"
+
+
+# Values for each field of a chat message: valid ones at the edges, and
+# each kind of wrong one (type, range, length, null, nesting).
+_CHAT_VALUES: dict[str, list[object]] = {
+    "to": [0, MAX_ID, MAX_ID + 1, -1, True, 2.0, "2", None, [2]],
+    "groupid": [7, MAX_ID + 1, False, None, {"a": 1}],
+    "msg": ["hi", "x" * 8000, "x" * 8001, "", 5, None, ["hi"]],
+    "seq": [3, -4, 2**62, True, 1.5, "3", None],
+    "id": [1, -1, MAX_ID + 1, False, "1", None],
+    "name": ["a", "n" * 50, "n" * 51, 1, None],
+    "time": ["t", "t" * 50, "t" * 51, None, []],
+    "msgid": [5, 9, 5.0, True, "5", [5], {"5": 5}, None],
+    "extra": [None, [[1]], {"deep": {"er": 1}}, "x"],
+}
+_ABSENT = object()
+
+
+def _outcome(frame: bytes) -> tuple[object, ...]:
+    try:
+        req = parse_request(frame)
+    except ProtocolError as e:
+        return ("refused", e.errno, e.errmsg, e.msgid, e.seq)
+    return ("accepted", req.msgid, req.body, req.seq)
+
+
+def test_the_chat_fast_path_agrees_with_the_field_by_field_checks() -> None:
+    """parse_request checks a valid chat message at once and sends every
+    other frame through the checks of each field: for every shape of a
+    chat message, the outcome (accepted body, or errno, text, msgid, seq)
+    is that of the field-by-field checks."""
+    from gchat.protocol import _parse_checked  # the checks alone
+
+    base = {"msgid": 5, "id": 1, "name": "a", "to": 2, "groupid": 7, "msg": "hi", "time": "t", "seq": 3}
+    tried = 0
+    for field, values in _CHAT_VALUES.items():
+        for value in [*values, _ABSENT]:
+            for msgid in (5, 9):
+                obj = dict(base, msgid=msgid)
+                if value is _ABSENT:
+                    obj.pop(field, None)
+                else:
+                    obj[field] = value
+                frame = dumps(obj)
+                expected: tuple[object, ...]
+                try:
+                    req = _parse_checked(loads(frame), frame, Limits())
+                    expected = ("accepted", req.msgid, req.body, req.seq)
+                except ProtocolError as e:
+                    expected = ("refused", e.errno, e.errmsg, e.msgid, e.seq)
+                assert _outcome(frame) == expected, frame
+                tried += 1
+    assert tried > 100
