@@ -584,14 +584,12 @@ def _backslash_escapes(raw: Any) -> bool:
     return not raw.server_status & NO_BACKSLASH_ESCAPES
 
 
-def _execute(raw: Any, cur: Any, sql: str, args: list[Any] | None) -> None:
-    """One query on the driver's cursor, its values bound by the driver's
-    quoting, or by convlog.render's when backslash escapes are on; None:
-    the values are in the text already (FastSql's UPDATE and INSERT), sent
-    as is, with nothing for the driver to bind."""
-    if args is None:
-        cur.execute(sql)
-    elif _backslash_escapes(raw):
+def _execute(raw: Any, cur: Any, sql: str, args: list[Any]) -> None:
+    """One query on the driver's cursor (the locking path's SELECTs; the
+    batch's writing query goes on the wire: sqlwire), its values bound by
+    the driver's quoting, or by convlog.render's when backslash escapes are
+    on."""
+    if _backslash_escapes(raw):
         cur.execute(convlog.render(sql, args))
     else:
         cur.execute(sql, args)  # the driver's quoting
