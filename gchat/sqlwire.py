@@ -75,8 +75,7 @@ class Wire:
             raise err.InterfaceError(0, "")
         data = sql.encode(raw.encoding)
         if len(data) + 1 >= MAX_PACKET:
-            raw.query(sql)
-            return int(raw.affected_rows())
+            return through_cursor(raw, sql)
         raw._result = None  # PyMySQL's last result, read whole: none of its own now
         # the header: a 3-byte length and sequence id 0 (the high byte of
         # the 4-byte int), then the command
@@ -98,6 +97,21 @@ class Wire:
         raw._next_seq_id = 1
         self.reads._drained = True
         return _answer(raw, self.reads)
+
+
+def through_cursor(raw: Any, sql: str) -> int:
+    """query's answer through PyMySQL's cursor, every result read (a TLS
+    connection, a query longer than one packet): the first result's
+    affected (found) rows."""
+    cur = raw.cursor()
+    try:
+        cur.execute(sql)
+        matched = int(cur.rowcount)
+        while cur.nextset():
+            pass
+    finally:
+        cur.close()
+    return matched
 
 
 def _answer(raw: Any, reads: Reads) -> int:

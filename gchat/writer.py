@@ -428,7 +428,7 @@ class LogWriter:
         wire = self._wire = sqlwire.Wire.for_(raw, self._wire)
         if wire.usable:
             return wire.query(sql)
-        return _cursor_command(raw, sql)
+        return sqlwire.through_cursor(raw, sql)
 
     def _committed(self, sent: _Sent) -> bool | None:
         """Whether the batch whose query was lost with its connection
@@ -593,19 +593,6 @@ def _execute(raw: Any, cur: Any, sql: str, args: list[Any]) -> None:
         cur.execute(convlog.render(sql, args))
     else:
         cur.execute(sql, args)  # the driver's quoting
-
-
-def _cursor_command(raw: Any, sql: str) -> int:
-    """_command through PyMySQL's cursor (a TLS connection)."""
-    cur = raw.cursor()
-    try:
-        cur.execute(sql)
-        matched = int(cur.rowcount)
-        while cur.nextset():
-            pass
-    finally:
-        cur.close()
-    return matched
 
 
 class _raw_transaction:  # noqa: N801 -- used as the context manager it was (a class: a generator's cost more)

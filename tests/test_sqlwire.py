@@ -60,6 +60,21 @@ def test_a_multi_statement_query_answers_its_first_count_and_commits(raw: Any) -
     assert sqlwire.Wire.for_(raw, wire) is wire
 
 
+def test_a_query_longer_than_a_packet_goes_through_the_cursor_every_result_read(
+        raw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query that would not fit one packet is PyMySQL's to send: its
+    first count answered, and its later results read with it, so that a
+    statement failing after the first (the INSERT after the UPDATE) fails
+    this query, not the next one on the connection."""
+    monkeypatch.setattr(sqlwire, "MAX_PACKET", 16)
+    wire = sqlwire.Wire(raw)
+    assert wire.query("INSERT INTO t VALUES (1, 1), (2, 2); UPDATE t SET v = 7 WHERE id = 2; COMMIT") == 2
+    with pytest.raises(pymysql.err.IntegrityError):
+        wire.query("UPDATE t SET v = 8 WHERE id = 1; INSERT INTO t VALUES (1, 3); COMMIT")
+    raw.rollback()
+    assert _rows(raw) == [(1, 1), (2, 7)]
+
+
 def test_the_server_status_is_read_from_every_answer(raw: Any) -> None:
     """The writer quotes by the connection's sql_mode (NO_BACKSLASH_ESCAPES
     in server_status): a mode set by a query on the wire shows there."""
