@@ -623,14 +623,8 @@ def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
 
 
 def _one_chat_ack(req: Request, done: Done) -> list[Reply]:
-    # ack()'s reply, built at once: the same fields in the same order
-    if type(done) is not tuple:
-        LogWriter.outcome(done)  # raises the log's refusal
-    w, reached = done  # type: ignore[misc]
-    if req.seq is None:  # part A: silent
-        return []
-    return [{"msgid": _ACK, "ack": req.msgid, "seq": req.seq, "errno": 0,
-             "delivered": "online" if reached else "offline", "conv": w.conv, "cseq": w.seq, "ts": w.ts}]
+    w, reached = LogWriter.outcome(done)  # or the log's refusal, raised
+    return _acked(req, delivered="online" if reached else "offline", conv=w.conv, cseq=w.seq, ts=w.ts)
 
 
 def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
@@ -647,16 +641,8 @@ def group_chat(svc: Services, peer: Peer, req: Request) -> Pending:
 
 
 def _group_chat_ack(req: Request, done: Done) -> list[Reply]:
-    if type(done) is not tuple:
-        LogWriter.outcome(done)  # raises the log's refusal
-    w, _ = done  # type: ignore[misc]
-    if req.seq is None:
-        return []
-    return [{"msgid": _ACK, "ack": req.msgid, "seq": req.seq, "errno": 0,
-             "members": len(w.recipients), "conv": w.conv, "cseq": w.seq, "ts": w.ts}]
-
-
-_ACK = int(MsgId.ACK)
+    w, _ = LogWriter.outcome(done)  # or the log's refusal, raised
+    return _acked(req, members=len(w.recipients), conv=w.conv, cseq=w.seq, ts=w.ts)
 
 
 # --- friends and groups ----------------------------------------------------
