@@ -186,21 +186,6 @@ class Outbox:
         over, already taken from the store, stored again for `user_id` if it
         is never written. Written at once, without a writer, when the kernel
         takes it whole (a client that only logs in never needs a writer)."""
-        if not (self._q or restore or marks or self.pace or self._flushed or self.cut):
-            # the usual reply (a chat's ACK): nothing ahead of it, nothing to
-            # keep if it is lost, so it need not be queued to be written
-            # at once; whatever the kernel does not take whole is queued
-            # as _send_now would leave it, for the writer
-            try:
-                data = self.transport.frame(body)
-                sent = self.transport.send_nowait(data)
-                if sent == len(data):
-                    return
-            except OSError:
-                sent = 0  # the writer meets the error again and reports it
-            self._head_sent = sent
-            self._enqueue(body, 0, user_id, restore, marks)
-            return
         self._enqueue(body, 0, user_id, restore, marks, direct=True)
 
     def hold(self) -> None:
