@@ -28,6 +28,7 @@ class PrivateMariaDB:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.datadir = root / "data"
+        self.tmpdir = root / "tmp"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -35,13 +36,18 @@ class PrivateMariaDB:
         for tool in ("mariadb-install-db", "/usr/sbin/mariadbd"):
             if not shutil.which(tool):
                 pytest.fail(f"{tool} is required for the outage test")
+        # A tmpdir of its own: in /tmp, the bootstrap's temporary tables once
+        # met a file of the same name (CI: "Could not remove temporary table
+        # '/tmp/#sql-temptable-...'", then "Unknown table 'mysql.tmp_user_sys'").
+        self.tmpdir.mkdir(exist_ok=True)
         subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
-                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                        f"--tmpdir={self.tmpdir}", "--auth-root-authentication-method=normal", "--skip-test-db"],
                        check=True, capture_output=True)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.root / 'sock'}",
+            ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--tmpdir={self.tmpdir}",
+             f"--socket={self.root / 'sock'}",
              f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables",
              "--skip-log-bin", "--innodb-buffer-pool-size=16M", f"--pid-file={self.root / 'pid'}"],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "err.log", "ab"))  # noqa: SIM115
