@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gchat.client import Client, ConnectionLost
+from gchat.client import Client, ConnectionLost, GchatError
 from tests.cluster_support import Nginx
 from tests.support import ROOT, Wire
 
@@ -93,6 +94,27 @@ def test_chat_over_nginx_tls_with_the_client_library(tls_front: tuple[Nginx, Pat
             plain.login(cid)
             assert alice.chat(cid, "to a plain client") == "online"
             assert plain.recv()["msg"] == "to a plain client"
+
+
+def test_first_requests_over_tls_are_answered_on_every_connection(tls_front: tuple[Nginx, Path]) -> None:
+    """The client's reader takes the server's session tickets while the first
+    request is written from another thread. Over ssl.SSLSocket that shared
+    one OpenSSL object between two threads: about 1 connection in 100 lost
+    its reply (RequestTimeout) or broke ('bad record mac')."""
+    proxy, ca = tls_front
+    host, port = proxy.tls_address
+
+    def one(i: int) -> str | None:
+        try:
+            with Client.connect(host, port, tls=True, ca=str(ca), timeout=3) as c:
+                c.login(c.register(f"first-{i}", "pw"), "pw")
+            return None
+        except GchatError as e:
+            return repr(e)
+
+    with ThreadPoolExecutor(4) as pool:
+        failed = [e for e in pool.map(one, range(400)) if e is not None]
+    assert failed == []
 
 
 def test_the_web_app_over_https(tls_front: tuple[Nginx, Path]) -> None:

@@ -24,6 +24,7 @@ from gchat.client.errors import (
 from gchat.client.framing import TERMINATOR, ReplySplitter, ReplyTo
 from gchat.client.seen import Seen
 from gchat.client.social import SocialCalls
+from gchat.client.tls import TlsStream
 from gchat.client.types import ChatMessage, Event, Friend, LoginResult, Notice, event_from_obj
 from gchat.protocol import TIME_FORMAT, Errno, MsgId, ProtocolError, dumps, loads
 
@@ -84,7 +85,7 @@ class Client(SocialCalls):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | TlsStream,
         *,
         acks: bool | None = None,
         timeout: float = 10.0,
@@ -133,13 +134,14 @@ class Client(SocialCalls):
         except OSError as e:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {e.strerror or e}") from e
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream: socket.socket | TlsStream = sock
         if context is not None:
             try:
-                sock = context.wrap_socket(sock, server_hostname=host)
+                stream = TlsStream(sock, context, host)
             except (ssl.SSLError, OSError) as e:
                 sock.close()
                 raise ConnectionLost(f"TLS with {host}:{port} failed: {_tls_reason(e)}") from e
-        return cls(sock, timeout=timeout, **kwargs)
+        return cls(stream, timeout=timeout, **kwargs)
 
     def __enter__(self) -> Self:
         return self
