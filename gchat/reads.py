@@ -19,7 +19,7 @@ from typing import Any
 
 
 class Reads:
-    __slots__ = ("sock", "_wait", "_drained")
+    __slots__ = ("sock", "_wait", "_drained", "plain")
 
     def __init__(self, sock: socket.socket, drained: bool = False) -> None:
         self.sock = sock
@@ -29,6 +29,9 @@ class Reads:
         # no longer shows as readable, so it never waits first
         self._wait: Any = None if hasattr(sock, "pending") else getattr(sock, "_wait", None)
         self._drained = drained  # the last read took all the kernel held
+        # gevent's socket over a plain (not TLS) one: its C socket (`_sock`)
+        # may be called directly once readable, or for a send that never waits
+        self.plain = self._wait is not None
 
     def recv(self, size: int) -> bytes:
         """The next bytes (at most size), blocking the calling greenlet; b""
@@ -38,6 +41,15 @@ class Reads:
             event = sock._read_event  # type: ignore[attr-defined]  # gevent's socket: see above
             if event is not None:  # None: closed; recv raises EBADF, as it does without the wait
                 self._wait(event)
+                # readable: the C socket's own recv, without gevent's Python
+                # wrapper around it (its loop is for a read that would block);
+                # a closed socket's stand-in raises EBADF as recv does
+                try:
+                    data: bytes = sock._sock.recv(size)  # type: ignore[attr-defined]
+                except BlockingIOError:  # readable, then not (another reader took it): gevent waits again
+                    data = sock.recv(size)
+                self._drained = len(data) < size
+                return data
         data = sock.recv(size)
         self._drained = len(data) < size
         return data

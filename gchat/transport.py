@@ -88,6 +88,11 @@ class SocketIO:
 
     def send_nowait(self, data: bytes) -> int:
         try:
+            if self._reads.plain:
+                # the C socket under gevent's (non-blocking): the same call
+                # without the Python wrapper of gevent's send(data, 0, 0.0);
+                # a closed socket's stand-in raises EBADF, as that one does
+                return self.sock._sock.send(data)  # type: ignore[attr-defined, no-any-return]
             # gevent's socket takes a timeout; 0 never waits
             return self.sock.send(data, 0, 0.0)  # type: ignore[call-arg]
         except BlockingIOError:
