@@ -137,7 +137,8 @@ class TcpTransport(SocketIO):
         return self.decoder.buffered
 
     def frame(self, body: bytes) -> bytes:
-        return body + self.decoder.reply_terminator
+        # the decoder's reply_terminator, without the property's call: once a write
+        return body + (self.decoder.terminator or b"\n")
 
 
     def close(self, reason: str = "") -> None:
