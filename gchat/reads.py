@@ -1,6 +1,7 @@
 """A socket's reads that wait for readability before a read that would
-find nothing: the client reader's (gchat/transport.py `SocketIO.recv`) and
-the bus's Redis wire (gchat/cluster/resp.py `Wire`).
+find nothing: the client reader's (gchat/transport.py `SocketIO.recv`),
+the bus's Redis wire (gchat/cluster/resp.py `Wire`) and the writer's MySQL
+wire (gchat/sqlwire.py).
 
 gevent's `recv` first makes the system call and waits for readability only
 when it fails with EAGAIN. After a read that took less than it asked for,
