@@ -72,3 +72,33 @@ def test_a_connection_closed_between_two_reads_ends_the_next_read_with_oserror()
     with pytest.raises(OSError):  # not gevent's ConcurrentObjectUseError from a wait on a closed socket
         transport.receive()
     client.close()
+
+
+def test_a_wait_that_ends_with_nothing_to_read_waits_again_instead_of_failing() -> None:
+    # Once its wait says readable, the reader calls the C socket's recv
+    # directly; if the bytes are gone by then (a wake-up with nothing left),
+    # it must fall back to gevent's recv, which waits again, and never raise
+    # BlockingIOError to the connection (a lost connection, to it).
+    transport, client = _pair()
+    client.sendall(b'{"msgid":1}\0')
+    assert transport.receive() == [b'{"msgid":1}']
+    reads = transport._reads
+    woken = []
+    reads._wait = lambda event: woken.append(event)  # "readable" at once, with nothing there
+    gevent.spawn_later(0.02, client.sendall, b'{"msgid":2}\0')
+    assert transport.receive() == [b'{"msgid":2}']
+    assert woken  # the direct path was taken, and fell back
+    client.close()
+
+
+def test_send_nowait_takes_what_the_kernel_takes_and_fails_on_a_closed_socket() -> None:
+    transport, client = _pair()
+    data = b"x" * 65536
+    total = 0
+    while (sent := transport.send_nowait(data)) > 0:  # until the buffers are full: 0, never an exception
+        total += sent
+    assert total > 0 and transport.send_nowait(data) == 0
+    transport.close()
+    with pytest.raises(OSError):
+        transport.send_nowait(b"late")
+    client.close()
