@@ -34,6 +34,12 @@ class Reads:
         # may be called directly once readable, or for a send that never waits
         self.plain = self._wait is not None
 
+    def expect(self) -> None:
+        """A request was just sent: its answer is not there yet, so the next
+        read waits for readability first (the wait before a read that
+        would find nothing)."""
+        self._drained = True
+
     def recv(self, size: int) -> bytes:
         """The next bytes (at most size), blocking the calling greenlet; b""
         at the end of the stream."""

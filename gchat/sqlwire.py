@@ -95,7 +95,7 @@ class Wire:
             raw._force_close()
             raise
         raw._next_seq_id = 1
-        self.reads._drained = True
+        self.reads.expect()
         return _answer(raw, self.reads)
 
 
