@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -132,6 +132,28 @@ def find_pair(s: Session, a: int, b: int) -> int | None:
     lo, hi = pair_key(a, b)
     q = select(Conversation.id).where(Conversation.user_lo == lo, Conversation.user_hi == hi)
     return s.scalar(q)
+
+
+def find_pairs(s: Session, keys: Collection[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """The conversations of these pairs (pair_key order) there are, in one
+    query: a range of the (user_lo, user_hi) key, the pairs not asked for
+    that it also holds left out."""
+    q = select(Conversation.id, Conversation.user_lo, Conversation.user_hi).where(
+        Conversation.user_lo.in_({lo for lo, _ in keys}), Conversation.user_hi.in_({hi for _, hi in keys}))
+    wanted = set(keys)
+    rows = cast(Iterable[tuple[int, int, int]], s.execute(q))  # user_lo, user_hi: never NULL for a pair
+    return {(lo, hi): conv for conv, lo, hi in rows if (lo, hi) in wanted}
+
+
+def create_pairs(s: Session, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """create_pair for several pairs (pair_key order, each once) in one
+    transaction; IntegrityError (Conflict) if another node made any of them."""
+    convs = {key: Conversation(kind=PAIR, user_lo=key[0], user_hi=key[1], last_seq=0, member_epoch=0) for key in keys}
+    s.add_all(convs.values())
+    s.flush()
+    s.execute(insert(Cursor), [{"user_id": u, "conversation_id": conv.id}
+                               for key, conv in convs.items() for u in sorted(set(key))])
+    return {key: conv.id for key, conv in convs.items()}
 
 
 def create_pair(s: Session, a: int, b: int) -> int:

@@ -129,6 +129,7 @@ class LogWriter:
         self.deliver = deliver
         self._batcher: Batcher[tuple[Outgoing, int], Done] = Batcher(self._write, linger=linger, gather=gather)
         self._pairs: dict[tuple[int, int], int] = {}
+        self._pair_lookups: Batcher[tuple[int, int], int | BaseException] = Batcher(self._find_pairs)
         self._groups: dict[int, int] = {}
         # conversation -> (member epoch, member ids) as last read under the lock
         self._members: dict[int, tuple[int, tuple[int, ...]]] = {}
@@ -199,21 +200,53 @@ class LogWriter:
         key = convlog.pair_key(a, b)
         conv = self._pairs.get(key)
         if conv is None:
+            # the first message of a pair: its conversation found (or made)
+            # together with the other readers' that wait meanwhile, in one
+            # query and at most one transaction: a burst of new pairs (a
+            # fresh database at 1,000/s) queued two transactions each for
+            # the pool, and their first messages waited hundreds of ms
+            found = self._pair_lookups(key)
+            if isinstance(found, BaseException):
+                raise found
+            conv = self._pairs[key] = found
+        return conv
+
+    def _find_pairs(self, keys: list[tuple[int, int]]) -> list[int | BaseException]:
+        """One conversation per key (a key may come twice: both users' first
+        messages), or why there is none: found in one query, the missing ones
+        made in one transaction."""
+        want = set(keys)
+        with self.db.transaction() as s:
+            found: dict[tuple[int, int], int | BaseException] = dict(convlog.find_pairs(s, want))
+        missing = sorted(want - found.keys())
+        if missing:
+            try:
+                with self.db.transaction() as s:
+                    found.update(convlog.create_pairs(s, missing))
+            except (Conflict, ProtocolError) as e:  # another node made one of them first
+                if isinstance(e, ProtocolError) and e.errno != Errno.CONFLICT:
+                    raise
+                for key in missing:  # each alone, as the race decides
+                    try:
+                        found[key] = self._pair_alone(*key)
+                    except Exception as alone:  # that key's callers only
+                        found[key] = alone
+        return [found[k] for k in keys]
+
+    def _pair_alone(self, a: int, b: int) -> int:
+        """A pair's conversation made in a transaction of its own, or found
+        when another node made it first."""
+        try:
+            with self.db.transaction() as s:
+                return convlog.create_pair(s, a, b)
+        except (Conflict, ProtocolError) as e:
+            if isinstance(e, ProtocolError) and e.errno != Errno.CONFLICT:
+                raise
             with self.db.transaction() as s:
                 conv = convlog.find_pair(s, a, b)
             if conv is None:
-                try:
-                    with self.db.transaction() as s:
-                        conv = convlog.create_pair(s, a, b)
-                except (Conflict, ProtocolError) as e:  # another node created it first
-                    if isinstance(e, ProtocolError) and e.errno != 8:
-                        raise
-                    with self.db.transaction() as s:
-                        conv = convlog.find_pair(s, a, b)
-                    if conv is None:
-                        raise
-            self._pairs[key] = conv
-        return conv
+                raise
+            return conv
 
     def group(self, group_id: int) -> int | None:
         conv = self._groups.get(group_id)
