@@ -90,7 +90,10 @@ class Batcher(Generic[K, V]):
                     finally:
                         self._lingering = None
                 first = False
-                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+                if len(self._pending) <= self._max:  # the common case: all of it, no copies
+                    batch, self._pending = self._pending, []
+                else:
+                    batch, self._pending = self._pending[: self._max], self._pending[self._max :]
                 try:
                     values = self._run([key for key, _ in batch])
                 except BaseException as e:  # the callers decide; this greenlet goes on
