@@ -624,8 +624,6 @@ def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
 
 def _one_chat_ack(req: Request, done: Done) -> list[Reply]:
     w, reached = LogWriter.outcome(done)  # or the log's refusal, raised
-    if req.seq is None:
-        return []  # part A: silent (acked's rule), without making the reply it would drop
     return _acked(req, delivered="online" if reached else "offline", conv=w.conv, cseq=w.seq, ts=w.ts)
 
 

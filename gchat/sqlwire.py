@@ -8,7 +8,7 @@ SocketIO, each read a `recv_into` that first failed with EAGAIN and then
 waited under a gevent Timeout, and an `OKPacketWrapper` around a
 `MysqlPacket`: ~400 µs of Python a batch on the bench machine, a seventh of
 a busy node's CPU (docs/benchmarks.md, "The writer's query on the wire").
-Here the query is one `sendall`, its answer one wait and (almost always)
+Here the query is one `send`, its answer one wait and (almost always)
 one `recv`, parsed in place (the MySQL client/server protocol: a COM_QUERY
 packet; OK or ERR packets back).
 

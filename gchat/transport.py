@@ -137,8 +137,7 @@ class TcpTransport(SocketIO):
         return self.decoder.buffered
 
     def frame(self, body: bytes) -> bytes:
-        # the decoder's reply_terminator, without the property's call: once a write
-        return body + (self.decoder.terminator or b"\n")
+        return body + self.decoder.reply_terminator
 
 
     def close(self, reason: str = "") -> None:

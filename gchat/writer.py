@@ -223,8 +223,8 @@ class LogWriter:
             try:
                 with self.db.transaction() as s:
                     found.update(convlog.create_pairs(s, missing))
-            except (Conflict, ProtocolError) as e:  # another node made one of them first
-                if isinstance(e, ProtocolError) and e.errno != Errno.CONFLICT:
+            except (Conflict, ProtocolError) as e:
+                if not _made_elsewhere(e):
                     raise
                 for key in missing:  # each alone, as the race decides
                     try:
@@ -240,7 +240,7 @@ class LogWriter:
             with self.db.transaction() as s:
                 return convlog.create_pair(s, a, b)
         except (Conflict, ProtocolError) as e:
-            if isinstance(e, ProtocolError) and e.errno != Errno.CONFLICT:
+            if not _made_elsewhere(e):
                 raise
             with self.db.transaction() as s:
                 conv = convlog.find_pair(s, a, b)
@@ -609,6 +609,12 @@ class LogWriter:
             del self._groups[m.group]
         if m.to is not None and self._pairs.get(convlog.pair_key(m.sender, m.to)) == c:
             del self._pairs[convlog.pair_key(m.sender, m.to)]
+
+
+def _made_elsewhere(e: Conflict | ProtocolError) -> bool:
+    """A pair's conversation could not be made because it exists: another
+    node (or another batch) made it first, so it is to be found instead."""
+    return not isinstance(e, ProtocolError) or e.errno == Errno.CONFLICT
 
 
 def _backslash_escapes(raw: Any) -> bool:
