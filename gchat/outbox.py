@@ -137,12 +137,13 @@ class Outbox:
         one system call."""
         if self._holding:
             self._held.append((body, user_id, mark))
-        else:
-            iteration = gevent.get_hub().loop.iteration
-            direct = iteration != self._direct_at
-            if direct:
-                self._direct_at = iteration
-            self._enqueue(body, len(body), user_id, None if mark is None else (), (mark,) if mark else (), direct)
+            return
+        iteration = gevent.get_hub().loop.iteration
+        if iteration != self._direct_at:
+            self._direct_at = iteration
+            if self._send_now(body):
+                return
+        self._enqueue(body, len(body), user_id, None if mark is None else (), (mark,) if mark else ())
 
     def unsent(self) -> dict[int, int]:
         """conversation -> the lowest seq of the log not handed to the kernel
@@ -186,7 +187,8 @@ class Outbox:
         over, already taken from the store, stored again for `user_id` if it
         is never written. Written at once, without a writer, when the kernel
         takes it whole (a client that only logs in never needs a writer)."""
-        self._enqueue(body, 0, user_id, restore, marks, direct=True)
+        if not self._send_now(body):
+            self._enqueue(body, 0, user_id, restore, marks)
 
     def hold(self) -> None:
         """From now, pushes wait behind the replies of the request being
@@ -202,7 +204,7 @@ class Outbox:
                 self._enqueue(body, len(body), user_id, None if mark is None else (), (mark,) if mark else ())
 
     def _enqueue(self, body: bytes, counted: int, user_id: int, keep: Sequence[bytes] | None,
-                 marks: Sequence[Mark] = (), direct: bool = False) -> None:
+                 marks: Sequence[Mark] = ()) -> None:
         q = self._q
         q.append((body, counted, user_id, keep, marks))
         self._bytes += counted
@@ -213,22 +215,23 @@ class Outbox:
             return
         if self._flushed:
             return  # the connection is over: what is queued now is stored
-        # alone in the queue, nothing of it being written: at once, without a writer
-        if direct and len(q) == 1 and self._send_now():
-            return
         if self._writer_g is not None:
             self._wake.set()
         else:
             self._retire = False
             self._writer_g = gevent.spawn(self._writer)
 
-    def _send_now(self) -> bool:
-        """Write the lone head at once if the kernel takes it whole. Anything
-        else (would block, partly sent, an error) is left to a writer, which
-        meets the error again and reports it."""
+    def _send_now(self, body: bytes) -> bool:
+        """Write body at once, without a writer and without entering the
+        queue, when nothing is queued before it (nor being written) and the
+        kernel takes it whole: True. False leaves it to the caller to queue
+        for a writer: would block, an error (which the writer meets again
+        and reports), or partly sent (the writer goes on from `_head_sent`:
+        body is then the head, as the queue was empty)."""
+        if self._q or self._flushed:
+            return False
         if self.pace and time.monotonic() - self._last_sent < self.pace:
             return False  # too close behind the last frame: the writer waits out the gap
-        body, counted, *_ = self._q[0]
         try:
             data = self.transport.frame(body)
             sent = self.transport.send_nowait(data)
@@ -237,8 +240,6 @@ class Outbox:
         if sent < len(data):
             self._head_sent = sent
             return False
-        self._q.popleft()
-        self._bytes -= counted
         if self.pace:
             self._last_sent = time.monotonic()
         return True

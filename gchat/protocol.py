@@ -394,42 +394,52 @@ def parse_request(frame: bytes, limits: Limits = Limits()) -> Request:
         # a chat message (nearly every request a node reads) whose every
         # field is as it should be: checked at once, not field by field
         chat = _CHATS.get(raw_id) if type(raw_id) is int else None
-        if chat is not None and _chat_valid(obj, frame, chat[1], limits):
+        if chat is not None and _chat_valid(obj, frame, chat[1], chat[2], limits):
             return Request(chat[0], obj, obj.get("seq"))
     return _parse_checked(obj, frame, limits)
 
 
 # The chat messages (msgid 5 and 9, nearly every request a node reads), by
-# their msgid: the MsgId, and the field naming the recipient.
-_CHATS: dict[Any, tuple[MsgId, str]] = {5: (MsgId.ONE_CHAT, "to"), 9: (MsgId.GROUP_CHAT, "groupid")}
+# their msgid: the MsgId, the field naming the recipient, and every field
+# the message may have (a message with another one goes the slower way).
+_CHATS: dict[Any, tuple[MsgId, str, frozenset[str]]] = {
+    int(m): (m, target, frozenset(("msgid", "seq", *_SCHEMAS[m])))
+    for m, target in ((MsgId.ONE_CHAT, "to"), (MsgId.GROUP_CHAT, "groupid"))
+}
+# a field not sent, told from one sent as null (which _parse_checked removes)
+_ABSENT: Any = object()
 
 
-def _chat_valid(obj: dict[str, Any], frame: bytes, target: str, limits: Limits) -> bool:
+def _chat_valid(obj: dict[str, Any], frame: bytes, target: str, fields: frozenset[str], limits: Limits) -> bool:
     """A chat message that the checks of _parse_checked would accept, told
-    in one function with no loop: True, and obj is as they would leave it
-    (a field sent as null removed). False for anything else, which goes
-    through them for its exact error (or, a null in a field, its removal)."""
+    in one function with no loop: True, and obj is as they would leave it.
+    False for anything else, which goes through them for its exact error
+    (or, a field sent as null, its removal)."""
     value = obj.get(target)
     if type(value) is not int or not 0 <= value <= MAX_ID:
         return False
     value = obj.get("msg")
     if type(value) is not str or len(value) > limits.msg_max:
         return False
-    seq = obj.get("seq")
-    if seq is not None and type(seq) is not int:
+    # the optional fields: absent, or as they should be (null is neither)
+    value = obj.get("seq", _ABSENT)
+    if value is not _ABSENT and type(value) is not int:
         return False
-    value = obj.get("id")
-    if value is not None and (type(value) is not int or not 0 <= value <= MAX_ID):
+    value = obj.get("id", _ABSENT)
+    if value is not _ABSENT and (type(value) is not int or not 0 <= value <= MAX_ID):
         return False
     name_max = limits.name_max
-    value = obj.get("name")
-    if value is not None and (type(value) is not str or len(value) > name_max):
+    value = obj.get("name", _ABSENT)
+    if value is not _ABSENT and (type(value) is not str or len(value) > name_max):
         return False
-    value = obj.get("time")
-    if value is not None and (type(value) is not str or len(value) > name_max):
+    value = obj.get("time", _ABSENT)
+    if value is not _ABSENT and (type(value) is not str or len(value) > name_max):
         return False
-    # a field present as null, or anything nested: the full checks
-    return None not in obj.values() and b"[" not in frame and frame.count(b"{") == 1
+    # no field but those just checked: nothing null, nothing nested (the
+    # usual message: one set comparison, not a look at every value and at
+    # the frame's bytes); else a field present as null, or anything nested,
+    # takes the full checks
+    return obj.keys() <= fields or (None not in obj.values() and b"[" not in frame and frame.count(b"{") == 1)
 
 
 def _parse_checked(obj: Any, frame: bytes, limits: Limits) -> Request:

@@ -261,14 +261,16 @@ class Connection:
             log.exception("%s: request failed", self.who())
             self.svc.counts.error(Errno.UNAVAILABLE)
             replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0, req.seq if req else None)]
-        if isinstance(replies, service.Pending) or self._waiting:
+        if isinstance(replies, service.Pending):
             # a chat's ACK comes after the log's commit: the reader goes on
             # with the next frames (their messages share the writer's batch)
             # and the replies are written in request order as their commits
             # complete (_on_commit); the outbox keeps holding pushes until then
             self._waiting.append(replies)
-            if isinstance(replies, service.Pending):
-                replies.when_done(self._on_commit)
+            replies.when_done(self._on_commit)
+            return
+        if self._waiting:  # behind replies still waiting for their commit
+            self._waiting.append(replies)
             return
         try:
             for reply in replies:
@@ -292,9 +294,7 @@ class Connection:
                         replies = item.get()
                     except Exception:
                         log.exception("%s: request failed", self.who())
-                        req = item.req
-                        replies = [refusal(Errno.UNAVAILABLE, "internal error", req.msgid if req else 0,
-                                           req.seq if req else None)]
+                        replies = [refusal(Errno.UNAVAILABLE, "internal error", item.req.msgid, item.req.seq)]
                 else:
                     replies = item
                 waiting.popleft()
