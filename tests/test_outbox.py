@@ -120,6 +120,28 @@ def test_a_lone_push_goes_at_once_and_a_burst_in_one_send_by_the_writer() -> Non
     assert h.sink.messages()[-1] == b"later" and h.sink.sends == 3
 
 
+def test_a_lone_push_the_kernel_takes_in_part_is_finished_by_a_writer_and_kept_queued_until_then() -> None:
+    # a lone push is written without entering the queue (Outbox._send_now):
+    # in part, it is queued as the head, its sent bytes counted, with its mark
+    h = Harness(room=3)
+    h.outbox.push(b"abcdef", 7, (4, 9))
+    assert h.outbox.writing and len(h.outbox) == 1 and h.outbox.queued_bytes == 6
+    assert h.outbox.unsent() == {4: 9}  # the cursor stays below it until its last byte is out
+    gevent.sleep(0.01)  # a later iteration: the next push would go at once if nothing were queued
+    h.outbox.push(b"next", 7, (4, 10))  # behind it, in order
+    h.sink.drain(100)
+    until(lambda: len(h.outbox) == 0)
+    assert h.sink.messages() == [b"abcdef", b"next"] and h.outbox.queued_bytes == 0 and h.outbox.unsent() == {}
+
+
+def test_a_lone_push_after_the_last_flush_is_stored_not_written() -> None:
+    h = Harness()
+    h.outbox.finish(timeout=0.01)
+    gevent.sleep(0)  # a later iteration: the push would go at once if it could
+    h.outbox.push(b"late", 7)
+    assert h.sink.messages() == [] and len(h.outbox) == 1  # queued, as any push after the flush: never written
+
+
 class StampedSink(Sink):
     """A sink that notes when each send happened (the kernel's clock)."""
 
