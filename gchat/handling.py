@@ -3,7 +3,7 @@ reply (docs/protocol.md part B)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from gchat.protocol import Errno, MsgId, ProtocolError, Request, ack, dumps
 from gchat.registry import Peer
@@ -15,9 +15,14 @@ def refuse(errno: Errno, msg: str) -> ProtocolError:
     return ProtocolError(errno, msg)
 
 
+def silent(req: Request) -> bool:
+    """Requests 5 to 10 are silent in part A: answered only when they carry seq."""
+    return req.seq is None
+
+
 def acked(req: Request, **result: Any) -> list[Reply]:
-    """Requests 5 to 10 are silent in part A; answered only when they carry seq."""
-    return [ack(req.msgid, req.seq, **result)] if req.seq is not None else []
+    """The ACK of a request 5 to 10, or nothing (silent)."""
+    return [] if silent(req) else [ack(req.msgid, cast(int, req.seq), **result)]
 
 
 def answered(req: Request, **result: Any) -> list[Reply]:

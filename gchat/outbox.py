@@ -78,7 +78,7 @@ class Outbox:
 
     __slots__ = ("transport", "owner", "max_messages", "max_bytes", "_q", "_bytes", "_head_sent", "_wake",
                  "_writer_g", "_wrote", "_retire", "_closing", "_flushed", "cut", "_holding", "_held",
-                 "_unsent_at_end", "pace", "_last_sent", "_direct_at")
+                 "_unsent_at_end", "pace", "_last_sent", "_direct_at", "_loop")
 
     def __init__(self, transport: Transport, owner: Owner, max_messages: int, max_bytes: int) -> None:
         self.transport = transport
@@ -109,6 +109,9 @@ class Outbox:
         self.pace = 0.0
         self._last_sent = 0.0  # when the last frame went out whole, while pacing
         self._direct_at = -1  # the event loop's iteration of the last push written at once
+        # the event loop of the thread that serves the connection (and runs
+        # the log's writer): looked up once, not at every push
+        self._loop = gevent.get_hub().loop
 
     def __len__(self) -> int:
         return len(self._q)
@@ -138,7 +141,7 @@ class Outbox:
         if self._holding:
             self._held.append((body, user_id, mark))
             return
-        iteration = gevent.get_hub().loop.iteration
+        iteration = self._loop.iteration
         if iteration != self._direct_at:
             self._direct_at = iteration
             if self._send_now(body):

@@ -201,3 +201,23 @@ def test_disconnect_sets_the_user_offline(svc: Services) -> None:
     with svc.db.transaction() as s:
         assert s.get(User, a_id).state == "offline"  # type: ignore[union-attr]
     assert svc.registry.get(a_id) is None and not svc.presence.online([a_id])
+
+
+def test_a_chat_without_seq_is_silent_when_logged_and_refused_when_the_log_refuses_it() -> None:
+    """The ACK's early return for part A (nothing built for a silent
+    request) comes after the log's outcome: a refusal still reaches a
+    client that sent no seq, and a chat with seq gets its ACK."""
+    from gchat.protocol import ProtocolError, dumps
+    from gchat.writer import Written
+
+    logged = (Written(40, 7, 1764298800000, 2, b"{}", (3,)), 1)
+    refused = ProtocolError(Errno.FORBIDDEN, "not a member")
+    for ack_of, frame in ((service._one_chat_ack, {"msgid": 5, "to": 3, "msg": "hi"}),
+                          (service._group_chat_ack, {"msgid": 9, "groupid": 4, "msg": "hi"})):
+        classic = parse_request(dumps(frame))
+        assert ack_of(classic, logged) == []
+        with pytest.raises(ProtocolError) as e:
+            ack_of(classic, refused)
+        assert e.value.errno == Errno.FORBIDDEN
+        [reply] = ack_of(parse_request(dumps({**frame, "seq": 12})), logged)
+        assert (reply["seq"], reply["errno"], reply["conv"], reply["cseq"]) == (12, 0, 40, 7)
