@@ -400,8 +400,9 @@ def parse_request(frame: bytes, limits: Limits = Limits()) -> Request:
 
 
 # The chat messages (msgid 5 and 9, nearly every request a node reads), by
-# their msgid: the MsgId, the field naming the recipient, and every field
-# the message may have (a message with another one goes the slower way).
+# their msgid: the MsgId, the field naming the recipient, and the fields of
+# its schema (with any other field, _chat_valid looks at every value, and at
+# the frame's bytes, for a null or anything nested).
 _CHATS: dict[Any, tuple[MsgId, str, frozenset[str]]] = {
     int(m): (m, target, frozenset(("msgid", "seq", *_SCHEMAS[m])))
     for m, target in ((MsgId.ONE_CHAT, "to"), (MsgId.GROUP_CHAT, "groupid"))
