@@ -22,13 +22,16 @@ from typing import Any
 class Reads:
     __slots__ = ("sock", "_wait", "_drained", "plain")
 
-    def __init__(self, sock: socket.socket, drained: bool = False) -> None:
+    def __init__(self, sock: socket.socket, drained: bool = False, wait: Any = None) -> None:
         self.sock = sock
-        # gevent's socket waits on its own watcher; a plain one (a test
-        # without gevent's patching) blocks in recv itself; a TLS socket
-        # (it has `pending`) may hold a decrypted record that the descriptor
-        # no longer shows as readable, so it never waits first
+        # gevent's socket waits on its own watcher (or `wait`, given the
+        # watcher, a deadline of the caller's own: sqlwire's); a plain one
+        # (a test without gevent's patching) blocks in recv itself; a TLS
+        # socket (it has `pending`) may hold a decrypted record that the
+        # descriptor no longer shows as readable, so it never waits first
         self._wait: Any = None if hasattr(sock, "pending") else getattr(sock, "_wait", None)
+        if self._wait is not None and wait is not None:
+            self._wait = wait
         self._drained = drained  # the last read took all the kernel held
         # gevent's socket over a plain (not TLS) one: its C socket (`_sock`)
         # may be called directly once readable, or for a send that never waits

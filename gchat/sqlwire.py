@@ -23,7 +23,9 @@ disconnect), an ERR packet raised as PyMySQL's own exception for its errno
 
 from __future__ import annotations
 
+import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from pymysql import err  # type: ignore[import-untyped]  # PyMySQL ships no types
@@ -55,7 +57,7 @@ class Wire:
         self.usable = sock is not None and not getattr(raw, "_secure", False) and not hasattr(sock, "pending")
         # every read of an answer waits for readability first: the query
         # has just been sent, the server has not answered yet
-        self.reads = Reads(sock, drained=True)
+        self.reads = Reads(sock, drained=True, wait=_deadline(sock) if self.usable else None)
 
     @staticmethod
     def for_(raw: Any, last: Wire | None) -> Wire:
@@ -153,6 +155,32 @@ def _answer(raw: Any, reads: Reads) -> int:
                 raw._force_close()
                 raise err.InternalError(f"unexpected bytes after a query's answer: {buf[:16]!r}")
             return first
+
+
+def _deadline(sock: Any) -> Callable[[Any], None] | None:
+    """The wait for an answer, under the socket's timeout (PyMySQL's
+    read_timeout) as gevent's own wait is, on one timer of the connection's
+    own, started and stopped per wait: gevent's wait makes a Timeout (a
+    Python object, its timer, its context) each time, a few per cent of a
+    small batch's CPU (docs/benchmarks.md, "The writer's batch, per batch").
+    None for a socket that is not gevent's, or has no timeout: gevent's
+    wait then makes no Timeout either."""
+    hub, timeout = getattr(sock, "hub", None), sock.gettimeout()
+    if hub is None or timeout is None:
+        return None
+    timer = hub.loop.timer(timeout)
+
+    def cancel(watcher: Any) -> None:  # in the hub, once the deadline passed
+        hub.cancel_wait(watcher, socket.timeout("timed out"), False)  # what gevent's wait raises
+
+    def wait(watcher: Any) -> None:
+        timer.start(cancel, watcher)
+        try:
+            hub.wait(watcher)
+        finally:
+            timer.stop()
+
+    return wait
 
 
 def _fill(raw: Any, reads: Reads, buf: bytes, need: int) -> bytes:

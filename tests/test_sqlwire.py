@@ -7,7 +7,10 @@ connection's queries stay PyMySQL's)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -206,3 +209,44 @@ def test_a_tls_connection_keeps_pymysqls_path(mariadb: Any, monkeypatch: pytest.
         writer.close()
     finally:
         db.dispose()
+
+
+_DEADLINE = """
+from gevent import monkey; monkey.patch_all()
+import sys, time
+import gevent, pymysql
+from gchat import sqlwire
+host, port, user, password, db = sys.argv[1:6]
+def connect():
+    return pymysql.connect(host=host, port=int(port), user=user, password=password, database=db,
+                           read_timeout=1, write_timeout=1, client_flag=1 << 16)
+quick = sqlwire.Wire(connect())
+assert quick.reads._wait is not None  # gevent's socket: the wire's own deadline
+for _ in range(3):
+    quick.query("DO 1")
+gevent.sleep(1.5)  # a deadline left running would fire into nothing, or into the next wait
+quick.query("DO 1")
+slow = sqlwire.Wire(connect())
+began = time.monotonic()
+try:
+    slow.query("DO SLEEP(4)")
+except pymysql.err.OperationalError as e:
+    print(e.args[0], round(time.monotonic() - began, 1), slow.raw.open)
+"""
+
+
+def test_an_answer_later_than_the_read_timeout_is_a_lost_connection_under_gevent(mariadb: Any) -> None:
+    """In a node (gevent's sockets) the wire waits under its own timer, not
+    gevent's Timeout: the read timeout still ends a query the server does
+    not answer (a lost connection, closed), and a query answered in time
+    leaves no deadline behind."""
+    url = mariadb.create()
+    db = url.rsplit("/", 1)[1].split("?")[0]
+    out = subprocess.run([sys.executable, "-c", _DEADLINE, MYSQL_HOST, str(MYSQL_PORT), MYSQL_USER,
+                          MYSQL_PASSWORD, db], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    errno, took, still_open = out.stdout.split()
+    assert int(errno) == sqlwire.CR_SERVER_LOST
+    assert 0.9 <= float(took) < 3.0  # the 1 s read timeout, not the 4 s sleep
+    assert still_open == "False"
