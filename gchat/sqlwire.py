@@ -23,7 +23,6 @@ disconnect), an ERR packet raised as PyMySQL's own exception for its errno
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -171,7 +170,7 @@ def _deadline(sock: Any) -> Callable[[Any], None] | None:
     timer = hub.loop.timer(timeout)
 
     def cancel(watcher: Any) -> None:  # in the hub, once the deadline passed
-        hub.cancel_wait(watcher, socket.timeout("timed out"), False)  # what gevent's wait raises
+        hub.cancel_wait(watcher, TimeoutError("timed out"), False)  # socket.timeout, what gevent's wait raises
 
     def wait(watcher: Any) -> None:
         timer.start(cancel, watcher)
