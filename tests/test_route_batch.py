@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import gevent
 import pytest
 import redis
 
@@ -137,3 +138,72 @@ def test_a_batch_routed_while_the_route_s_own_connection_is_busy_reaches_its_use
         line._busy.release()
     assert a.route_batch(second) == [[], [], [], [], []]
     assert handed(10) == [d for d in first if d[0] != [99]] + second
+
+
+def test_posted_batches_reach_their_users_in_order_and_their_misses_come_with_a_later_call(
+        buses: tuple[RedisBus, Callable[[int], Got], redis.Redis]) -> None:
+    """A group message's route is posted (gchat/cluster/script_line.py
+    `post`): sent without waiting for Redis's reply, which the next call
+    on the line reads (Redis answers one connection in order). Batches
+    posted and waited for arrive in the order they were sent; each posted
+    batch's misses reach its own handler, before the waited call returns."""
+    a, handed, r = buses
+    for uid in (11, 12, 13):
+        r.set(online_key(uid), "b")
+    told: list[list[list[int]]] = []
+    a.post_batch([([11, 12, 40], b"7,1 {}")], told.append)
+    a.post_batch([([13], b"7,2 {}"), ([41], b"8,1 {}")], told.append)
+    assert a.route_batch([([11], b"9,1 {}")]) == [[]]
+    assert told == [[[40]], [[], [41]]]
+    assert handed(3) == [([11, 12], b"7,1 {}"), ([13], b"7,2 {}"), ([11], b"9,1 {}")]
+
+
+def test_a_posted_batch_s_reply_is_read_by_the_line_s_timer_when_no_call_follows(
+        buses: tuple[RedisBus, Callable[[int], Got], redis.Redis]) -> None:
+    a, handed, r = buses
+    r.set(online_key(11), "b")
+    told: list[list[list[int]]] = []
+    a.post_batch([([11, 40], b"7,1 {}")], told.append)
+    deadline = time.monotonic() + 5
+    while not told and time.monotonic() < deadline:
+        gevent.sleep(0.02)  # the hub runs the timer's drain
+    assert told == [[[40]]]
+    line = a._route_batch
+    assert line is not None and not line._sent
+    assert handed(1) == [([11], b"7,1 {}")]
+
+
+def test_posted_batches_reach_their_users_after_redis_restarted(
+        buses: tuple[RedisBus, Callable[[int], Got], redis.Redis], redis_server: RedisServer) -> None:
+    """A restart closes the line's connection and empties the script cache:
+    the calls posted on the dead connection are sent again on a new one,
+    the script loaded again, and every batch still arrives, in order (a
+    receiver drops by seq what reached it twice)."""
+    a, _handed, r = buses
+    r.set(online_key(11), "b")
+    a.post_batch([([11], b"7,1 {}")], lambda _: None)
+    line = a._route_batch
+    assert line is not None
+    line.settle()
+    redis_server.restart()
+    r = redis_server.client()
+    sub = r.pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(node_channel("b"))
+    r.set(node_key("b"), "token")
+    r.set(online_key(11), "b")
+    r.set(online_key(12), "b")
+    told: list[list[list[int]]] = []
+    a.post_batch([([11], b"7,2 {}")], told.append)
+    a.post_batch([([12, 13], b"8,1 {}")], told.append)
+    line.settle()
+    assert told == [[[]], [[13]]]
+    got: Got = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        msg = sub.get_message(timeout=0.2)
+        if msg is not None:
+            dispatch(msg["data"], lambda u, body: got.append((u, body)), lambda g: pytest.fail("no invalidation"))
+        elif len(got) >= 2:
+            break
+    sub.close()
+    assert [d for i, d in enumerate(got) if d not in got[:i]] == [([11], b"7,2 {}"), ([12], b"8,1 {}")]

@@ -99,6 +99,14 @@ class Bus(Protocol):
         and with one message per target node; returns, per item, the users
         it could not reach. Raises gchat.errors.Unavailable as route()."""
 
+    def post_batch(self, items: list[tuple[list[int], bytes]], then: Callable[[list[list[int]]], None]) -> None:
+        """route_batch() for a caller that needs no answer now (group
+        messages: their ACK counts members, not who was reached): sent,
+        not waited for; `then` gets the misses once Redis's reply is read
+        (later, from another greenlet; never if the call failed after it
+        was sent: its messages are repaired from the log). Raises
+        gchat.errors.Unavailable when it could not be sent."""
+
     def invalidate_group(self, group_id: int) -> None:
         """Tell the other nodes that a group's membership changed. Raises
         gchat.errors.Unavailable when the bus is down."""
@@ -137,6 +145,9 @@ class LocalBus:
 
     def route_batch(self, items: list[tuple[list[int], bytes]]) -> list[list[int]]:
         return [list(user_ids) for user_ids, _ in items]
+
+    def post_batch(self, items: list[tuple[list[int], bytes]], then: Callable[[list[list[int]]], None]) -> None:
+        then(self.route_batch(items))
 
     def invalidate_group(self, group_id: int) -> None:
         pass

@@ -8,9 +8,11 @@ invalidations, each prefixed with its origin so a node skips its own.
 
 Order: a node's writer routes each committed batch in one call of the
 ROUTE_BATCH script, which publishes to each target node one message holding
-that node's share of the batch in seq order; the next batch waits for
-Redis's answer, and one subscriber connection per node hands them on in that
-order.
+that node's share of the batch in seq order; the batches' calls go on one
+connection (gchat/cluster/script_line.py), which Redis answers in order,
+whether the writer waits for the answer (a one-to-one message's ACK says
+whether it was reached) or not (`post_batch`: group messages), and one
+subscriber connection per node hands them on in that order.
 
 The bus is not the record (docs/architecture.md, "The conversation log"): a
 chat message is committed to the log before it is published, and whatever
@@ -117,6 +119,8 @@ class RedisBus:
     def stop(self) -> None:
         if self._listener is not None:
             self._listener.kill()
+        if self._route_batch is not None:
+            self._route_batch.close()  # the replies of calls posted and not read yet
         self._close_pubsub()
         self.redis.close()
 
@@ -131,6 +135,34 @@ class RedisBus:
         if self._route_batch is None:  # a Redis Cluster: one message at a time
             return [self.route(user_ids, body) for user_ids, body in items]
         missed: list[list[int]] = []
+        for args in self._calls(items):
+            try:
+                missed += _misses(self._route_batch(args))
+            except redis.RedisError as e:
+                raise Unavailable("bus unavailable") from e
+        return missed
+
+    def post_batch(self, items: list[tuple[list[int], bytes]], then: Callable[[list[list[int]]], None]) -> None:
+        calls = self._calls(items) if self._route_batch is not None else []
+        if len(calls) != 1:  # a Redis Cluster, or a batch of several calls: waited for
+            then(self.route_batch(items))
+            return
+        assert self._route_batch is not None
+
+        def answered(reply: Any) -> None:
+            if isinstance(reply, ReplyError):
+                log.warning("bus: a route call failed (%s); its messages are repaired from the log", reply)
+            else:
+                then(_misses(reply))
+
+        try:
+            self._route_batch.post(calls[0], answered)
+        except redis.RedisError as e:
+            raise Unavailable("bus unavailable") from e
+
+    def _calls(self, items: list[tuple[list[int], bytes]]) -> list[list[bytes | str]]:
+        """ROUTE_BATCH's arguments for a batch, in calls of BATCH_ARGS at most."""
+        calls: list[list[bytes | str]] = []
         args: list[bytes | str] = [PREFIX, self.node]
         size = 0
         for user_ids, body in items:
@@ -138,19 +170,11 @@ class RedisBus:
             args += (body, b",".join(b"%d" % u for u in user_ids))
             size += 2 + len(user_ids)
             if size >= BATCH_ARGS:
-                missed += self._call_route_batch(args)
+                calls.append(args)
                 args, size = [PREFIX, self.node], 0
         if size:
-            missed += self._call_route_batch(args)
-        return missed
-
-    def _call_route_batch(self, args: list[bytes | str]) -> list[list[int]]:
-        assert self._route_batch is not None
-        try:
-            missed = self._route_batch(args)
-        except redis.RedisError as e:
-            raise Unavailable("bus unavailable") from e
-        return [[int(u) for u in m.split(b",")] if m else [] for m in missed]
+            calls.append(args)
+        return calls
 
     def notify(self, user_ids: list[int], body: bytes) -> None:
         # the delivery's script, with the notice envelope; who it missed is
@@ -242,6 +266,11 @@ class RedisBus:
             except (redis.RedisError, OSError) as e:
                 log.debug("bus: closing the subscription: %s", e)
             self._pubsub = None
+
+
+def _misses(reply: list[bytes]) -> list[list[int]]:
+    """ROUTE_BATCH's reply: per message, the users it missed."""
+    return [[int(u) for u in m.split(b",")] if m else [] for m in reply]
 
 
 # the health check's PING, answered on the subscription (its argument tells

@@ -15,6 +15,7 @@ the kernel holds and every complete reply in it is parsed at once
 
 from __future__ import annotations
 
+import select
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -112,18 +113,61 @@ class Wire:
         out: list[Any] = []
         while not out:
             self._fill()
-            buf, at = self._buf, 0
+            out = self._parse()
+        return out
+
+    def ready(self) -> list[Any]:
+        """The complete replies the kernel already holds, maybe none: never
+        waits (a read that would block is not made). For a socket without
+        TLS only (`can_peek`)."""
+        # gevent's socket: its C socket, non-blocking; else (a test without
+        # gevent's patching) a socket with a timeout, which would wait even
+        # for MSG_DONTWAIT: asked first whether it is readable
+        plain = self._reads.plain
+        raw = self.sock._sock if plain else self.sock  # type: ignore[attr-defined]  # see Reads
+        while True:
             try:
-                while at < len(buf):
-                    reply, at = parse(buf, at)
-                    out.append(reply)
-            except Incomplete as e:
-                self._need = e.need - at
-            except ValueError as e:  # a length that is not a number
-                raise redis.ConnectionError(f"unexpected reply from Redis: {buf[at:at + 32]!r}") from e
-            else:
-                self._need = 1
-            self._buf = buf[at:]
+                if plain or select.select([raw], [], [], 0)[0]:
+                    data = raw.recv(CHUNK, socket.MSG_DONTWAIT)
+                else:
+                    data = None
+            except BlockingIOError:
+                data = None
+            except OSError as e:
+                raise redis.ConnectionError(f"Error reading from Redis: {e}") from e
+            if data == b"":
+                raise redis.ConnectionError("Redis closed the connection")
+            if data is None or len(data) < CHUNK:
+                self._reads.expect()  # the kernel held no more: the next read waits first
+                if data:
+                    self._buf += data
+                break
+            self._buf += data
+        if len(self._buf) < self._need:
+            return []
+        return self._parse()
+
+    @property
+    def can_peek(self) -> bool:
+        """Whether `ready` may be used: not on TLS, whose records the
+        descriptor's bytes are not."""
+        return not hasattr(self.sock, "pending")
+
+    def _parse(self) -> list[Any]:
+        """Every complete reply in the buffer; a reply's beginning stays."""
+        out: list[Any] = []
+        buf, at = self._buf, 0
+        try:
+            while at < len(buf):
+                reply, at = parse(buf, at)
+                out.append(reply)
+        except Incomplete as e:
+            self._need = e.need - at
+        except ValueError as e:  # a length that is not a number
+            raise redis.ConnectionError(f"unexpected reply from Redis: {buf[at:at + 32]!r}") from e
+        else:
+            self._need = 1
+        self._buf = buf[at:]
         return out
 
     def _fill(self) -> None:
@@ -145,6 +189,18 @@ class Wire:
 
     def send(self, data: bytes) -> None:
         try:
+            if self._reads.plain:
+                # gevent's socket over a plain one: its C socket (non-blocking)
+                # takes a command at once; gevent's sendall, which asks the
+                # kernel for the socket's buffer size on every call, only
+                # for what the kernel did not take
+                try:
+                    sent = self.sock._sock.send(data)  # type: ignore[attr-defined]  # see Reads
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
             self.sock.sendall(data)
         except TimeoutError as e:
             raise redis.TimeoutError("Timeout writing to Redis") from e
