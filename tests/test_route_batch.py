@@ -100,22 +100,9 @@ def test_a_batch_is_routed_again_after_redis_restarted(
     r.set(online_key(11), "b")
     assert a.route_batch([([11], b"7,1 {}")]) == [[]]
     assert handed(1) == [([11], b"7,1 {}")]
-    redis_server.restart()
-    r = redis_server.client()
-    sub = r.pubsub(ignore_subscribe_messages=True)
-    sub.subscribe(node_channel("b"))
-    r.set(node_key("b"), "token")
-    r.set(online_key(11), "b")
-    r.set(online_key(12), "b")
+    r, sub = _restarted(redis_server)  # r kept: its pool's disconnect when collected would close sub
     assert a.route_batch([([11], b"7,2 {}"), ([12, 13], b"8,1 {}")]) == [[], [13]]
-    got: Got = []
-    deadline = time.monotonic() + 10
-    while len(got) < 2 and time.monotonic() < deadline:
-        msg = sub.get_message(timeout=0.1)
-        if msg is not None:
-            dispatch(msg["data"], lambda u, body: got.append((u, body)), lambda g: pytest.fail("no invalidation"))
-    sub.close()
-    assert got == [([11], b"7,2 {}"), ([12], b"8,1 {}")]
+    assert _received(sub, 2) == [([11], b"7,2 {}"), ([12], b"8,1 {}")]
 
 
 def test_a_batch_routed_while_the_route_s_own_connection_is_busy_reaches_its_users(
@@ -185,6 +172,21 @@ def test_posted_batches_reach_their_users_after_redis_restarted(
     line = a._route_batch
     assert line is not None
     line.settle()
+    r, sub = _restarted(redis_server)  # r kept: its pool's disconnect when collected would close sub
+    told: list[list[list[int]]] = []
+    a.post_batch([([11], b"7,2 {}")], told.append)
+    a.post_batch([([12, 13], b"8,1 {}")], told.append)
+    line.settle()
+    assert told == [[[]], [[13]]]
+    got = _received(sub, 2)
+    assert [d for i, d in enumerate(got) if d not in got[:i]] == [([11], b"7,2 {}"), ([12], b"8,1 {}")]
+
+
+def _restarted(redis_server: RedisServer) -> tuple[redis.Redis, redis.client.PubSub]:
+    """Redis restarted (its script cache and keys gone): node b's channel
+    subscribed again, b alive, users 11 and 12 on it. The client is the
+    subscription's: it must live as long (collected, it disconnects its
+    pool, the subscription's connection too)."""
     redis_server.restart()
     r = redis_server.client()
     sub = r.pubsub(ignore_subscribe_messages=True)
@@ -192,18 +194,19 @@ def test_posted_batches_reach_their_users_after_redis_restarted(
     r.set(node_key("b"), "token")
     r.set(online_key(11), "b")
     r.set(online_key(12), "b")
-    told: list[list[list[int]]] = []
-    a.post_batch([([11], b"7,2 {}")], told.append)
-    a.post_batch([([12, 13], b"8,1 {}")], told.append)
-    line.settle()
-    assert told == [[[]], [[13]]]
+    return r, sub
+
+
+def _received(sub: redis.client.PubSub, n: int) -> Got:
+    """What node b's channel carries until at least n deliveries came and
+    the channel went quiet (a repeat, if any, included), or 10 s passed."""
     got: Got = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         msg = sub.get_message(timeout=0.2)
         if msg is not None:
             dispatch(msg["data"], lambda u, body: got.append((u, body)), lambda g: pytest.fail("no invalidation"))
-        elif len(got) >= 2:
+        elif len(got) >= n:
             break
     sub.close()
-    assert [d for i, d in enumerate(got) if d not in got[:i]] == [([11], b"7,2 {}"), ([12], b"8,1 {}")]
+    return got

@@ -123,16 +123,7 @@ class ScriptLine:
                 # most often every reply is there: read without a wait (a
                 # wait would add the socket to the loop's set, and a wake-up
                 # for the next reply nobody waits for)
-                wire, conn = self._wire, self._conn
-                if wire is not None and conn is not None and wire.sock is conn._sock and wire.can_peek:
-                    try:
-                        got = wire.ready()
-                        if got:
-                            refused = self._read(got)
-                            if refused:
-                                self._reload(wire, refused)
-                    except (redis.ConnectionError, redis.TimeoutError):
-                        conn.disconnect()  # what is unanswered goes again on a new one (_run)
+                self._run(wait=False, new=False)
                 if self._sent:
                     self._run(wait=True, new=False)
             except redis.RedisError as e:
