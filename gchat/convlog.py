@@ -160,12 +160,8 @@ def create_pair(s: Session, a: int, b: int) -> int:
     """A pair's conversation and both users' cursors. Raises IntegrityError
     (through the caller's transaction: Conflict) when another node created
     it first; the caller then finds it."""
-    lo, hi = pair_key(a, b)
-    conv = Conversation(kind=PAIR, user_lo=lo, user_hi=hi, last_seq=0, member_epoch=0)
-    s.add(conv)
-    s.flush()
-    s.execute(insert(Cursor), [{"user_id": u, "conversation_id": conv.id} for u in sorted({lo, hi})])
-    return conv.id
+    key = pair_key(a, b)
+    return create_pairs(s, [key])[key]
 
 
 def find_group(s: Session, group_id: int) -> int | None:
