@@ -173,7 +173,10 @@ def _deadline(sock: Any) -> Callable[[Any], None] | None:
         hub.cancel_wait(watcher, TimeoutError("timed out"), False)  # socket.timeout, what gevent's wait raises
 
     def wait(watcher: Any) -> None:
-        timer.start(cancel, watcher)
+        # from now, not from the loop's time of its last turn (update, as
+        # gevent's Timeout does): a greenlet that held the loop longer than
+        # the timeout (a long batch, a stalled VM) made it fire at once
+        timer.start(cancel, watcher, update=True)
         try:
             hub.wait(watcher)
         finally:
