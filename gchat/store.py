@@ -68,6 +68,7 @@ class Database:
     ) -> None:
         self.url = url
         self.tls = tls  # for the engines made beside this one (the log writer's)
+        self.timeout = timeout
         self.engine = make_engine(url, pool_size=pool_size, overflow=overflow, timeout=timeout, tls=tls)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.retry = retry

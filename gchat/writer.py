@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 # the MySQL protocol's flags (PyMySQL's constants.CLIENT and SERVER_STATUS)
 MULTI_STATEMENTS = 1 << 16  # CLIENT_MULTI_STATEMENTS: a query may hold several statements
 NO_BACKSLASH_ESCAPES = 512  # SERVER_STATUS_NO_BACKSLASH_ESCAPES: the sql_mode that quotes by doubling
+NO_SUCH_THREAD = 1094  # ER_NO_SUCH_THREAD: KILL of a connection the server does not have
+FENCE_POLL = 0.01  # seconds between looks for a killed connection's thread (_fence)
 
 
 class _Moved(Exception):
@@ -112,10 +114,11 @@ Done = tuple[Written, int] | ProtocolError
 class _Sent:
     """A batch's query that would commit it is on its way: if the connection
     is lost before its answer, whether it committed is asked of the log by
-    its first row."""
+    its first row, once the server thread it went to is gone (_fence)."""
 
     done: list[Written | ProtocolError]
     first: convlog.Row
+    thread: int  # the connection's id on the server
 
 
 class LogWriter:
@@ -397,7 +400,7 @@ class LogWriter:
             # failed, so the INSERT and the COMMIT go only with a batch
             # numbered right (convlog.FastSql.fast)
             sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
-            sent.append(_Sent(done, rows[0]))
+            sent.append(_Sent(done, rows[0], raw.thread_id()))
             try:
                 self._command(raw, sql)  # the values are in the text
             except dialect.loaded_dbapi.Error as e:
@@ -443,7 +446,7 @@ class LogWriter:
                     return done
                 update = self._sql.advance_if(advanced)  # matches: the rows are locked
                 insert = self._sql.append(rows, _backslash_escapes(raw))
-                sent.append(_Sent(done, rows[0]))
+                sent.append(_Sent(done, rows[0], raw.thread_id()))
                 # the values are in the text; the UPDATE's count first, then
                 # the INSERT's and the COMMIT's results (an error, if any)
                 matched = self._command(raw, update + ";" + insert + ";COMMIT")
@@ -477,6 +480,7 @@ class LogWriter:
                 with _wrapped(self._conn.dialect):
                     cur = raw.cursor()
                     try:
+                        _fence(cur, sent.thread, self.db.timeout, self._conn.dialect.loaded_dbapi)
                         sql, args = self._sql.committed(conv, seq)
                         cur.execute(sql, args)
                         row = cur.fetchone()
@@ -615,6 +619,31 @@ def _made_elsewhere(e: Conflict | ProtocolError) -> bool:
     """A pair's conversation could not be made because it exists: another
     node (or another batch) made it first, so it is to be found instead."""
     return not isinstance(e, ProtocolError) or e.errno == Errno.CONFLICT
+
+
+def _fence(cur: Any, thread: int, timeout: float, dbapi: Any) -> None:
+    """Before the log is asked whether a lost connection's batch committed:
+    make sure it can commit no more. The client gave up on the answer (a
+    read timeout, a cut), but the server may still hold the query, queued
+    behind a lock or not read yet. Asked too early, the log says "not
+    committed", the batch runs again, and the old query's COMMIT logs every
+    message of it a second time (seen in a cluster pingpong: each a message
+    its recipient got twice). The server thread it went to is killed (its
+    transaction rolled back, unless it committed) and waited for until it
+    is gone; raised as lost when it outlives the timeout."""
+    try:
+        cur.execute("KILL CONNECTION %s", (thread,))
+    except dbapi.Error as e:
+        if e.args[0] != NO_SUCH_THREAD:  # gone already: the server restarted, or it ended
+            raise
+    deadline = time.monotonic() + timeout
+    while True:
+        cur.execute("SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (thread,))
+        if cur.fetchone() is None:
+            return
+        if time.monotonic() >= deadline:
+            raise dbapi.OperationalError(sqlwire.CR_SERVER_LOST, f"server thread {thread} still there after KILL")
+        time.sleep(FENCE_POLL)
 
 
 def _backslash_escapes(raw: Any) -> bool:

@@ -296,3 +296,57 @@ def test_a_batch_whose_connection_is_lost_during_its_commit_is_logged_once(maria
             logged = convlog.messages_between(s, first.conv, 0)
         assert [m.seq for m in logged] == [first.seq, second.seq, third.seq]
         assert ['"two"' in m.body for m in logged] == [False, True, False]
+
+
+def test_a_batch_whose_query_is_still_on_the_server_when_its_connection_is_given_up_is_logged_once(
+        mariadb) -> None:  # type: ignore[no-untyped-def]
+    """The writer gave up on its batch's answer (a read timeout: the node
+    was stalled, or the server slow) while the server still holds the
+    query, here queued behind another transaction's lock on the
+    conversation. Asked at once, the log says "not committed"; the batch
+    runs again, and the old query, let go, would commit it a second time:
+    every message twice, under two numbers. The writer ends the old server
+    thread before it asks, so each message is logged once."""
+    import struct
+    import threading
+
+    import pymysql
+
+    from gchat import sqlwire
+    from gchat.writer import Outgoing
+    from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
+
+    with _a_pairs_writer(mariadb) as (db, writer, a, b, first):
+        database = db.engine.url.database
+        holder = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD,
+                                 database=database, autocommit=False)
+        with holder.cursor() as cur:
+            cur.execute("SELECT last_seq FROM conversation WHERE id = %s FOR UPDATE", (first.conv,))
+        real = sqlwire.Wire.query
+        given_up: list[int] = []
+
+        def sent_then_given_up(wire, sql):  # type: ignore[no-untyped-def]
+            if "COMMIT" in sql and not given_up:
+                given_up.append(wire.raw.thread_id())
+                data = sql.encode()
+                wire.sock.sendall(struct.pack("<IB", len(data) + 1, sqlwire.COM_QUERY) + data)
+                wire.raw._force_close()  # the server reads the query all the same, and waits for the lock
+                raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query (timed out)")
+            return real(wire, sql)
+
+        release = threading.Timer(1.0, holder.commit)
+        release.start()
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(sqlwire.Wire, "query", sent_then_given_up)
+                second, _ = writer.append(Outgoing(a, {"msg": "two"}, to=b))
+            third, _ = writer.append(Outgoing(a, {"msg": "three"}, to=b))
+        finally:
+            release.join()
+            holder.close()
+        assert len(given_up) == 1
+        assert [second.seq, third.seq] == [first.seq + 1, first.seq + 2]
+        with db.transaction() as s:
+            logged = convlog.messages_between(s, first.conv, 0)
+        assert [m.seq for m in logged] == [first.seq, second.seq, third.seq]
+        assert ['"two"' in m.body for m in logged] == [False, True, False]
