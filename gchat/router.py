@@ -87,12 +87,14 @@ class Router:
         if user_id in self._storing:
             self._settled.setdefault(user_id, Event()).wait(timeout)
 
-    def deliver_logged(self, batch: Sequence[Written]) -> list[int]:
+    def deliver_logged(self, batch: Sequence[Written], told: bool = True) -> list[int]:
         """Tell the recipients of a committed batch: local sessions here, the
         others' nodes through the bus, all of the batch in one round trip to
         Redis (a round trip, not the bytes, is what a message across nodes
         cost: docs/benchmarks.md). Returns, per message, how many were
-        reached live."""
+        reached live: exact when `told` (an ACK says whether a one-to-one's
+        recipient was reached, so the route's reply is waited for); else a
+        message routed to another node counts as reached."""
         own, offer = self.sessions.own, self.sessions.offer
         reached: list[int] = []
         remote: list[tuple[int, list[int]]] = []  # (index in batch, users not here)
@@ -123,12 +125,14 @@ class Router:
             return reached
         items = [(elsewhere, b"%d,%d %s" % (batch[i].conv, batch[i].seq, batch[i].body)) for i, elsewhere in remote]
         try:
-            if any(len(batch[i].recipients) == 1 for i, _ in remote):  # a one-to-one's ACK says if it was reached
+            # a one-to-one's ACK says whether it was reached
+            if told and any(len(batch[i].recipients) == 1 for i, _ in remote):
                 missed = self.bus.route_batch(items)
             else:
                 # a group message's ACK counts its members, not who was
-                # reached: nothing waits for the route's reply (a wake-up a
-                # batch: docs/benchmarks.md, "The route without waiting")
+                # reached, and a chat without seq has no ACK: nothing waits
+                # for the route's reply (a wake-up a batch: docs/benchmarks.md,
+                # "The route without waiting")
                 self.bus.post_batch(items, lambda lost: self._routed(remote, lost, None))
                 for i, elsewhere in remote:
                     reached[i] += len(elsewhere)

@@ -81,13 +81,16 @@ class _Moved(Exception):
 
 class Outgoing(NamedTuple):
     """A chat message to log: `to` (one-to-one) or `group`, and the delivered
-    object without its log fields. A NamedTuple, as Written: one is made per
-    chat message."""
+    object without its log fields. `told`: the sender's ACK says whether `to`
+    was reached live (a one-to-one chat with seq), so its delivery must wait
+    for the bus's answer. A NamedTuple, as Written: one is made per chat
+    message."""
 
     sender: int
     body: dict[str, Any]
     to: int | None = None
     group: int | None = None
+    told: bool = False
 
 
 class Written(NamedTuple):
@@ -103,7 +106,9 @@ class Written(NamedTuple):
     recipients: tuple[int, ...]
 
 
-Deliver = Callable[[list[Written]], list[int]]
+# a committed batch, and whether any of its outcomes must say who was reached
+# live (Outgoing.told): per message, how many recipients were reached live
+Deliver = Callable[[list[Written], bool], list[int]]
 
 # a message of a batch: as written, with how many recipients were reached
 # live; or why the log refused it (that message only: the batch goes on)
@@ -323,7 +328,7 @@ class LogWriter:
         reached = [0] * len(written)
         if self.deliver is not None and written:
             try:
-                reached = self.deliver(written)
+                reached = self.deliver(written, any(m.told for m, _ in items))
             except Exception:  # it is in the log: repaired from there
                 log.exception("delivery of a batch of %d failed; it stays in the log", len(written))
         live = iter(reached)

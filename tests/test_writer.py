@@ -64,7 +64,7 @@ def test_odd_message_texts_are_stored_and_delivered_exactly_as_sent(backend, mar
     db = Database(url)
     delivered: list[bytes] = []
 
-    def deliver(batch: list[Written]) -> list[int]:  # one call per committed batch
+    def deliver(batch: list[Written], _told: bool) -> list[int]:  # one call per committed batch
         delivered.extend(w.body for w in batch)
         return [1] * len(batch)
 
