@@ -77,6 +77,12 @@ SWEEP_BATCH = 2000
 # gap, in a group with members on two nodes once every few messages
 # (docs/benchmarks.md, "Group fan-out across nodes, profiled again")
 GAP_GRACE = 0.05
+# the user's own messages remembered per conversation it has no track for
+# (Session.mine): a new conversation's first answer then needs no read of
+# the log (a node's first second after a start spent a quarter of its CPU
+# reading them: docs/benchmarks.md, "A batch logged twice, and a slower
+# machine"); a conversation it only ever writes to holds no more than this
+MINE_MAX = 64
 
 
 class LogPeer(Protocol):
@@ -133,6 +139,11 @@ class Session:
     # conversation -> set when a delivery is parked behind its repair
     # (_await_live)
     woken: dict[int, Event] = field(default_factory=dict)
+    # conversation -> the user's own messages in a conversation it has no
+    # track for yet (Sessions.own): counted as had when its track starts
+    # (_start), so its repair does not read them from the log (at most
+    # MINE_MAX; past them, it does)
+    mine: dict[int, set[int]] = field(default_factory=dict)
 
     def wants(self, body: bytes) -> bool:
         if not convlog.is_notice(body):
@@ -243,7 +254,8 @@ class Sessions:
         behind on the bus) starts at the delivered cursor when its first
         delivery comes, and its repair skips the user's own messages; a
         track made here as `Track(seq - 1)` counted those earlier messages
-        as had, dropped them, and moved the cursor past them."""
+        as had, dropped them, and moved the cursor past them. seq itself is
+        remembered for it (Session.mine), and had when the track starts."""
         sess = self._by_user.get(user_id)
         if sess is not None and sess.ready:
             track = sess.tracks.get(conv)
@@ -256,6 +268,10 @@ class Sessions:
                     track.take(seq)
                 if not sess.sync:
                     self._dirty[user_id] = sess
+            else:
+                mine = sess.mine.setdefault(conv, set())
+                if len(mine) < MINE_MAX:
+                    mine.add(seq)
 
     def offer(self, user_id: int, conv: int, seq: int, body: bytes) -> bool:
         """A delivery for a user of this node: pushed, dropped as a
@@ -390,7 +406,11 @@ class Sessions:
         if cur is None:  # not the user's conversation (never expected)
             log.warning("user %d: delivery for conversation %d it is not in", sess.user_id, conv)
             return None
-        return sess.tracks.setdefault(conv, Track(cur[0]))
+        track = sess.tracks.setdefault(conv, Track(cur[0]))
+        for seq in sorted(sess.mine.pop(conv, ())):  # sent here since: had, and not to be read
+            if not track.has(seq):
+                track.take(seq)
+        return track
 
     @staticmethod
     def _holes(track: Track, have: dict[int, bytes], upto: int) -> bool:

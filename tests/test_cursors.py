@@ -277,3 +277,38 @@ def test_behind_of_lists_the_conversations_after_the_delivered_cursor_only(db: D
         assert convlog.behind_of(s, []) == []
         got = sorted(convlog.behind_of(s, [a, b, c]))
     assert got == sorted([(b, convs[a, b], 2, 3), (c, convs[c, d], 0, 3)])  # not a (had it), not d (not asked)
+
+
+def test_a_new_conversations_first_answer_is_pushed_without_reading_the_log_for_the_users_own_message(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversation made after a logged in: a sends 1 (its own: no track
+    yet), the other answers 2. a's session starts the track at a's cursor
+    when 2 comes, with 1 had: 2 is pushed, 1 is not, the cursor ends at 2,
+    and the log is not read for 1 (at a node's start, every new
+    conversation's first answer read it: a quarter of the node's CPU)."""
+    users, convs = _pairs(db, 2)
+    a = users[0]
+    sessions, peers = _classic_sessions(db, users, convs)
+    with db.transaction() as s:
+        third = store.create_user(s, "u2", "x")
+        conv = convlog.create_pair(s, a, third)
+    sessions.begin(third, Peer(), sync=False)
+    sessions.open(third, {})
+    read: list[tuple[int, int, int]] = []
+    real = sessions._read_pages
+
+    def counted(keys: list[tuple[int, int, int]]) -> list[list[convlog.Logged]]:
+        read.extend(keys)
+        return real(keys)
+
+    monkeypatch.setattr(sessions._pages, "_run", counted)
+    sessions.own(a, conv, 1)
+    assert sessions.offer(a, conv, 2, b'{"msgid":5,"msg":"two"}')
+    deadline = gevent.Timeout(5)
+    with deadline:
+        while conv in sessions.get(a).repairing:  # type: ignore[union-attr]
+            gevent.sleep(0.01)
+    assert peers[a].pushed == [(conv, 2)]
+    assert read == []
+    sessions.flush()
+    assert _cursors(db)[a, conv] == (2, 0)
