@@ -760,6 +760,18 @@ def cursor(s: Session, user_id: int, conv_id: int) -> tuple[int, int, int, int] 
     return None if row is None else (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
+def delivered_of(s: Session, keys: Collection[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """The delivered cursor of each (user, conversation) that has one (a
+    batch of `cursor`'s first field): one query, by the users and the
+    conversations of the keys."""
+    if not keys:
+        return {}
+    q = select(Cursor.user_id, Cursor.conversation_id, Cursor.delivered_seq).where(
+        Cursor.user_id.in_(sorted({u for u, _ in keys})), Cursor.conversation_id.in_(sorted({c for _, c in keys})))
+    found = {(int(u), int(c)): int(d) for u, c, d in s.execute(q)}
+    return {k: found[k] for k in keys if k in found}
+
+
 def readers(s: Session, conv_id: int, seq: int, exclude: int | None = None) -> int:
     """How many members have read up to seq (`exclude` not counted)."""
     q = select(func.count()).select_from(Cursor).where(Cursor.conversation_id == conv_id, Cursor.read_seq >= seq)

@@ -170,6 +170,9 @@ class Sessions:
         # large group's quiet notice (docs/protocol.md section F) opens the
         # same gap in every member's session at the next message
         self._pages: Batcher[tuple[int, int, int], list[convlog.Logged]] = Batcher(self._read_pages)
+        # the delivered cursors new tracks start at, read together: a node's
+        # start has every session's new conversations at once
+        self._starts: Batcher[tuple[int, int], int | None] = Batcher(self._read_starts)
         # sessions ending at once (a node's clients all cut off) write their
         # cursors in one transaction: one each, on a pool of a few
         # connections, failed by the thousand in the 50,000 crowd's run, and
@@ -401,16 +404,20 @@ class Sessions:
     def _start(self, sess: Session, conv: int) -> Track | None:
         """A conversation this session has no track for (made after its
         login): it starts at the user's delivered cursor."""
-        with self.db.transaction() as s:
-            cur = convlog.cursor(s, sess.user_id, conv)
-        if cur is None:  # not the user's conversation (never expected)
+        delivered = self._starts((sess.user_id, conv))
+        if delivered is None:  # not the user's conversation (never expected)
             log.warning("user %d: delivery for conversation %d it is not in", sess.user_id, conv)
             return None
-        track = sess.tracks.setdefault(conv, Track(cur[0]))
+        track = sess.tracks.setdefault(conv, Track(delivered))
         for seq in sorted(sess.mine.pop(conv, ())):  # sent here since: had, and not to be read
             if not track.has(seq):
                 track.take(seq)
         return track
+
+    def _read_starts(self, keys: list[tuple[int, int]]) -> list[int | None]:
+        with self.db.transaction() as s:
+            found = convlog.delivered_of(s, keys)
+        return [found.get(k) for k in keys]
 
     @staticmethod
     def _holes(track: Track, have: dict[int, bytes], upto: int) -> bool:

@@ -312,3 +312,35 @@ def test_a_new_conversations_first_answer_is_pushed_without_reading_the_log_for_
     assert read == []
     sessions.flush()
     assert _cursors(db)[a, conv] == (2, 0)
+
+
+def test_the_tracks_of_many_new_conversations_start_from_cursors_read_together(db: Database) -> None:
+    """Ten users each get a first message in a conversation made after they
+    logged in (a node's start, when every session's conversations are new
+    to it): their delivered cursors are read in one or two queries, not one
+    each, and every message is pushed to its user once."""
+    users, convs = _pairs(db, 1)
+    sessions, _ = _classic_sessions(db, users, convs)
+    with db.transaction() as s:
+        sender = store.create_user(s, "sender", "x")
+        others = [store.create_user(s, f"r{i}", "x") for i in range(10)]
+        new = {u: convlog.create_pair(s, sender, u) for u in others}
+    peers = {}
+    for u in others:
+        peers[u] = Peer()
+        sessions.begin(u, peers[u], sync=False)
+        sessions.open(u, {})
+    reads: list[str] = []
+
+    def before(_conn: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "convcursor" in statement:
+            reads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    for u in others:
+        assert sessions.offer(u, new[u], 1, b'{"msgid":5,"msg":"one"}')
+    with gevent.Timeout(5):
+        while any(new[u] in sessions.get(u).repairing for u in others):  # type: ignore[union-attr]
+            gevent.sleep(0.01)
+    assert {u: p.pushed for u, p in peers.items()} == {u: [(new[u], 1)] for u in others}
+    assert 1 <= len(reads) <= 2

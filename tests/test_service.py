@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gevent
 import pytest
 from sqlalchemy import func, select, text
 
@@ -60,7 +61,16 @@ def svc(tmp_path: Path) -> Services:
 
 def call(svc: Services, peer: FakePeer, **req: object) -> list[dict]:  # type: ignore[type-arg]
     out = service.handle(svc, peer, parse_request(json.dumps(req).encode()))
-    return out.get() if isinstance(out, service.Pending) else out  # a chat: answered after the commit
+    if not isinstance(out, service.Pending):
+        return out
+    replies = out.get()  # a chat: answered after the commit
+    # its push to a session new to its conversation comes once the track's
+    # start is read (with the others' that wait meanwhile: a greenlet of
+    # its own), a few turns of the loop after the ACK
+    with gevent.Timeout(5):
+        while any(s.repairing for s in svc.router.sessions._by_user.values()):
+            gevent.sleep(0.001)
+    return replies
 
 
 def refused(svc: Services, peer: FakePeer, **req: object) -> Errno:
