@@ -73,6 +73,9 @@ MULTI_STATEMENTS = 1 << 16  # CLIENT_MULTI_STATEMENTS: a query may hold several 
 NO_BACKSLASH_ESCAPES = 512  # SERVER_STATUS_NO_BACKSLASH_ESCAPES: the sql_mode that quotes by doubling
 NO_SUCH_THREAD = 1094  # ER_NO_SUCH_THREAD: KILL of a connection the server does not have
 FENCE_POLL = 0.01  # seconds between looks for a killed connection's thread (_fence)
+# two readings of a server's start (_server_started) this far apart are two
+# runs of it: its uptime is in whole seconds, read a round trip apart
+RESTART_SLACK = 3.0
 
 
 class _Moved(Exception):
@@ -124,6 +127,7 @@ class _Sent:
     done: list[Written | ProtocolError]
     first: convlog.Row
     thread: int  # the connection's id on the server
+    started: float  # when that server started (_server_started): its ids are its own
 
 
 class LogWriter:
@@ -151,6 +155,7 @@ class LogWriter:
         # has not heard of it since (heard)
         self._contested: set[int] = set()
         self._conn: Connection | None = None  # the batches' own, checked out once
+        self._started = 0.0  # when its server started (_server_started)
         # MySQL/MariaDB: the fast path's statements go to the driver itself,
         # both in one round trip, on a connection of the writer's own
         self._sql: convlog.FastSql | None = None
@@ -357,6 +362,8 @@ class LogWriter:
                 with driver_errors():
                     if self._conn is None:
                         self._conn = self._engine.connect()
+                        if self._sql is not None:
+                            self._started = _server_started(self._conn.connection.dbapi_connection)
                     if self._sql is not None:
                         return self._fast(self._conn, items, sent) if fast else self._locked(self._conn, items, sent)
                     with self._conn.begin() as tx:
@@ -405,7 +412,7 @@ class LogWriter:
             # failed, so the INSERT and the COMMIT go only with a batch
             # numbered right (convlog.FastSql.fast)
             sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
-            sent.append(_Sent(done, rows[0], raw.thread_id()))
+            sent.append(_Sent(done, rows[0], raw.thread_id(), self._started))
             try:
                 self._command(raw, sql)  # the values are in the text
             except dialect.loaded_dbapi.Error as e:
@@ -451,7 +458,7 @@ class LogWriter:
                     return done
                 update = self._sql.advance_if(advanced)  # matches: the rows are locked
                 insert = self._sql.append(rows, _backslash_escapes(raw))
-                sent.append(_Sent(done, rows[0], raw.thread_id()))
+                sent.append(_Sent(done, rows[0], raw.thread_id(), self._started))
                 # the values are in the text; the UPDATE's count first, then
                 # the INSERT's and the COMMIT's results (an error, if any)
                 matched = self._command(raw, update + ";" + insert + ";COMMIT")
@@ -485,7 +492,7 @@ class LogWriter:
                 with _wrapped(self._conn.dialect):
                     cur = raw.cursor()
                     try:
-                        _fence(cur, sent.thread, self.db.timeout, self._conn.dialect.loaded_dbapi)
+                        _fence(cur, sent.thread, sent.started, self.db.timeout, self._conn.dialect.loaded_dbapi)
                         sql, args = self._sql.committed(conv, seq)
                         cur.execute(sql, args)
                         row = cur.fetchone()
@@ -626,7 +633,20 @@ def _made_elsewhere(e: Conflict | ProtocolError) -> bool:
     return not isinstance(e, ProtocolError) or e.errno == Errno.CONFLICT
 
 
-def _fence(cur: Any, thread: int, timeout: float, dbapi: Any) -> None:
+def _server_started(raw: Any) -> float:
+    """When the server started, on this process's monotonic clock (to a
+    second or so): a thread id names a connection of that server's run
+    only, as ids start again at 1 when it restarts."""
+    cur = raw.cursor()
+    try:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Uptime'")
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    return time.monotonic() - float(row[1])
+
+
+def _fence(cur: Any, thread: int, started: float, timeout: float, dbapi: Any) -> None:
     """Before the log is asked whether a lost connection's batch committed:
     make sure it can commit no more. The client gave up on the answer (a
     read timeout, a cut), but the server may still hold the query, queued
@@ -635,7 +655,11 @@ def _fence(cur: Any, thread: int, timeout: float, dbapi: Any) -> None:
     message of it a second time (seen in a cluster pingpong: each a message
     its recipient got twice). The server thread it went to is killed (its
     transaction rolled back, unless it committed) and waited for until it
-    is gone; raised as lost when it outlives the timeout."""
+    is gone; raised as lost when it outlives the timeout. Not when the
+    server restarted since (started): its threads went with it, and the
+    number may now be another connection's, another node's writer's."""
+    if abs(_server_started(cur.connection) - started) > RESTART_SLACK:
+        return
     try:
         cur.execute("KILL CONNECTION %s", (thread,))
     except dbapi.Error as e:

@@ -350,3 +350,31 @@ def test_a_batch_whose_query_is_still_on_the_server_when_its_connection_is_given
             logged = convlog.messages_between(s, first.conv, 0)
         assert [m.seq for m in logged] == [first.seq, second.seq, third.seq]
         assert ['"two"' in m.body for m in logged] == [False, True, False]
+
+
+def test_the_fence_ends_the_lost_connections_thread_but_not_a_namesake_after_a_restart(mariadb) -> None:  # type: ignore[no-untyped-def]
+    """The writer's fence kills the lost connection's server thread. A
+    thread id names a connection of one run of the server only: after a
+    restart the same number may be another node's connection, which the
+    fence must leave alone (told by the server's start: its uptime)."""
+    import pymysql
+
+    from gchat.writer import _fence, _server_started
+    from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
+
+    def connect() -> Any:
+        return pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD)
+
+    other, admin = connect(), connect()
+    try:
+        cur = admin.cursor()
+        started = _server_started(admin)
+        # as if the thread id were from a run of the server a day earlier
+        _fence(cur, other.thread_id(), started - 86_400, 5, pymysql)
+        other.ping(reconnect=False)  # still there
+        _fence(cur, other.thread_id(), started, 5, pymysql)
+        with pytest.raises(pymysql.err.OperationalError):
+            other.ping(reconnect=False)
+    finally:
+        other.close()
+        admin.close()
