@@ -616,7 +616,7 @@ def one_chat(svc: Services, peer: Peer, req: Request) -> Pending:
     # answered once the message is committed to the log (docs/protocol.md, section D)
     pending = Pending(_one_chat_ack, req)
     # Outgoing's fields by position: its keywords cost a third of its making
-    svc.writer.submit_to(Outgoing(user_id, _delivery(peer, user_id, req), to, None, req.seq is not None), pending)
+    svc.writer.submit_to(Outgoing(user_id, _delivery(peer, user_id, req), to, None, not silent(req)), pending)
     return pending
 
 

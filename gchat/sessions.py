@@ -409,9 +409,8 @@ class Sessions:
             log.warning("user %d: delivery for conversation %d it is not in", sess.user_id, conv)
             return None
         track = sess.tracks.setdefault(conv, Track(delivered))
-        for seq in sorted(sess.mine.pop(conv, ())):  # sent here since: had, and not to be read
-            if not track.has(seq):
-                track.take(seq)
+        for seq in sess.mine.pop(conv, ()):  # sent here since: had, and not to be read
+            track.take(seq)
         return track
 
     def _read_starts(self, keys: list[tuple[int, int]]) -> list[int | None]:

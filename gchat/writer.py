@@ -735,7 +735,7 @@ def _multi_statement_engine(db: Database) -> Engine:
     flag = int(given if isinstance(given, str) else given[-1]) | MULTI_STATEMENTS
     url = url.update_query_dict({"client_flag": str(flag)})
     return make_engine(url.render_as_string(hide_password=False), pool_size=1, overflow=0,
-                       timeout=db.engine.pool.timeout(), tls=db.tls)  # type: ignore[attr-defined]
+                       timeout=db.timeout, tls=db.tls)
 
 
 @contextlib.contextmanager

@@ -101,7 +101,8 @@ class Bus(Protocol):
 
     def post_batch(self, items: list[tuple[list[int], bytes]], then: Callable[[list[list[int]]], None]) -> None:
         """route_batch() for a caller that needs no answer now (group
-        messages: their ACK counts members, not who was reached): sent,
+        messages: their ACK counts members, not who was reached; chats sent
+        without seq, which have no ACK): sent,
         not waited for; `then` gets the misses once Redis's reply is read
         (later, from another greenlet; never if the call failed after it
         was sent: its messages are repaired from the log). Raises

@@ -11,8 +11,9 @@ ROUTE_BATCH script, which publishes to each target node one message holding
 that node's share of the batch in seq order; the batches' calls go on one
 connection (gchat/cluster/script_line.py), which Redis answers in order,
 whether the writer waits for the answer (a one-to-one message's ACK says
-whether it was reached) or not (`post_batch`: group messages), and one
-subscriber connection per node hands them on in that order.
+whether it was reached) or not (`post_batch`: group messages, and chats
+sent without seq, which have no ACK), and one subscriber connection per node
+hands them on in that order.
 
 The bus is not the record (docs/architecture.md, "The conversation log"): a
 chat message is committed to the log before it is published, and whatever
@@ -134,8 +135,12 @@ class RedisBus:
     def route_batch(self, items: list[tuple[list[int], bytes]]) -> list[list[int]]:
         if self._route_batch is None:  # a Redis Cluster: one message at a time
             return [self.route(user_ids, body) for user_ids, body in items]
+        return self._route_calls(self._calls(items))
+
+    def _route_calls(self, calls: list[list[bytes | str]]) -> list[list[int]]:
+        assert self._route_batch is not None
         missed: list[list[int]] = []
-        for args in self._calls(items):
+        for args in calls:
             try:
                 missed += _misses(self._route_batch(args))
             except redis.RedisError as e:
@@ -143,11 +148,13 @@ class RedisBus:
         return missed
 
     def post_batch(self, items: list[tuple[list[int], bytes]], then: Callable[[list[list[int]]], None]) -> None:
-        calls = self._calls(items) if self._route_batch is not None else []
-        if len(calls) != 1:  # a Redis Cluster, or a batch of several calls: waited for
+        if self._route_batch is None:  # a Redis Cluster: waited for
             then(self.route_batch(items))
             return
-        assert self._route_batch is not None
+        calls = self._calls(items)
+        if len(calls) != 1:  # a batch of several calls: waited for
+            then(self._route_calls(calls))
+            return
 
         def answered(reply: Any) -> None:
             if isinstance(reply, ReplyError):
