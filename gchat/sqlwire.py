@@ -167,7 +167,14 @@ def _deadline(sock: Any) -> Callable[[Any], None] | None:
     hub, timeout = getattr(sock, "hub", None), sock.gettimeout()
     if hub is None or timeout is None:
         return None
-    timer = hub.loop.timer(timeout)
+    # a repeating timer, (re)armed by `again`: libev's stop keeps what is
+    # left of a started timer and start resumes it (a pause, not a reset),
+    # so a one-shot timer started and stopped per wait fired once the waits
+    # had added up to the timeout, however quick each was: a lost
+    # connection every db_timeout of a busy writer's waits, the answer
+    # already there (docs/robustness.md, case 16). `again` sets it to the
+    # repeat interval each time
+    timer = hub.loop.timer(timeout, timeout)
 
     def cancel(watcher: Any) -> None:  # in the hub, once the deadline passed
         hub.cancel_wait(watcher, TimeoutError("timed out"), False)  # socket.timeout, what gevent's wait raises
@@ -176,7 +183,7 @@ def _deadline(sock: Any) -> Callable[[Any], None] | None:
         # from now, not from the loop's time of its last turn (update, as
         # gevent's Timeout does): a greenlet that held the loop longer than
         # the timeout (a long batch, a stalled VM) made it fire at once
-        timer.start(cancel, watcher, update=True)
+        timer.again(cancel, watcher, update=True)
         try:
             hub.wait(watcher)
         finally:
