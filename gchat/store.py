@@ -80,10 +80,22 @@ class Database:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
         """One unit of work: committed if the block ends normally, rolled
-        back whole otherwise, so nothing is ever half-written."""
-        with driver_errors():
-            with self.sessions.begin() as session:
-                yield session
+        back whole otherwise, so nothing is ever half-written. A connection
+        lost while its COMMIT was on the way leaves the outcome unknown (the
+        server may have committed before the answer was lost): the
+        Unavailable then says so (OUTCOME_UNKNOWN), not "nothing was
+        changed" (docs/protocol.md, errno 11)."""
+        committing = False
+        try:
+            with driver_errors():
+                with self.sessions.begin() as session:
+                    yield session
+                    session.flush()  # the block's writes sent first: a failure there left nothing
+                    committing = True
+        except Unavailable as e:
+            if committing and getattr(e.__cause__, "connection_invalidated", False):
+                raise Unavailable(OUTCOME_UNKNOWN) from e.__cause__
+            raise
 
     def run(self, work: Callable[[Session], T]) -> T:
         """work(session) as one unit of work, as `transaction()`; run again
@@ -103,6 +115,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# errno 11's text when a unit of work lost its connection during the commit:
+# asking again tells (what was made is then refused as existing, errno 8 or 1)
+OUTCOME_UNKNOWN = "database connection lost during the commit: whether the change was made is unknown"
 
 
 class driver_errors:  # noqa: N801 -- the context manager it was (a class: contextlib's generator wrapper cost a few µs a use)

@@ -64,7 +64,7 @@ from gchat.batch import Batcher, Sink
 from gchat.errors import Conflict, Unavailable
 from gchat.metrics import Counts
 from gchat.protocol import Errno, ProtocolError, dumps
-from gchat.store import Database, deadlock, driver_errors, make_engine
+from gchat.store import OUTCOME_UNKNOWN, Database, deadlock, driver_errors, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +389,11 @@ class LogWriter:
                     outcome = self._committed(sent[0])
                     if outcome:
                         return sent[0].done
-                    lost = outcome is False
+                    if outcome is None:  # the log could not be asked: the batch may be in it
+                        raise Unavailable(OUTCOME_UNKNOWN) from e.__cause__
+                    lost = True
+                elif invalidated and sent:  # the Core path's COMMIT, lost: not asked of the log
+                    raise Unavailable(OUTCOME_UNKNOWN) from e.__cause__
                 if attempt >= self.db.retry.attempts or not (lost or deadlock(e.__cause__)):
                     raise
             time.sleep(self.db.retry.delay(attempt))

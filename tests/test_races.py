@@ -378,3 +378,102 @@ def test_the_fence_ends_the_lost_connections_thread_but_not_a_namesake_after_a_r
     finally:
         other.close()
         admin.close()
+
+
+@pytest.mark.parametrize("reached", [True, False], ids=["committed", "never-ran"])
+def test_a_request_whose_connection_is_lost_during_its_commit_is_told_the_outcome_is_unknown(
+        mariadb, monkeypatch, reached) -> None:  # type: ignore[no-untyped-def]
+    """errno 11 says "nothing was changed", true whenever the failure came
+    before the COMMIT was sent. A connection lost while it was on the way
+    may have committed (its answer lost) or not: the reply says the outcome
+    is unknown, and asking again tells: the name is taken when it was
+    committed, free when it was not. A failure before the commit still says
+    nothing was changed."""
+    import pymysql
+    from sqlalchemy import event
+
+    from gchat.cluster.bus import LocalBus
+    from gchat.cluster.mirror import StateMirror
+    from gchat.cluster.presence import LocalPresence
+    from gchat.passwords import Passwords
+    from gchat.protocol import Errno
+    from gchat.registry import Registry
+    from gchat.router import Router
+    from gchat.store import OUTCOME_UNKNOWN, Database
+
+    db = Database(mariadb.create())
+    try:
+        registry, presence, bus = Registry(), LocalPresence("n1", StateMirror(db)), LocalBus()
+        svc = Services(db=db, registry=registry, presence=presence, router=Router(registry, bus, db),
+                       passwords=Passwords(time_cost=1, memory_kib=8))
+        inserted: list[str] = []
+
+        @event.listens_for(db.engine, "before_cursor_execute")
+        def seen(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+            if statement.startswith("INSERT INTO user"):
+                inserted.append(statement)
+
+        real = db.engine.dialect.do_commit
+        lost: list[bool] = []
+
+        def commit_then_lose(dbapi_connection):  # type: ignore[no-untyped-def]
+            if inserted and not lost:  # the unit of work that registers
+                lost.append(True)
+                if reached:
+                    real(dbapi_connection)
+                dbapi_connection._force_close()  # the socket goes, as with a network cut
+                raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+            real(dbapi_connection)
+
+        monkeypatch.setattr(db.engine.dialect, "do_commit", commit_then_lose)
+        (reply,) = call(svc, FakePeer(), msgid=3, name="alice", password="pw", seq=1)
+        assert lost == [True]
+        assert (reply["errno"], reply["errmsg"]) == (Errno.UNAVAILABLE, OUTCOME_UNKNOWN)
+        (again,) = call(svc, FakePeer(), msgid=3, name="alice", password="pw", seq=2)
+        assert again["errno"] == (Errno.AUTH if reached else 0), again  # asking again tells
+
+        # a connection lost before the commit: nothing was changed, and it says so
+        def lose_at_once(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+            if statement.startswith("INSERT INTO user"):
+                conn.connection.dbapi_connection._force_close()
+
+        event.listen(db.engine, "before_cursor_execute", lose_at_once)
+        (reply,) = call(svc, FakePeer(), msgid=3, name="bob", password="pw", seq=3)
+        assert reply["errno"] == Errno.UNAVAILABLE
+        assert reply["errmsg"] == "database unavailable, nothing was changed"
+    finally:
+        db.dispose()
+
+
+def test_a_batch_whose_commit_is_lost_when_the_log_cannot_be_asked_is_refused_as_unknown(
+        mariadb, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The batch's COMMIT went and its answer was lost, and the database
+    cannot be reached to ask the log whether the batch is there: the chats
+    are refused (errno 11), saying the outcome is unknown, not that nothing
+    was changed (a sync shows them if they were logged)."""
+    import pymysql
+    from sqlalchemy import exc as sa_exc
+
+    from gchat import sqlwire
+    from gchat.errors import Unavailable
+    from gchat.store import OUTCOME_UNKNOWN
+    from gchat.writer import Outgoing
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise sa_exc.OperationalError("connect", {}, pymysql.err.OperationalError(2003, "Can't connect"))
+
+    with _a_pairs_writer(mariadb) as (db, writer, a, b, first):
+        real = sqlwire.Wire.query
+
+        def query_then_lose(wire, sql):  # type: ignore[no-untyped-def]
+            if "COMMIT" in sql:
+                real(wire, sql)
+                wire.raw.close()  # the socket goes, and the database with it
+                monkeypatch.setattr(writer._engine, "connect", unreachable)
+                raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+            return real(wire, sql)
+
+        monkeypatch.setattr(sqlwire.Wire, "query", query_then_lose)
+        with pytest.raises(Unavailable) as refused:
+            writer.append(Outgoing(a, {"msg": "two"}, to=b))
+        assert str(refused.value) == OUTCOME_UNKNOWN
