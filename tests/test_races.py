@@ -392,6 +392,8 @@ def test_a_request_whose_connection_is_lost_during_its_commit_is_told_the_outcom
     import pymysql
     from sqlalchemy import event
 
+    from gchat import client
+    from gchat.client.screen import describe
     from gchat.cluster.bus import LocalBus
     from gchat.cluster.mirror import StateMirror
     from gchat.cluster.presence import LocalPresence
@@ -429,6 +431,10 @@ def test_a_request_whose_connection_is_lost_during_its_commit_is_told_the_outcom
         (reply,) = call(svc, FakePeer(), msgid=3, name="alice", password="pw", seq=1)
         assert lost == [True]
         assert (reply["errno"], reply["errmsg"]) == (Errno.UNAVAILABLE, OUTCOME_UNKNOWN)
+        # the client library knows that text, and gchat-client does not say "nothing was changed"
+        told = client.Unavailable(reply["errno"], reply["errmsg"])
+        assert told.outcome_unknown
+        assert describe(told).startswith("the server lost its database while saving this: it may have been done")
         (again,) = call(svc, FakePeer(), msgid=3, name="alice", password="pw", seq=2)
         assert again["errno"] == (Errno.AUTH if reached else 0), again  # asking again tells
 

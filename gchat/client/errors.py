@@ -51,8 +51,18 @@ class RateLimited(GchatError):
     """errno 10."""
 
 
+# errno 11's errmsg when the server's database connection broke while the
+# change was being committed (docs/protocol.md, errno 11): it may have been made
+OUTCOME_UNKNOWN = "database connection lost during the commit: whether the change was made is unknown"
+
+
 class Unavailable(GchatError):
-    """errno 11: a store the request needs is down; nothing was changed."""
+    """errno 11: a store the request needs is down; nothing was changed,
+    unless `outcome_unknown` (then asking again, or looking, tells)."""
+
+    @property
+    def outcome_unknown(self) -> bool:
+        return self.errmsg == OUTCOME_UNKNOWN
 
 
 class ConnectionLost(GchatError):

@@ -15,6 +15,7 @@ from gchat.client import (
     LoginResult,
     NotFound,
     RequestTimeout,
+    Unavailable,
 )
 from gchat.protocol import SYSTEM_ID, Errno
 
@@ -163,5 +164,7 @@ def describe(e: GchatError, during: str = "") -> str:
         return f"login failed: this user is already logged in elsewhere{more}"
     if isinstance(e, NotFound):
         return f"no such user or group ({e.errmsg})"
+    if isinstance(e, Unavailable) and e.outcome_unknown:
+        return "the server lost its database while saving this: it may have been done; look before trying again"
     words = ERRNO_WORDS.get(e.errno, "error") if e.errno is not None else "error"  # type: ignore[call-overload]
     return f"{words}: {e.errmsg}" if e.errmsg and e.errmsg != words else words
