@@ -86,6 +86,12 @@ class Errno(enum.IntEnum):
     UNAVAILABLE = 11
 
 
+# errno 11's errmsg when the server's database connection broke while a change
+# was being committed: it may have been made (docs/protocol.md, errno 11);
+# asking again, or looking, tells. The server says it, the client library knows it
+OUTCOME_UNKNOWN = "database connection lost during the commit: whether the change was made is unknown"
+
+
 # An operator's system message (docs/protocol.md part C) is a one-to-one
 # message from this id, which no user has (ids start at 1), and this name.
 SYSTEM_ID = 0

@@ -37,6 +37,7 @@ from gchat.models import (
     OfflineMessage,
     User,
 )
+from gchat.protocol import OUTCOME_UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-# errno 11's text when a unit of work lost its connection during the commit:
-# asking again tells (what was made is then refused as existing, errno 8 or 1)
-OUTCOME_UNKNOWN = "database connection lost during the commit: whether the change was made is unknown"
 
 
 class driver_errors:  # noqa: N801 -- the context manager it was (a class: contextlib's generator wrapper cost a few µs a use)

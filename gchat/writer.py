@@ -63,8 +63,8 @@ from gchat import convlog, sqlwire
 from gchat.batch import Batcher, Sink
 from gchat.errors import Conflict, Unavailable
 from gchat.metrics import Counts
-from gchat.protocol import Errno, ProtocolError, dumps
-from gchat.store import OUTCOME_UNKNOWN, Database, deadlock, driver_errors, make_engine
+from gchat.protocol import OUTCOME_UNKNOWN, Errno, ProtocolError, dumps
+from gchat.store import Database, deadlock, driver_errors, make_engine
 
 log = logging.getLogger(__name__)
 

@@ -398,10 +398,10 @@ def test_a_request_whose_connection_is_lost_during_its_commit_is_told_the_outcom
     from gchat.cluster.mirror import StateMirror
     from gchat.cluster.presence import LocalPresence
     from gchat.passwords import Passwords
-    from gchat.protocol import Errno
+    from gchat.protocol import OUTCOME_UNKNOWN, Errno
     from gchat.registry import Registry
     from gchat.router import Router
-    from gchat.store import OUTCOME_UNKNOWN, Database
+    from gchat.store import Database
 
     db = Database(mariadb.create())
     try:
@@ -462,7 +462,7 @@ def test_a_batch_whose_commit_is_lost_when_the_log_cannot_be_asked_is_refused_as
 
     from gchat import sqlwire
     from gchat.errors import Unavailable
-    from gchat.store import OUTCOME_UNKNOWN
+    from gchat.protocol import OUTCOME_UNKNOWN
     from gchat.writer import Outgoing
 
     def unreachable(*args: Any, **kwargs: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gchat.protocol import Errno
+from gchat.protocol import OUTCOME_UNKNOWN, Errno
 
 
 class GchatError(Exception):
@@ -49,11 +49,6 @@ class Conflict(GchatError):
 
 class RateLimited(GchatError):
     """errno 10."""
-
-
-# errno 11's errmsg when the server's database connection broke while the
-# change was being committed (docs/protocol.md, errno 11): it may have been made
-OUTCOME_UNKNOWN = "database connection lost during the commit: whether the change was made is unknown"
 
 
 class Unavailable(GchatError):
