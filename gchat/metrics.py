@@ -56,7 +56,7 @@ class Counts:
     switch only at I/O, so `+=` needs no lock."""
 
     __slots__ = ("delivered_local", "routed", "stored", "errors", "bus_reconnects", "login_seconds",
-                 "batches_fast", "batches_locked", "batches_moved")
+                 "batches_fast", "batches_locked", "batches_moved", "commits_lost")
 
     def __init__(self) -> None:
         self.delivered_local = 0  # pushed to a connection of this node
@@ -71,6 +71,10 @@ class Counts:
         self.batches_fast = 0
         self.batches_locked = 0
         self.batches_moved = 0
+        # writer batches whose connection was lost with the COMMIT on its
+        # way, by what the log then said: committed, rolled back (run
+        # again), or unknown (the log could not be asked: errno 11)
+        self.commits_lost: Counter[str] = Counter()
         # not registered anywhere until a MetricsServer registers it: tests
         # build many Services in one process
         self.login_seconds = Histogram(
@@ -117,6 +121,13 @@ class NodeCollector(Collector):
         batches.add_metric(["locked"], c.batches_locked)
         batches.add_metric(["moved"], c.batches_moved)
         yield batches
+        lost = CounterMetricFamily(
+            "gchat_log_commits_lost", "the log writer's batches whose database connection was lost with the "
+            "COMMIT on its way, by what the log then said: committed (answered as written), rolled_back (run "
+            "again), unknown (the log could not be asked: refused, errno 11)", labels=["outcome"])
+        for outcome in ("committed", "rolled_back", "unknown"):
+            lost.add_metric([outcome], c.commits_lost[outcome])
+        yield lost
         yield CounterMetricFamily("gchat_bus_reconnects", "times the cluster bus reconnected to Redis",
                                   value=c.bus_reconnects)
         pool = self.db.engine.pool

@@ -68,6 +68,10 @@ from gchat.store import Database, deadlock, driver_errors, make_engine
 
 log = logging.getLogger(__name__)
 
+# what the log said of a batch whose connection was lost during its commit
+# (LogWriter._committed), as gchat_log_commits_lost_total counts it
+_OUTCOMES = {True: "committed", False: "rolled_back", None: "unknown"}
+
 # the MySQL protocol's flags (PyMySQL's constants.CLIENT and SERVER_STATUS)
 MULTI_STATEMENTS = 1 << 16  # CLIENT_MULTI_STATEMENTS: a query may hold several statements
 NO_BACKSLASH_ESCAPES = 512  # SERVER_STATUS_NO_BACKSLASH_ESCAPES: the sql_mode that quotes by doubling
@@ -387,12 +391,14 @@ class LogWriter:
                 lost = not sent and invalidated
                 if invalidated and sent and isinstance(sent[0], _Sent):
                     outcome = self._committed(sent[0])
+                    self.counts.commits_lost[_OUTCOMES[outcome]] += 1
                     if outcome:
                         return sent[0].done
                     if outcome is None:  # the log could not be asked: the batch may be in it
                         raise Unavailable(OUTCOME_UNKNOWN) from e.__cause__
                     lost = True
                 elif invalidated and sent:  # the Core path's COMMIT, lost: not asked of the log
+                    self.counts.commits_lost["unknown"] += 1
                     raise Unavailable(OUTCOME_UNKNOWN) from e.__cause__
                 if attempt >= self.db.retry.attempts or not (lost or deadlock(e.__cause__)):
                     raise

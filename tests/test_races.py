@@ -291,6 +291,7 @@ def test_a_batch_whose_connection_is_lost_during_its_commit_is_logged_once(maria
         second, _ = writer.append(Outgoing(a, {"msg": "two"}, to=b))
         third, _ = writer.append(Outgoing(a, {"msg": "three"}, to=b))
         assert lost == [True]
+        assert writer.counts.commits_lost == {"committed" if reached else "rolled_back": 1}  # /metrics says which
         assert [second.seq, third.seq] == [first.seq + 1, first.seq + 2]
         with db.transaction() as s:
             logged = convlog.messages_between(s, first.conv, 0)
@@ -483,3 +484,4 @@ def test_a_batch_whose_commit_is_lost_when_the_log_cannot_be_asked_is_refused_as
         with pytest.raises(Unavailable) as refused:
             writer.append(Outgoing(a, {"msg": "two"}, to=b))
         assert str(refused.value) == OUTCOME_UNKNOWN
+        assert writer.counts.commits_lost == {"unknown": 1}
