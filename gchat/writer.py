@@ -389,17 +389,17 @@ class LogWriter:
                 if invalidated or not deadlock(e.__cause__):
                     self._drop()
                 lost = not sent and invalidated
-                if invalidated and sent and isinstance(sent[0], _Sent):
-                    outcome = self._committed(sent[0])
+                if invalidated and sent:
+                    first = sent[0]
+                    # unknown when the log could not be asked (the database
+                    # still away), or is not asked (the Core path's COMMIT)
+                    outcome = self._committed(first) if isinstance(first, _Sent) else None
                     self.counts.commits_lost[_OUTCOMES[outcome]] += 1
-                    if outcome:
-                        return sent[0].done
-                    if outcome is None:  # the log could not be asked: the batch may be in it
+                    if outcome is None:  # the batch may be in the log
                         raise Unavailable(OUTCOME_UNKNOWN) from e.__cause__
+                    if outcome and isinstance(first, _Sent):
+                        return first.done
                     lost = True
-                elif invalidated and sent:  # the Core path's COMMIT, lost: not asked of the log
-                    self.counts.commits_lost["unknown"] += 1
-                    raise Unavailable(OUTCOME_UNKNOWN) from e.__cause__
                 if attempt >= self.db.retry.attempts or not (lost or deadlock(e.__cause__)):
                     raise
             time.sleep(self.db.retry.delay(attempt))

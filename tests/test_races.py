@@ -395,20 +395,13 @@ def test_a_request_whose_connection_is_lost_during_its_commit_is_told_the_outcom
 
     from gchat import client
     from gchat.client.screen import describe
-    from gchat.cluster.bus import LocalBus
-    from gchat.cluster.mirror import StateMirror
-    from gchat.cluster.presence import LocalPresence
-    from gchat.passwords import Passwords
     from gchat.protocol import OUTCOME_UNKNOWN, Errno
-    from gchat.registry import Registry
-    from gchat.router import Router
     from gchat.store import Database
+    from tests.test_service import services_on
 
     db = Database(mariadb.create())
     try:
-        registry, presence, bus = Registry(), LocalPresence("n1", StateMirror(db)), LocalBus()
-        svc = Services(db=db, registry=registry, presence=presence, router=Router(registry, bus, db),
-                       passwords=Passwords(time_cost=1, memory_kib=8))
+        svc = services_on(db)
         inserted: list[str] = []
 
         @event.listens_for(db.engine, "before_cursor_execute")

@@ -50,6 +50,12 @@ class FakePeer(HandedOver):
 def svc(tmp_path: Path) -> Services:
     db = Database(f"sqlite:///{tmp_path / 'h.db'}")
     schema.upgrade(db)
+    return services_on(db)
+
+
+def services_on(db: Database) -> Services:
+    """One node's services on db, with an in-process bus (the svc fixture's,
+    on any store)."""
     registry, presence, bus = Registry(), LocalPresence("n1", StateMirror(db)), LocalBus()
     router = Router(registry, bus, db)
     s = Services(db=db, registry=registry, presence=presence, router=router,
