@@ -361,12 +361,9 @@ def test_the_fence_ends_the_lost_connections_thread_but_not_a_namesake_after_a_r
     import pymysql
 
     from gchat.writer import _fence, _server_started
-    from tests.conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
+    from tests.conftest import _mysql_admin
 
-    def connect() -> Any:
-        return pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD)
-
-    other, admin = connect(), connect()
+    other, admin = _mysql_admin(), _mysql_admin()
     try:
         cur = admin.cursor()
         started = _server_started(admin)
