@@ -15,6 +15,7 @@ The caller's view stays synchronous: `batcher(key)` returns that key's result
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar, cast
 
@@ -45,10 +46,12 @@ class Batcher(Generic[K, V]):
         """`run(keys)` returns one result per key, in order. An exception it
         raises is raised to every caller of that batch. `linger`: seconds to
         wait before a batch that follows another at once (calls kept coming
-        while the last one ran), so that it gathers more; the first batch
-        after a quiet spell goes at once. `gather`: a lingering batch goes
-        as soon as this many calls wait (0: it waits the whole linger), so a
-        long linger costs a slow stream latency, not a fast one."""
+        while the last one ran), so that it gathers more; a batch that
+        follows one taken less than `linger` ago waits what is left of it;
+        the first after a quiet spell of `linger` goes at once. `gather`: a
+        lingering batch goes as soon as this many calls wait (0: it waits the
+        whole linger), so a long linger costs a slow stream latency, not a
+        fast one."""
         self._run = run
         self._linger = linger
         self._gather = min(gather, max_batch) if gather > 0 else max_batch
@@ -56,6 +59,7 @@ class Batcher(Generic[K, V]):
         self._pending: list[tuple[K, Sink[V]]] = []
         self._worker: gevent.Greenlet[[], None] | None = None
         self._lingering: Event | None = None  # set when enough calls wait to end a linger
+        self._taken = -linger  # when the last batch was taken (time.monotonic)
 
     def __call__(self, key: K) -> V:
         return cast(V, self.submit(key).get())  # typed V | None as set() may pass nothing; _drain always passes a V
@@ -83,13 +87,22 @@ class Batcher(Generic[K, V]):
         try:
             first = True
             while self._pending:
-                if not first and self._linger and len(self._pending) < self._gather:
-                    self._lingering = Event()
-                    try:
-                        self._lingering.wait(self._linger)
-                    finally:
-                        self._lingering = None
+                if self._linger and len(self._pending) < self._gather:
+                    # after a batch that ran while calls came: the whole linger.
+                    # A new worker lingers what is left of one since the last
+                    # batch was taken: a stream a little slower than the
+                    # batch's round trip (1,000 messages a second: the worker
+                    # often found none waiting and ended) otherwise paid a
+                    # batch for every three messages, for the same latency bound
+                    wait = self._linger if not first else self._taken + self._linger - time.monotonic()
+                    if wait > 0:
+                        self._lingering = Event()
+                        try:
+                            self._lingering.wait(wait)
+                        finally:
+                            self._lingering = None
                 first = False
+                self._taken = time.monotonic()
                 if len(self._pending) <= self._max:  # the common case: all of it, no copies
                     batch, self._pending = self._pending, []
                 else:

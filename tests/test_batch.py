@@ -30,7 +30,7 @@ def test_callers_arriving_during_a_batch_share_the_next_one() -> None:
     assert b(9) == 90  # one caller alone: one batch of one
 
 
-@pytest.mark.parametrize("linger", [0.0, 2.0])
+@pytest.mark.parametrize("linger", [0.0, 0.5])
 def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(linger: float) -> None:
     """The log's writer (Settings.log_linger): the first batch after a quiet
     spell runs at once; a batch that follows another at once waits `linger`
@@ -48,8 +48,9 @@ def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(li
     b: Batcher[int, int] = Batcher(run, linger=linger)
     started = time.monotonic()
     assert b(0) == 0 and sizes == [1]
-    assert time.monotonic() - started < 1.0  # alone: its batch at once, not after the linger of 2 s
+    assert time.monotonic() - started < 0.4  # alone: its batch at once, not after the linger
     sizes.clear()
+    gevent.sleep(linger)  # a quiet spell
     first = gevent.spawn(b, 1)
     gevent.sleep(0.001)  # its batch runs; three more callers meanwhile
     others = [gevent.spawn(b, k) for k in (2, 3, 4)]
@@ -60,6 +61,34 @@ def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(li
         assert sizes == [1, 4]  # the late one caught the batch of those before it
     else:
         assert sizes == [1, 3, 1]  # each batch took what had arrived
+
+
+def test_a_call_soon_after_a_batch_waits_what_is_left_of_the_linger() -> None:
+    """A stream a little slower than the batch's round trip (each call finds
+    the last batch done and its worker gone) still shares batches: a call
+    less than `linger` after the last batch was taken waits what is left of
+    it, gathering those after it; one after a quiet spell goes at once."""
+    sizes: list[int] = []
+
+    def run(keys: list[int]) -> list[int]:
+        sizes.append(len(keys))
+        gevent.sleep(0.01)  # the batch's round trip
+        return keys
+
+    b: Batcher[int, int] = Batcher(run, linger=0.6)
+    assert b(0) == 0  # the first: at once
+    stream = []
+    for k in (1, 2, 3):  # one every 0.1 s, each after the last batch is done
+        gevent.sleep(0.1)
+        stream.append(gevent.spawn(b, k))
+    gevent.joinall(stream, raise_error=True)
+    assert [g.value for g in stream] == [1, 2, 3]
+    assert sizes == [1, 3]  # without waiting, a batch each: [1, 1, 1, 1]
+    gevent.sleep(0.6)  # a quiet spell
+    sizes.clear()
+    started = time.monotonic()
+    assert b(4) == 4 and sizes == [1]
+    assert time.monotonic() - started < 0.4  # at once, not after a linger
 
 
 def test_a_lingering_batch_goes_once_gather_calls_wait_and_a_slow_stream_waits_the_linger() -> None:
