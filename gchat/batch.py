@@ -46,9 +46,10 @@ class Batcher(Generic[K, V]):
         """`run(keys)` returns one result per key, in order. An exception it
         raises is raised to every caller of that batch. `linger`: seconds to
         wait before a batch that follows another at once (calls kept coming
-        while the last one ran), so that it gathers more; a batch that
-        follows one taken less than `linger` ago waits what is left of it;
-        the first after a quiet spell of `linger` goes at once. `gather`: a
+        while the last one ran), so that it gathers more; one that follows a
+        batch taken less than `linger` ago waits what is left of it when the
+        calls' rate says more come in that time; the first after a quiet
+        spell of `linger` goes at once. `gather`: a
         lingering batch goes as soon as this many calls wait (0: it waits the
         whole linger), so a long linger costs a slow stream latency, not a
         fast one."""
@@ -59,7 +60,8 @@ class Batcher(Generic[K, V]):
         self._pending: list[tuple[K, Sink[V]]] = []
         self._worker: gevent.Greenlet[[], None] | None = None
         self._lingering: Event | None = None  # set when enough calls wait to end a linger
-        self._taken = -linger  # when the last batch was taken (time.monotonic)
+        self._taken = -linger  # when the last batch was taken (time.monotonic; with a linger)
+        self._rate = 0.0  # calls a second, as the last batches saw them (with a linger)
 
     def __call__(self, key: K) -> V:
         return cast(V, self.submit(key).get())  # typed V | None as set() may pass nothing; _drain always passes a V
@@ -88,21 +90,30 @@ class Batcher(Generic[K, V]):
             first = True
             while self._pending:
                 if self._linger and len(self._pending) < self._gather:
-                    # after a batch that ran while calls came: the whole linger.
-                    # A new worker lingers what is left of one since the last
-                    # batch was taken: a stream a little slower than the
-                    # batch's round trip (1,000 messages a second: the worker
-                    # often found none waiting and ended) otherwise paid a
-                    # batch for every three messages, for the same latency bound
-                    wait = self._linger if not first else self._taken + self._linger - time.monotonic()
+                    if not first:  # after a batch that ran while calls came: the whole linger
+                        wait = self._linger
+                    else:
+                        # a new worker waits what is left of a linger since the
+                        # last batch was taken, when the stream's rate says more
+                        # calls come in it: at 1,000 messages a second the
+                        # worker often found none waiting and ended, and a
+                        # batch held three. A slower stream (100 a second)
+                        # would only wait, its batches held one either way
+                        wait = self._taken + self._linger - time.monotonic()
+                        if wait * self._rate < 1:
+                            wait = 0
                     if wait > 0:
                         self._lingering = Event()
                         try:
                             self._lingering.wait(wait)
                         finally:
                             self._lingering = None
+                if self._linger:
+                    now = time.monotonic()
+                    # calls a second, from this batch's size and its distance to the last (smoothed)
+                    self._rate = (self._rate + min(len(self._pending), self._max) / max(now - self._taken, 1e-6)) / 2
+                    self._taken = now
                 first = False
-                self._taken = time.monotonic()
                 if len(self._pending) <= self._max:  # the common case: all of it, no copies
                     batch, self._pending = self._pending, []
                 else:

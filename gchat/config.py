@@ -129,9 +129,9 @@ class Settings:
                                     "(a node killed loses at most this much: those messages come again)")
     log_linger: float = _opt(
         0.010, "seconds the log's writer waits, while messages keep coming, to gather more of them into its "
-        "next batch (one commit for all: less CPU per message, that much more latency): batches are at "
-        "least this far apart unless log_gather messages wait; a message after a quiet spell this long is "
-        "written at once; 0 = never wait")
+        "next batch (one commit for all: less CPU per message, that much more latency): a batch "
+        "less than this after the last waits for the rest when more messages are due in it; a message after "
+        "a quiet spell this long is written at once; 0 = never wait")
     log_gather: int = _opt(
         16, "messages waiting that end the writer's linger at once: a fast stream's batch goes as soon as it "
         "holds this many, a slow one waits log_linger; 0 = always the whole linger")

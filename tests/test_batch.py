@@ -63,11 +63,13 @@ def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(li
         assert sizes == [1, 3, 1]  # each batch took what had arrived
 
 
-def test_a_call_soon_after_a_batch_waits_what_is_left_of_the_linger() -> None:
+def test_a_call_soon_after_a_batch_waits_what_is_left_of_the_linger_when_more_are_coming() -> None:
     """A stream a little slower than the batch's round trip (each call finds
     the last batch done and its worker gone) still shares batches: a call
     less than `linger` after the last batch was taken waits what is left of
-    it, gathering those after it; one after a quiet spell goes at once."""
+    it when the stream's rate says more calls come meanwhile. A slow stream
+    (less than a call in what is left) and a call after a quiet spell go at
+    once."""
     sizes: list[int] = []
 
     def run(keys: list[int]) -> list[int]:
@@ -75,20 +77,31 @@ def test_a_call_soon_after_a_batch_waits_what_is_left_of_the_linger() -> None:
         gevent.sleep(0.01)  # the batch's round trip
         return keys
 
-    b: Batcher[int, int] = Batcher(run, linger=0.6)
+    b: Batcher[int, int] = Batcher(run, linger=1.0)
     assert b(0) == 0  # the first: at once
     stream = []
-    for k in (1, 2, 3):  # one every 0.1 s, each after the last batch is done
+    for k in range(1, 7):  # ten a second, each after the last batch is done
         gevent.sleep(0.1)
         stream.append(gevent.spawn(b, k))
     gevent.joinall(stream, raise_error=True)
-    assert [g.value for g in stream] == [1, 2, 3]
-    assert sizes == [1, 3]  # without waiting, a batch each: [1, 1, 1, 1]
-    gevent.sleep(0.6)  # a quiet spell
+    assert [g.value for g in stream] == [1, 2, 3, 4, 5, 6]
+    # the second call saw a rate of ten a second, so the third waited for the
+    # rest: without waiting, a batch each: [1, 1, 1, 1, 1, 1, 1]
+    assert sizes == [1, 1, 5]
+    gevent.sleep(1.0)  # a quiet spell
     sizes.clear()
     started = time.monotonic()
-    assert b(4) == 4 and sizes == [1]
-    assert time.monotonic() - started < 0.4  # at once, not after a linger
+    assert b(7) == 7 and sizes == [1]
+    assert time.monotonic() - started < 0.25  # at once, not after a linger
+
+    slow: Batcher[int, int] = Batcher(run, linger=1.0)
+    sizes.clear()
+    for k in range(3):  # one every 0.7 s: less than one call in the 0.3 s left of a linger
+        started = time.monotonic()
+        assert slow(k) == k
+        assert time.monotonic() - started < 0.25  # at once
+        gevent.sleep(0.7)
+    assert sizes == [1, 1, 1]
 
 
 def test_a_lingering_batch_goes_once_gather_calls_wait_and_a_slow_stream_waits_the_linger() -> None:
