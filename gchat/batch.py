@@ -49,10 +49,9 @@ class Batcher(Generic[K, V]):
         while the last one ran), so that it gathers more; one that follows a
         batch taken less than `linger` ago waits what is left of it when the
         calls' rate says more come in that time; the first after a quiet
-        spell of `linger` goes at once. `gather`: a
-        lingering batch goes as soon as this many calls wait (0: it waits the
-        whole linger), so a long linger costs a slow stream latency, not a
-        fast one."""
+        spell of `linger` goes at once. `gather`: a lingering batch goes as
+        soon as this many calls wait (0: it waits the whole linger), so a
+        long linger costs a slow stream latency, not a fast one."""
         self._run = run
         self._linger = linger
         self._gather = min(gather, max_batch) if gather > 0 else max_batch

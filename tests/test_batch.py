@@ -85,8 +85,9 @@ def test_a_call_soon_after_a_batch_waits_what_is_left_of_the_linger_when_more_ar
         stream.append(gevent.spawn(b, k))
     gevent.joinall(stream, raise_error=True)
     assert [g.value for g in stream] == [1, 2, 3, 4, 5, 6]
-    # the second call saw a rate of ten a second, so the third waited for the
-    # rest: without waiting, a batch each: [1, 1, 1, 1, 1, 1, 1]
+    # the second call's batch, 0.1 s after the first, set the rate; the third
+    # then waited for the rest of the linger, and the three after it joined
+    # (without waiting, a batch each: [1, 1, 1, 1, 1, 1, 1])
     assert sizes == [1, 1, 5]
     gevent.sleep(1.0)  # a quiet spell
     sizes.clear()
