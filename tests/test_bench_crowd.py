@@ -1,6 +1,7 @@
-"""gchat-bench crowd on a small crowd over a real three-node cluster: every
-user logged in twice (password, then resume token), every broadcast counted
-on every connection, the nodes sampled (no timing is asserted)."""
+"""gchat-bench over a real three-node cluster: crowd on a small crowd (every
+user logged in twice, password then resume token, every broadcast counted
+on every connection, the nodes sampled), and pingpong's pairs across nodes
+or each on one node (--local). No timing is asserted."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pytest
 from gchat.tools.bench.crowd import crowd_group, plan_crowd
 from gchat.tools.bench.scenarios import Options
 from gchat.tools.bench.wire import BenchError
-from tests.cluster_support import Cluster, RedisServer, running_cluster
+from tests.cluster_support import Cluster, RedisServer, running_cluster, wait_until
 from tests.support import ROOT, unique
+from tests.test_metrics import scrape, value
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +84,33 @@ def test_a_share_past_the_open_file_limit_is_refused_before_anything_starts() ->
     opts = Options(scenario="crowd", servers=[("127.0.0.1", 1)], users=50_000, procs=2, redis_url="redis://x")
     with pytest.raises(BenchError, match="--procs 3"):
         plan_crowd(opts)
+
+
+def test_pingpong_pairs_cross_nodes_unless_local(cluster: Cluster, tmp_path: Path) -> None:
+    """The cross-node figure and its local reference on the same nodes: by
+    default every pair spans two nodes, so each message is routed through
+    Redis; with --local each pair is on one node (the nodes still share the
+    pairs), and none is. Counted by the nodes' own /metrics."""
+
+    def routed() -> float:
+        return sum(value(scrape(node), "gchat_messages_total", path="routed") for node in cluster.nodes)
+
+    for local in (False, True):
+        before = routed()
+        cmd = [sys.executable, "-m", "gchat.tools.bench", "pingpong", "--pairs", "6", "--duration", "1",
+               "--drain", "5", "--users-file", str(tmp_path / "users.jsonl"), "--json", "--quiet",
+               *(["--local"] if local else [])]
+        for node in cluster.nodes:
+            assert node.proc is not None
+            cmd += ["--server", f"{node.host}:{node.port}", "--server-pid", str(node.proc.pid)]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        r = json.loads(done.stdout)
+        assert r["errors"] == 0 and r["lost"] == 0 and r["local"] is local, r
+        assert r["deliveries"] == r["sent"] > 12
+        if local:
+            assert routed() == before
+        else:  # every message, once each
+            want = before + r["sent"]
+            wait_until(lambda: routed() >= want, 10, what="the route counts")  # noqa: B023 - used at once
+            assert routed() == want

@@ -53,7 +53,7 @@ class Options:
     users: int = 1000
     concurrency: int = 10
     resume: bool = False
-    local: bool = False  # onetoone: both users of a pair on one node
+    local: bool = False  # onetoone, pingpong: both users of a pair on one node
     register: bool = False
     hold: float = 5.0
     users_file: str = ""
@@ -196,7 +196,7 @@ def _login(opts: Options, index: int, a: accounts.Account) -> Conn:
 
 def plan_pingpong(opts: Options) -> list[Task]:
     users = accounts.ensure(opts.servers[0], 2 * opts.pairs, opts.users_file, opts.setup_concurrency)
-    pairs = [(2 * i, users[2 * i], users[2 * i + 1]) for i in range(opts.pairs)]
+    pairs = [(i, users[2 * i], users[2 * i + 1]) for i in range(opts.pairs)]
     return [{"pairs": [(i, accounts.to_wire([a, b])) for i, a, b in share]}
             for share in _split(pairs, opts.procs)]
 
@@ -204,10 +204,11 @@ def plan_pingpong(opts: Options) -> list[Task]:
 class PingPong(Worker):
     def prepare(self) -> None:
         self.pairs: list[tuple[accounts.Account, Conn, accounts.Account, Conn]] = []
-        for index, wire in self.task["pairs"]:
+        for i, wire in self.task["pairs"]:
             a, b = accounts.from_wire(wire)
-            # consecutive indexes: on two servers, the pair spans both
-            ca, cb = _login(self.opts, index, a), _login(self.opts, index + 1, b)
+            # on two servers the pair spans both; --local: both on one
+            ia, ib = pair_nodes(self.opts, i)
+            ca, cb = _login(self.opts, ia, a), _login(self.opts, ib, b)
             self.pairs.append((a, ca, b, cb))
         self.stopped = False
         self.in_flight = 0
@@ -271,6 +272,7 @@ class PingPong(Worker):
 def merge_pingpong(results: list[Result], opts: Options) -> Result:
     out = _merge_common(results, opts, deliveries=sum(r["received"] for r in results))
     out["pairs"] = opts.pairs
+    out["local"] = opts.local
     return out
 
 
