@@ -114,3 +114,37 @@ def test_pingpong_pairs_cross_nodes_unless_local(cluster: Cluster, tmp_path: Pat
             want = before + r["sent"]
             wait_until(lambda: routed() >= want, 10, what="the route counts")  # noqa: B023 - used at once
             assert routed() == want
+
+
+def test_groups_span_the_nodes_unless_local(cluster: Cluster, tmp_path: Path) -> None:
+    """The group fan-out's cross-node figure and its local reference on the
+    same nodes: by default each group's members are spread over the nodes,
+    so most copies of a message are routed through Redis; with --local each
+    of the --groups groups is on one node of its own, and none is. Every
+    copy reaches its member once either way."""
+
+    def counted(path: str) -> float:
+        return sum(value(scrape(node), "gchat_messages_total", path=path) for node in cluster.nodes)
+
+    for local in (False, True):
+        routed, delivered = counted("routed"), counted("local")
+        cmd = [sys.executable, "-m", "gchat.tools.bench", "group", "--groups", "2", "--members", "4",
+               "--rate", "40", "--duration", "1", "--drain", "5", "--users-file", str(tmp_path / "users.jsonl"),
+               "--json", "--quiet", *(["--local"] if local else [])]
+        for node in cluster.nodes:
+            assert node.proc is not None
+            cmd += ["--server", f"{node.host}:{node.port}", "--server-pid", str(node.proc.pid)]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        r = json.loads(done.stdout)
+        assert r["errors"] == 0 and r["lost"] == 0 and r["duplicates"] == 0, r
+        assert r["local"] is local and r["groups"] == 2
+        # each message to the three other members of its own group, not to the other group's
+        assert r["deliveries"] == r["expected"] == 3 * r["sent"] and r["sent"] >= 30
+        # (and the notices of the joins, to the members already in)
+        assert counted("local") >= delivered + r["deliveries"]
+        if local:
+            assert counted("routed") == routed
+        else:  # four members round-robin over three nodes: most of a message's copies cross
+            wait_until(lambda: counted("routed") >= routed + r["deliveries"] // 2, 10,  # noqa: B023 - used at once
+                       what="the route counts")

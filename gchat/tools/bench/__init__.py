@@ -18,8 +18,9 @@ With `--server-pid` (repeatable: the nodes of a cluster) it reads the
 server's CPU time and memory from /proc. A bench process that used more than
 90% of a core is reported: its figures then measure the bench, not the server.
 A cluster variant is any scenario run with several `--server` (users spread
-round-robin: every pingpong or onetoone pair spans two nodes; --local
-keeps each pair on one node) or through nginx.
+round-robin: every pingpong or onetoone pair spans two nodes, a group all
+of them; --local keeps each pair, or each of `--groups` groups, on one
+node) or through nginx.
 
 No monkey patching: the bench uses gevent's sockets explicitly, so the
 parent's blocking waits (pipes, /proc) stay plain.
@@ -226,11 +227,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load (pingpong, group, onetoone)")
     p.add_argument("--drain", type=float, default=10.0, help="seconds to wait for messages still on their way")
     p.add_argument("--pairs", type=int, default=50, help="pingpong, onetoone, offline: pairs of users")
-    p.add_argument("--members", type=int, default=50, help="group: members, all online, all sending")
+    p.add_argument("--members", type=int, default=50, help="group: members of a group, all online, all sending")
+    p.add_argument("--groups", type=int, default=1,
+                   help="group: groups of --members users each, sharing --rate (default 1)")
     p.add_argument("--rate", type=float, default=2000.0, help="group, onetoone: messages per second offered, in total")
     p.add_argument("--local", action="store_true",
-                   help="onetoone, pingpong: both users of a pair on one node (pairs round-robin over --server), "
-                        "so no message crosses; default: users round-robin, every pair spans two nodes")
+                   help="onetoone, pingpong: both users of a pair on one node (pairs round-robin over --server); "
+                        "group: a group's members all on one node (groups round-robin); so no message crosses. "
+                        "Default: users round-robin, every pair and group spans the nodes")
     p.add_argument("--messages", type=int, default=1000, help="offline: messages stored per receiver")
     p.add_argument("--users", type=int, default=1000, help="login, connections, crowd: users")
     p.add_argument("--concurrency", type=int, default=10, help="login, connections, crowd: logins at once (in total)")

@@ -48,12 +48,13 @@ class Options:
     part_b: bool = True  # the server echoes seq (set by the parent's probe)
     pairs: int = 50
     members: int = 50
+    groups: int = 1  # group: how many groups of `members`, the rate shared
     rate: float = 2000.0
     messages: int = 1000
     users: int = 1000
     concurrency: int = 10
     resume: bool = False
-    local: bool = False  # onetoone, pingpong: both users of a pair on one node
+    local: bool = False  # onetoone, pingpong: both users of a pair on one node; group: a group's members
     register: bool = False
     hold: float = 5.0
     users_file: str = ""
@@ -280,20 +281,31 @@ def merge_pingpong(results: list[Result], opts: Options) -> Result:
 
 
 def plan_group(opts: Options) -> list[Task]:
-    users = accounts.ensure(opts.servers[0], opts.members, opts.users_file, opts.setup_concurrency)
-    creator = users[0]
+    """--groups G groups of --members users each, every member sending.
+    Users are spread round-robin over the servers by their index in the
+    whole run (with two nodes, half of each group's members on each);
+    --local puts group g's members all on server g (round-robin), so the
+    nodes carry the same load and no message crosses."""
+    n = opts.members
+    users = accounts.ensure(opts.servers[0], opts.groups * n, opts.users_file, opts.setup_concurrency)
+    groups = [users[g * n:(g + 1) * n] for g in range(opts.groups)]
+    ids: list[int] = []
     conn = Conn(opts.servers[0])
     try:
-        conn.login(creator.id, creator.password)
-        name = f"g_{creator.id}_{int(time.time() * 1000) % 10**9}"
-        group_id = _create_group(conn, creator, name, opts.part_b)
-        conn.send({"msgid": MsgId.LOGINOUT, "id": creator.id})
+        for g, members in enumerate(groups):
+            creator = members[0]
+            conn.login(creator.id, creator.password)
+            name = f"g_{creator.id}_{int(time.time() * 1000) % 10**9}_{g}"
+            ids.append(_create_group(conn, creator, name, opts.part_b))
+            conn.send({"msgid": MsgId.LOGINOUT, "id": creator.id})
     finally:
         conn.close()
-    members = list(enumerate(users))
-    return [{"group": group_id, "members": [(i, accounts.to_wire([a])[0]) for i, a in share],
-             "all": [a.id for a in users], "creator": creator.id}
-            for share in _split(members, opts.procs)]
+    # (index in the run: the send phase; where it logs in; its group; the account)
+    everyone = [(g * n + k, g if opts.local else g * n + k, ids[g], a)
+                for g, members in enumerate(groups) for k, a in enumerate(members)]
+    return [{"members": [(i, node, group_id, accounts.to_wire([a])[0]) for i, node, group_id, a in share],
+             "all": len(everyone), "creators": [members[0].id for members in groups]}
+            for share in _split(everyone, opts.procs)]
 
 
 def _create_group(conn: Conn, creator: accounts.Account, name: str, part_b: bool) -> int:
@@ -317,13 +329,14 @@ def _create_group(conn: Conn, creator: accounts.Account, name: str, part_b: bool
 
 class Group(Worker):
     def prepare(self) -> None:
-        self.group_id: int = self.task["group"]
-        self.members: list[tuple[accounts.Account, Conn]] = []
-        for index, wire in self.task["members"]:
+        # (index in the run, account, its connection, its group)
+        self.members: list[tuple[int, accounts.Account, Conn, int]] = []
+        creators = set(self.task["creators"])
+        for index, node, group_id, wire in self.task["members"]:
             a = accounts.Account(**wire)
-            conn = _login(self.opts, index, a)
-            if a.id != self.task["creator"]:
-                join = {"msgid": MsgId.ADD_GROUP, "id": a.id, "groupid": self.group_id}
+            conn = _login(self.opts, node, a)
+            if a.id not in creators:
+                join = {"msgid": MsgId.ADD_GROUP, "id": a.id, "groupid": group_id}
                 if self.opts.part_b:
                     try:
                         reply = conn.call({**join, "seq": 8})
@@ -333,30 +346,30 @@ class Group(Worker):
                         raise BenchError(f"join group: {reply}")
                 else:
                     conn.send(join)
-            self.members.append((a, conn))
+            self.members.append((index, a, conn, group_id))
         if not self.opts.part_b:
             gevent.sleep(1.0)  # part A joins are silent: give them time to land
         # receiver -> sender -> bitmap of message numbers seen
-        self.seen: dict[int, dict[int, bytearray]] = {a.id: {} for a, _ in self.members}
+        self.seen: dict[int, dict[int, bytearray]] = {a.id: {} for _, a, _, _ in self.members}
         self.dups = 0
         self.last_delivery = time.monotonic()
 
     def run(self, go: float) -> Result:
-        readers = [gevent.spawn(self._read, a, c) for a, c in self.members]
-        n_all = len(self.task["all"])
-        interval = n_all / self.opts.rate  # each member sends rate / members per second
+        readers = [gevent.spawn(self._read, a, c) for _, a, c, _ in self.members]
+        n_all = self.task["all"]
+        interval = n_all / self.opts.rate  # each member sends rate / (all members) per second
         stop = go + self.opts.duration
         # phases spread over one interval, so the offered load is smooth
-        senders = [gevent.spawn(self._send_paced, a, c, functools.partial(_group_chat, a, self.group_id),
+        senders = [gevent.spawn(self._send_paced, a, c, functools.partial(_group_chat, a, group_id),
                                 go + interval * (index / n_all), interval, stop)
-                   for (index, _), (a, c) in zip(self.task["members"], self.members, strict=True)]
+                   for index, a, c, group_id in self.members]
         gevent.joinall(senders)
         end = time.monotonic()
         # drain: until deliveries stop for a second, or the drain limit
         while time.monotonic() < end + self.opts.drain and time.monotonic() - self.last_delivery < 1.0:
             gevent.sleep(0.1)
         gevent.killall(readers)
-        for _, c in self.members:
+        for _, _, c, _ in self.members:
             c.close()
         out = self.base()
         out["window"] = end - go
@@ -404,6 +417,8 @@ def merge_group(results: list[Result], opts: Options) -> Result:
     out["lost"] = expected - unique
     out["duplicates"] = sum(r["dups"] for r in results)
     out["members"] = opts.members
+    out["groups"] = opts.groups
+    out["local"] = opts.local
     out["offered_msgs_per_s"] = opts.rate
     return out
 
