@@ -28,9 +28,9 @@ def cluster(mariadb: Any, redis_server: RedisServer) -> Iterator[Cluster]:
         yield c
 
 
-def crowd(cluster: Cluster, users_file: Path, *args: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "gchat.tools.bench", "crowd", "--redis-url", cluster.redis.url,
-           "--users-file", str(users_file), "--json", "--quiet", "--drain", "20", "--hold", "0.2", *args]
+def bench(cluster: Cluster, scenario: str, *args: str) -> dict[str, Any]:
+    """gchat-bench's JSON report of a scenario over every node of the cluster."""
+    cmd = [sys.executable, "-m", "gchat.tools.bench", scenario, "--json", "--quiet", *args]
     for node in cluster.nodes:
         assert node.proc is not None
         cmd += ["--server", f"{node.host}:{node.port}", "--server-pid", str(node.proc.pid)]
@@ -38,6 +38,16 @@ def crowd(cluster: Cluster, users_file: Path, *args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     return report
+
+
+def crowd(cluster: Cluster, users_file: Path, *args: str) -> dict[str, Any]:
+    return bench(cluster, "crowd", "--redis-url", cluster.redis.url, "--users-file", str(users_file),
+                 "--drain", "20", "--hold", "0.2", *args)
+
+
+def counted(cluster: Cluster, path: str) -> float:
+    """The nodes' chat message copies by path (local, routed, stored), summed."""
+    return sum(value(scrape(node), "gchat_messages_total", path=path) for node in cluster.nodes)
 
 
 def test_a_crowd_over_three_nodes_logs_in_twice_and_gets_every_broadcast_once(
@@ -92,28 +102,19 @@ def test_pingpong_pairs_cross_nodes_unless_local(cluster: Cluster, tmp_path: Pat
     Redis; with --local each pair is on one node (the nodes still share the
     pairs), and none is. Counted by the nodes' own /metrics."""
 
-    def routed() -> float:
-        return sum(value(scrape(node), "gchat_messages_total", path="routed") for node in cluster.nodes)
-
     for local in (False, True):
-        before = routed()
-        cmd = [sys.executable, "-m", "gchat.tools.bench", "pingpong", "--pairs", "6", "--duration", "1",
-               "--drain", "5", "--users-file", str(tmp_path / "users.jsonl"), "--json", "--quiet",
-               *(["--local"] if local else [])]
-        for node in cluster.nodes:
-            assert node.proc is not None
-            cmd += ["--server", f"{node.host}:{node.port}", "--server-pid", str(node.proc.pid)]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        r = json.loads(done.stdout)
+        before = counted(cluster, "routed")
+        r = bench(cluster, "pingpong", "--pairs", "6", "--duration", "1", "--drain", "5",
+                  "--users-file", str(tmp_path / "users.jsonl"), *(["--local"] if local else []))
         assert r["errors"] == 0 and r["lost"] == 0 and r["local"] is local, r
         assert r["deliveries"] == r["sent"] > 12
         if local:
-            assert routed() == before
+            assert counted(cluster, "routed") == before
         else:  # every message, once each
             want = before + r["sent"]
-            wait_until(lambda: routed() >= want, 10, what="the route counts")  # noqa: B023 - used at once
-            assert routed() == want
+            wait_until(lambda: counted(cluster, "routed") >= want, 10,  # noqa: B023 - used at once
+                       what="the route counts")
+            assert counted(cluster, "routed") == want
 
 
 def test_groups_span_the_nodes_unless_local(cluster: Cluster, tmp_path: Path) -> None:
@@ -132,30 +133,22 @@ def test_groups_span_the_nodes_unless_local(cluster: Cluster, tmp_path: Path) ->
     notices = sum(1 for i in range(groups * members) for j in range(i - i % members, i)
                   if i % nodes != j % nodes)
 
-    def counted(path: str) -> float:
-        return sum(value(scrape(node), "gchat_messages_total", path=path) for node in cluster.nodes)
-
     for local in (False, True):
-        routed, delivered = counted("routed"), counted("local")
+        routed, delivered = counted(cluster, "routed"), counted(cluster, "local")
         # eight senders at 40 a second in all for 1 s: five messages each (open loop: sent on schedule)
-        cmd = [sys.executable, "-m", "gchat.tools.bench", "group", "--groups", str(groups), "--members", str(members),
-               "--rate", "40", "--duration", "1", "--drain", "5", "--users-file", str(tmp_path / "users.jsonl"),
-               "--json", "--quiet", *(["--local"] if local else [])]
-        for node in cluster.nodes:
-            assert node.proc is not None
-            cmd += ["--server", f"{node.host}:{node.port}", "--server-pid", str(node.proc.pid)]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        r = json.loads(done.stdout)
+        r = bench(cluster, "group", "--groups", str(groups), "--members", str(members), "--rate", "40",
+                  "--duration", "1", "--drain", "5", "--users-file", str(tmp_path / "users.jsonl"),
+                  *(["--local"] if local else []))
         assert r["errors"] == 0 and r["lost"] == 0 and r["duplicates"] == 0, r
         assert r["local"] is local and r["groups"] == groups and r["sent"] == 40
         # each message to the three other members of its own group, not to the other group's
         assert r["deliveries"] == r["expected"] == 3 * r["sent"]
         # (and the notices of the joins, to the members already in)
-        assert counted("local") >= delivered + r["deliveries"]
+        assert counted(cluster, "local") >= delivered + r["deliveries"]
         if local:
-            assert counted("routed") == routed
+            assert counted(cluster, "routed") == routed
         else:  # a group message's route is not waited for: its count comes when its reply is read
             want = routed + notices + 5 * crossing
-            wait_until(lambda: counted("routed") >= want, 10, what="the route counts")  # noqa: B023 - used at once
-            assert counted("routed") == want
+            wait_until(lambda: counted(cluster, "routed") >= want, 10,  # noqa: B023 - used at once
+                       what="the route counts")
+            assert counted(cluster, "routed") == want
