@@ -290,16 +290,16 @@ def plan_group(opts: Options) -> list[Task]:
     users = accounts.ensure(opts.servers[0], opts.groups * n, opts.users_file, opts.setup_concurrency)
     groups = [users[g * n:(g + 1) * n] for g in range(opts.groups)]
     ids: list[int] = []
-    conn = Conn(opts.servers[0])
-    try:
-        for g, members in enumerate(groups):
-            creator = members[0]
+    for g, members in enumerate(groups):
+        creator = members[0]
+        conn = Conn(opts.servers[0])  # a connection each: one login a connection, as clients do
+        try:
             conn.login(creator.id, creator.password)
             name = f"g_{creator.id}_{int(time.time() * 1000) % 10**9}_{g}"
             ids.append(_create_group(conn, creator, name, opts.part_b))
             conn.send({"msgid": MsgId.LOGINOUT, "id": creator.id})
-    finally:
-        conn.close()
+        finally:
+            conn.close()
     # (index in the run: the send phase; where it logs in; its group; the account)
     everyone = [(g * n + k, g if opts.local else g * n + k, ids[g], a)
                 for g, members in enumerate(groups) for k, a in enumerate(members)]
