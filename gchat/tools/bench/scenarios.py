@@ -300,8 +300,10 @@ def plan_group(opts: Options) -> list[Task]:
             conn.send({"msgid": MsgId.LOGINOUT, "id": creator.id})
         finally:
             conn.close()
-    # (index in the run: the send phase; where it logs in; its group; the account)
-    everyone = [(g * n + k, g if opts.local else g * n + k, ids[g], a)
+    # (its send phase, in all members' interval: the groups' members take
+    # turns, so each group's messages come evenly spaced, G / rate apart;
+    # where it logs in: its index in the run, or its group's; its group; the account)
+    everyone = [(k * opts.groups + g, g if opts.local else g * n + k, ids[g], a)
                 for g, members in enumerate(groups) for k, a in enumerate(members)]
     return [{"members": [(i, node, group_id, accounts.to_wire([a])[0]) for i, node, group_id, a in share],
              "all": len(everyone), "creators": [members[0].id for members in groups]}
