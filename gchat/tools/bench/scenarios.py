@@ -300,13 +300,13 @@ def plan_group(opts: Options) -> list[Task]:
             conn.send({"msgid": MsgId.LOGINOUT, "id": creator.id})
         finally:
             conn.close()
-    # (its send phase, in all members' interval: the groups' members take
-    # turns, so each group's messages come evenly spaced, G / rate apart;
-    # where it logs in: its index in the run, or its group's; its group; the account)
+    # per member: its send phase (the groups' members take turns, so each
+    # group's messages come evenly spaced, G / rate apart), the index of
+    # the server it logs in to (Options.address), its group, its account
     everyone = [(k * opts.groups + g, g if opts.local else g * n + k, ids[g], a)
                 for g, members in enumerate(groups) for k, a in enumerate(members)]
     return [{"members": [(i, node, group_id, accounts.to_wire([a])[0]) for i, node, group_id, a in share],
-             "all": len(everyone), "creators": [members[0].id for members in groups]}
+             "creators": [members[0].id for members in groups]}
             for share in _split(everyone, opts.procs)]
 
 
@@ -331,7 +331,7 @@ def _create_group(conn: Conn, creator: accounts.Account, name: str, part_b: bool
 
 class Group(Worker):
     def prepare(self) -> None:
-        # (index in the run, account, its connection, its group)
+        # (send phase, account, its connection, its group)
         self.members: list[tuple[int, accounts.Account, Conn, int]] = []
         creators = set(self.task["creators"])
         for index, node, group_id, wire in self.task["members"]:
@@ -358,7 +358,7 @@ class Group(Worker):
 
     def run(self, go: float) -> Result:
         readers = [gevent.spawn(self._read, a, c) for _, a, c, _ in self.members]
-        n_all = self.task["all"]
+        n_all = self.opts.groups * self.opts.members  # every member of the run, each on a phase of its own
         interval = n_all / self.opts.rate  # each member sends rate / (all members) per second
         stop = go + self.opts.duration
         # phases spread over one interval, so the offered load is smooth
