@@ -1,7 +1,8 @@
 """gchat-bench over a real three-node cluster: crowd on a small crowd (every
 user logged in twice, password then resume token, every broadcast counted
-on every connection, the nodes sampled), and pingpong's pairs across nodes
-or each on one node (--local). No timing is asserted."""
+on every connection, the nodes sampled), and pingpong's pairs and group's
+groups across nodes or each on one node (--local), counted by the nodes'
+/metrics. No timing is asserted."""
 
 from __future__ import annotations
 
