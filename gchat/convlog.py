@@ -357,25 +357,6 @@ def append(conn: Connection, rows: Sequence[Mapping[str, object]]) -> None:
 APPEND_COLUMNS = ("conversation_id", "seq", "sender", "created", "body", "kind")
 Row = tuple[int, int, int, int, str, str]  # a message to append, in APPEND_COLUMNS order
 
-# The fast path's check, run by the server between its UPDATE and its INSERT
-# (MariaDB runs IF outside stored programs): the UPDATE's count (found rows:
-# the writer's connection has FOUND_ROWS) must be the batch's conversations,
-# or the server signals MOVED and runs nothing more of the query.
-MOVED = "gchat: a conversation moved"
-_SIGNAL = 1644  # ER_SIGNAL_EXCEPTION: an unhandled user SIGNAL
-
-
-def check_count(n: int) -> str:
-    """The statement that signals MOVED unless the previous one matched n rows."""
-    return f"IF ROW_COUNT() <> {int(n)} THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{MOVED}'; END IF"
-
-
-def moved(e: BaseException) -> bool:
-    """e is the driver's error for check_count's signal."""
-    args: tuple[object, ...] = tuple(getattr(e, "args", ()))
-    return args[:2] == (_SIGNAL, MOVED)
-
-
 def render(sql: str, args: Sequence[object]) -> str:
     """sql's "%s" placeholders bound to args, as the driver's mogrify would
     bind them (this module's statements take only ints and strings; a
@@ -532,15 +513,24 @@ class FastSql:
 
     def fast(self, expected: Mapping[int, tuple[int, int, int]], rows: Sequence[Row],
              backslash_escapes: bool = True) -> str:
-        """The fast path's whole batch as one statement, so its answer is
-        one result to read (four as separate statements): the checking
-        UPDATE, check_count's check of its count, the INSERT and the COMMIT,
-        in a compound statement (MariaDB's BEGIN NOT ATOMIC). A statement
-        that fails (the check's MOVED, a duplicate key, a deadlock) ends it
-        with its error, the rest unrun: the COMMIT goes only with a batch
+        """The fast path's whole batch as one compound statement (MariaDB's
+        BEGIN NOT ATOMIC), so that either outcome is one round trip:
+        - the checking UPDATE; when its count (found rows: the writer's
+          connection has FOUND_ROWS) is the batch's conversations, the
+          INSERT and the COMMIT, one OK packet to read;
+        - when it is short (a conversation moved: another node wrote it, a
+          member joined), a ROLLBACK and the locking path's SELECT ... FOR
+          UPDATE of the batch's conversations: the answer is its rows (id,
+          last_seq, member_epoch), locked until the caller's next query
+          commits. A moved batch then costs the locking path's two round
+          trips, not four (the fast try, its rollback, the lock, the write).
+        A statement that fails (a duplicate key, a deadlock) ends it with
+        its error, the rest unrun: the COMMIT goes only with a batch
         numbered right; the caller rolls back what ran."""
-        return (f"BEGIN NOT ATOMIC {self.advance_if(expected)}; {check_count(len(expected))}; "
-                f"{self.append(rows, backslash_escapes)}; COMMIT; END")
+        ids = sorted(expected)
+        return (f"BEGIN NOT ATOMIC {self.advance_if(expected)}; IF ROW_COUNT() <> {len(ids)} THEN ROLLBACK; "
+                f"{render(self._lock(len(ids)), ids)}; ELSE {self.append(rows, backslash_escapes)}; COMMIT; "
+                "END IF; END")
 
 
 def _ints_only(text: str, n: int) -> str:

@@ -1,5 +1,5 @@
-"""One query that returns no rows, sent and answered on the socket PyMySQL
-opened and authenticated: the log's writer's batches (gchat/writer.py).
+"""One query, sent and answered on the socket PyMySQL opened and
+authenticated: the log's writer's batches (gchat/writer.py).
 
 Why not PyMySQL's `Cursor.execute`: a batch's one query went through the
 cursor, `Connection.query`, a `MySQLResult`, `_read_packet` twice per
@@ -10,15 +10,18 @@ waited under a gevent Timeout, and an `OKPacketWrapper` around a
 a busy node's CPU (docs/benchmarks.md, "The writer's query on the wire").
 Here the query is one `send`, its answer one wait and (almost always)
 one `recv`, parsed in place (the MySQL client/server protocol: a COM_QUERY
-packet; OK or ERR packets back).
+packet; OK or ERR packets back, and, where the caller asks for them, the
+rows of a result set of ints: the fast path's compound statement answers
+one when a conversation moved, the rows it then locked).
 
-What stays PyMySQL's: the handshake, TLS, every query that returns rows,
-ROLLBACK. Its connection's state is kept as its own reads would leave it:
+What stays PyMySQL's: the handshake, TLS, every other query that returns
+rows, ROLLBACK. Its connection's state is kept as its own reads would leave
+it:
 `server_status` from each OK packet (the writer reads NO_BACKSLASH_ESCAPES
 there), a lost connection closed (`_force_close`) and raised as PyMySQL
 raises it (OperationalError 2013 or 2006, which SQLAlchemy's dialect calls a
 disconnect), an ERR packet raised as PyMySQL's own exception for its errno
-(a deadlock, a duplicate key, the writer's MOVED signal).
+(a deadlock, a duplicate key).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ MAX_PACKET = 0xFFFFFF
 MORE_RESULTS = 8  # SERVER_MORE_RESULTS_EXISTS: another result of a multi-statement query follows
 CHUNK = 65536  # what one recv asks the kernel for
 CR_SERVER_GONE_ERROR, CR_SERVER_LOST = 2006, 2013  # PyMySQL's constants.CR
+Rows = list[tuple[int | None, ...]]  # a result set of ints, as read here
 
 
 class Wire:
@@ -65,18 +69,20 @@ class Wire:
             return last
         return Wire(raw)
 
-    def query(self, sql: str) -> int:
-        """Send sql (one or several statements returning no rows) as one
-        COM_QUERY and read its answer: the first result's affected (found)
-        rows. An ERR packet is raised as PyMySQL raises it (the statements
-        after the failed one were not run); a lost connection is closed and
-        raised as PyMySQL's OperationalError."""
+    def query(self, sql: str, sets: list[Rows] | None = None) -> int:
+        """Send sql (one or several statements) as one COM_QUERY and read its
+        answer: the first result's affected (found) rows. A statement may
+        return rows only when `sets` is given: each result set is appended
+        to it, its fields as ints (NULL: None). An ERR packet is raised as
+        PyMySQL raises it (the statements after the failed one were not
+        run); a lost connection is closed and raised as PyMySQL's
+        OperationalError."""
         raw, sock = self.raw, self.sock
         if raw._sock is not sock or sock is None:  # closed (PyMySQL's _force_close)
             raise err.InterfaceError(0, "")
         data = sql.encode(raw.encoding)
         if len(data) + 1 >= MAX_PACKET:
-            return through_cursor(raw, sql)
+            return through_cursor(raw, sql, sets)
         raw._result = None  # PyMySQL's last result, read whole: none of its own now
         # the header: a 3-byte length and sequence id 0 (the high byte of
         # the 4-byte int), then the command
@@ -97,63 +103,127 @@ class Wire:
             raise
         raw._next_seq_id = 1
         self.reads.expect()
-        return _answer(raw, self.reads)
+        return _Answer(raw, self.reads).read(sets)
 
 
-def through_cursor(raw: Any, sql: str) -> int:
+def through_cursor(raw: Any, sql: str, sets: list[Rows] | None = None) -> int:
     """query's answer through PyMySQL's cursor, every result read (a TLS
     connection, a query longer than one packet): the first result's
-    affected (found) rows."""
+    affected (found) rows; each result set appended to `sets`."""
     cur = raw.cursor()
     try:
         cur.execute(sql)
         matched = int(cur.rowcount)
-        while cur.nextset():
-            pass
+        while True:
+            if cur.description is not None:
+                if sets is None:
+                    raise err.InternalError("unexpected rows in the answer to a query without rows")
+                sets.append([tuple(None if f is None else int(f) for f in r) for r in cur.fetchall()])
+            if not cur.nextset():
+                break
     finally:
         cur.close()
     return matched
 
 
-def _answer(raw: Any, reads: Reads) -> int:
-    """The query's OK packets (several: a multi-statement query's, each but
-    the last with MORE_RESULTS set) or its ERR packet."""
-    buf = b""
-    seq = 1
-    first: int | None = None
-    while True:
-        buf = _fill(raw, reads, buf, 4)
+class _Answer:
+    """A query's answer, packet by packet (the MySQL protocol's packets:
+    a 3-byte length, a sequence id, the payload)."""
+
+    __slots__ = ("raw", "reads", "buf", "seq")
+
+    def __init__(self, raw: Any, reads: Reads) -> None:
+        self.raw = raw
+        self.reads = reads
+        self.buf = b""
+        self.seq = 1
+
+    def packet(self) -> bytes:
+        raw = self.raw
+        buf = _fill(raw, self.reads, self.buf, 4)
         length = buf[0] | buf[1] << 8 | buf[2] << 16
-        if buf[3] != seq:
+        if buf[3] != self.seq:
             raw._force_close()
             if buf[3] == 0:  # MariaDB's ERR packet when it shuts down (as PyMySQL reads it)
                 raise err.OperationalError(CR_SERVER_LOST, "Lost connection to MySQL server during query")
-            raise err.InternalError(f"Packet sequence number wrong - got {buf[3]} expected {seq}")
-        if length >= MAX_PACKET:  # never for an OK or ERR packet
+            raise err.InternalError(f"Packet sequence number wrong - got {buf[3]} expected {self.seq}")
+        if length >= MAX_PACKET:  # never for an OK or ERR packet, nor a row of ints
             raw._force_close()
             raise err.InternalError(f"unexpected packet of {length} bytes")
-        buf = _fill(raw, reads, buf, 4 + length)
-        payload, buf = buf[4:4 + length], buf[4 + length:]
-        seq = (seq + 1) % 256
-        raw._next_seq_id = seq
-        if payload[0] == 0xFF:  # ERR: the query ends here
-            if buf:  # bytes after the end: the connection is out of step
+        buf = _fill(raw, self.reads, buf, 4 + length)
+        payload, self.buf = buf[4:4 + length], buf[4 + length:]
+        self.seq = (self.seq + 1) % 256
+        raw._next_seq_id = self.seq
+        return payload
+
+    def read(self, sets: list[Rows] | None) -> int:
+        """The query's OK packets (several: a multi-statement query's, each
+        but the last with MORE_RESULTS set), result sets where `sets` takes
+        them, or its ERR packet."""
+        raw = self.raw
+        first: int | None = None
+        while True:
+            payload = self.packet()
+            if payload[0] == 0xFF:  # ERR: the query ends here
+                if self.buf:  # bytes after the end: the connection is out of step
+                    raw._force_close()
+                err.raise_mysql_exception(payload)
+            if payload[0] == 0x00 and len(payload) >= 7:  # OK
+                affected, at = _lenenc(payload, 1)
+                _, at = _lenenc(payload, at)  # the last insert id
+                status = payload[at] | payload[at + 1] << 8
+                if first is None:
+                    first = affected
+            elif sets is not None and payload[0] not in (0xFB, 0xFE):  # a result set's column count
+                rows: Rows = []
+                status = self._result_set(payload, rows)
+                sets.append(rows)
+                if first is None:
+                    first = len(rows)
+            else:  # a result set nobody asked for, or no OK packet
                 raw._force_close()
-            err.raise_mysql_exception(payload)
-        if payload[0] != 0x00 or length < 7:  # a result set, or no OK packet
-            raw._force_close()
-            raise err.InternalError(f"unexpected answer to a query without rows: {payload[:16]!r}")
-        affected, at = _lenenc(payload, 1)
-        _, at = _lenenc(payload, at)  # the last insert id
-        status = payload[at] | payload[at + 1] << 8
-        raw.server_status = status
-        if first is None:
-            first = affected
-        if not status & MORE_RESULTS:
-            if buf:  # bytes nobody asked for: the connection is out of step
-                raw._force_close()
-                raise err.InternalError(f"unexpected bytes after a query's answer: {buf[:16]!r}")
-            return first
+                raise err.InternalError(f"unexpected answer to a query without rows: {payload[:16]!r}")
+            raw.server_status = status
+            if not status & MORE_RESULTS:
+                if self.buf:  # bytes nobody asked for: the connection is out of step
+                    raw._force_close()
+                    raise err.InternalError(f"unexpected bytes after a query's answer: {self.buf[:16]!r}")
+                return first
+
+    def _result_set(self, head: bytes, rows: Rows) -> int:
+        """A text result set after its column count (`head`): the column
+        definitions and their EOF packet skipped (PyMySQL's connection does
+        not ask for CLIENT_DEPRECATE_EOF), each row's fields read as ints,
+        up to the closing EOF packet; its status flags."""
+        columns, _ = _lenenc(head, 0)
+        for _ in range(columns):
+            self.packet()
+        if not _eof(self.packet()):
+            self.raw._force_close()
+            raise err.InternalError("no EOF packet after a result set's columns")
+        while True:
+            payload = self.packet()
+            if _eof(payload):
+                return payload[3] | payload[4] << 8
+            if payload[0] == 0xFF:  # an error in the middle of the rows
+                err.raise_mysql_exception(payload)
+            row: list[int | None] = []
+            at = 0
+            for _ in range(columns):
+                if payload[at] == 0xFB:  # NULL
+                    row.append(None)
+                    at += 1
+                    continue
+                size, at = _lenenc(payload, at)
+                row.append(int(payload[at:at + size]))
+                at += size
+            rows.append(tuple(row))
+
+
+def _eof(payload: bytes) -> bool:
+    """An EOF packet (0xFE, warnings, status flags; shorter than 9 bytes:
+    a row's first field is never a 0xFE length that short)."""
+    return payload[0] == 0xFE and len(payload) < 9
 
 
 def _deadline(sock: Any) -> Callable[[Any], None] | None:

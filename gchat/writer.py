@@ -27,10 +27,10 @@ seventh of a busy node's CPU), but on a TLS connection:
 - the fast path (this node knows where the conversations are: it wrote
   them last, or heard of their last message over the bus, `heard`), one
   round trip: the UPDATE that checks this node's last_seq and member
-  epoch, the server's own check of its count (convlog.check_count: it
-  signals, and runs nothing more, when a conversation moved: a rollback
-  and the locking path), the INSERT and the COMMIT, as one compound
-  statement (one result to read, not four: convlog.FastSql.fast);
+  epoch, then, as the server finds its count (found rows), the INSERT and
+  the COMMIT; or, when a conversation moved, a rollback and the lock's
+  SELECT, whose rows are the answer: the locking path's first round trip,
+  taken in the same one (one compound statement: convlog.FastSql.fast);
 - the locking path (conversations another node writes too without this
   one hearing of it, `_contested`: the fast path would only fail on them):
   the lock's SELECT; then the UPDATE, the INSERT and the COMMIT in one
@@ -158,6 +158,9 @@ class LogWriter:
         # locked them: another node writes them too (_write), and this one
         # has not heard of it since (heard)
         self._contested: set[int] = set()
+        # the path that wrote the last batch: the lock (the locking path, or
+        # the fast one's when it found a conversation moved) or the fast one
+        self._locked_last = False
         self._conn: Connection | None = None  # the batches' own, checked out once
         self._started = 0.0  # when its server started (_server_started)
         # MySQL/MariaDB: the fast path's statements go to the driver itself,
@@ -313,19 +316,20 @@ class LogWriter:
         done: list[Written | ProtocolError] | None = None
         # a conversation another node wrote since this one's last batch
         # (`_contested`: it moved the last time it was locked here) is
-        # locked first: the fast path would only find it moved, roll back
-        # and lock it anyway
+        # locked first: the fast path would only find it moved, having
+        # numbered and rendered the batch in vain
         counts = self.counts
         if self._fast_ok() and all(c in self._last and c not in self._contested for _, c in items):
             try:
                 done = self._run(items, fast=True)
-                counts.batches_fast += 1
-            except _Moved:
+            except _Moved:  # known before anything was sent (stale members, a refusal to make)
                 counts.batches_moved += 1
-                done = None
         if done is None:
             done = self._run(items, fast=False)
+        if self._locked_last:
             counts.batches_locked += 1
+        else:
+            counts.batches_fast += 1
         written = [w for w in done if isinstance(w, Written)]
         last = self._last
         for w in written:  # committed: what this node wrote is where each conversation is
@@ -370,6 +374,7 @@ class LogWriter:
                             self._started = _server_started(self._conn.connection.dbapi_connection)
                     if self._sql is not None:
                         return self._fast(self._conn, items, sent) if fast else self._locked(self._conn, items, sent)
+                    self._locked_last = not fast
                     with self._conn.begin() as tx:
                         done, rows, expected = self._number(self._conn, items, fast)
                         if expected is not None:
@@ -407,86 +412,95 @@ class LogWriter:
 
     def _fast(self, conn: Connection, items: list[tuple[Outgoing, int]],
               sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
-        """The fast path on MySQL/MariaDB, on the driver's connection: the
-        checking UPDATE, the INSERT, the commit (see convlog.FastSql)."""
+        """The fast path on MySQL/MariaDB, on the driver's connection, in one
+        round trip (convlog.FastSql.fast): the checking UPDATE, then the
+        INSERT and the commit; or, when a conversation moved, the rows
+        locked and read in the same round trip, and the batch numbered
+        again and written as the locking path's second one."""
         assert self._sql is not None
         done, rows, expected = self._number(conn, items, True)
         raw = conn.connection.dbapi_connection
         assert raw is not None and expected is not None
-        dialect = conn.dialect
-        with _raw_transaction(raw, dialect):
-            # one round trip and one result for the whole batch: the
-            # server itself checks the UPDATE's count (the driver's
-            # FOUND_ROWS: rows matched) and signals MOVED when a
-            # conversation moved; it runs nothing after a statement that
-            # failed, so the INSERT and the COMMIT go only with a batch
-            # numbered right (convlog.FastSql.fast)
+        with _raw_transaction(raw, conn.dialect):
             sql = self._sql.fast(expected, rows, _backslash_escapes(raw))
             sent.append(_Sent(done, rows[0], raw.thread_id(), self._started))
-            try:
-                self._command(raw, sql)  # the values are in the text
-            except dialect.loaded_dbapi.Error as e:
-                if convlog.moved(e):
-                    sent.clear()  # nothing was committed: the transaction is open, rolled back here
-                    raw.rollback()
-                    raise _Moved from None
-                raise
-        return done
+            locked: list[sqlwire.Rows] = []
+            self._command(raw, sql, locked)  # the values are in the text
+            if not locked:  # committed
+                self._locked_last = False
+                return done
+            # moved: rolled back, nothing written; the batch's rows are locked now
+            sent.clear()
+            self.counts.batches_moved += 1
+            return self._write_locked(raw, items, _state(locked[0]), sent)
 
     def _locked(self, conn: Connection, items: list[tuple[Outgoing, int]],
                 sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
         """The locking path on MySQL/MariaDB, on the driver's connection, in
-        two round trips: the rows locked and read (SELECT
-        ... FOR UPDATE), then the UPDATE, the INSERT and the COMMIT in one
-        query. Nothing needs checking between them: the rows are locked and
-        their values known, and the server runs no statement of a query
-        after one that failed, so an INSERT's error leaves the COMMIT unsent
-        (the transaction is rolled back here). A group whose member epoch
-        moved has its members read between the two, under the lock."""
+        two round trips: the rows locked and read (SELECT ... FOR UPDATE),
+        then the write (_write_locked)."""
         assert self._sql is not None
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        dialect = conn.dialect
-        with _raw_transaction(raw, dialect):
+        with _raw_transaction(raw, conn.dialect):
+            sql, ids = self._sql.lock(c for _, c in items)
             cur = raw.cursor()
             try:
-                sql, ids = self._sql.lock(c for _, c in items)
                 _execute(raw, cur, sql, ids)
-                state = {int(i): (int(last), int(epoch)) for i, last, epoch in cur.fetchall()}
-                stale = self._stale(items, state)
-                if stale:
-                    sql, ids = self._sql.members(stale)
-                    _execute(raw, cur, sql, ids)
-                    fresh: dict[int, list[int]] = {g: [] for g in stale}
-                    for gid, uid in cur.fetchall():
-                        fresh[int(gid)].append(int(uid))
-                    self._reloaded(stale, state, {g: tuple(m) for g, m in fresh.items()})
-                self._moves(state)
-                done, rows, advanced = self._numbered(items, state)
-                if not rows:
-                    raw.rollback()  # the locks go; nothing was written
-                    return done
-                update = self._sql.advance_if(advanced)  # matches: the rows are locked
-                insert = self._sql.append(rows, _backslash_escapes(raw))
-                sent.append(_Sent(done, rows[0], raw.thread_id(), self._started))
-                # the values are in the text; the UPDATE's count first, then
-                # the INSERT's and the COMMIT's results (an error, if any)
-                matched = self._command(raw, update + ";" + insert + ";COMMIT")
-                if matched != len(advanced):  # never: the rows are locked (a bug would show here)
-                    log.error("the locked UPDATE matched %d of %d conversations", matched, len(advanced))
+                state = _state(cur.fetchall())
             finally:
                 cur.close()
+            return self._write_locked(raw, items, state, sent)
+
+    def _write_locked(self, raw: Any, items: list[tuple[Outgoing, int]], state: Mapping[int, tuple[int, int]],
+                      sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
+        """The batch numbered from `state`, read under the lock its rows are
+        still under, and written: the UPDATE, the INSERT and the COMMIT in
+        one query. Nothing needs checking between them: the rows are locked
+        and their values known, and the server runs no statement of a query
+        after one that failed, so an INSERT's error leaves the COMMIT unsent
+        (the caller's _raw_transaction rolls back). A group whose member
+        epoch moved has its members read first, under the lock (one round
+        trip more)."""
+        assert self._sql is not None
+        self._locked_last = True
+        stale = self._stale(items, state)
+        if stale:
+            cur = raw.cursor()
+            try:
+                sql, ids = self._sql.members(stale)
+                _execute(raw, cur, sql, ids)
+                fresh: dict[int, list[int]] = {g: [] for g in stale}
+                for gid, uid in cur.fetchall():
+                    fresh[int(gid)].append(int(uid))
+            finally:
+                cur.close()
+            self._reloaded(stale, state, {g: tuple(m) for g, m in fresh.items()})
+        self._moves(state)
+        done, rows, advanced = self._numbered(items, state)
+        if not rows:
+            raw.rollback()  # the locks go; nothing was written
+            return done
+        update = self._sql.advance_if(advanced)  # matches: the rows are locked
+        insert = self._sql.append(rows, _backslash_escapes(raw))
+        sent.append(_Sent(done, rows[0], raw.thread_id(), self._started))
+        # the values are in the text; the UPDATE's count first, then
+        # the INSERT's and the COMMIT's results (an error, if any)
+        matched = self._command(raw, update + ";" + insert + ";COMMIT")
+        if matched != len(advanced):  # never: the rows are locked (a bug would show here)
+            log.error("the locked UPDATE matched %d of %d conversations", matched, len(advanced))
         return done
 
-    def _command(self, raw: Any, sql: str) -> int:
-        """A query returning no rows (one or several statements) on the
-        driver's connection, every result read; the first one's found rows.
-        On the wire itself (gchat/sqlwire.py) unless the connection is
-        TLS's: then through PyMySQL's cursor."""
+    def _command(self, raw: Any, sql: str, sets: list[sqlwire.Rows] | None = None) -> int:
+        """A query (one or several statements) on the driver's connection,
+        every result read; the first one's found rows, and its result sets
+        appended to `sets` (a query that may answer rows). On the wire
+        itself (gchat/sqlwire.py) unless the connection is TLS's: then
+        through PyMySQL's cursor."""
         wire = self._wire = sqlwire.Wire.for_(raw, self._wire)
         if wire.usable:
-            return wire.query(sql)
-        return sqlwire.through_cursor(raw, sql)
+            return wire.query(sql, sets)
+        return sqlwire.through_cursor(raw, sql, sets)
 
     def _committed(self, sent: _Sent) -> bool | None:
         """Whether the batch whose query was lost with its connection
@@ -635,6 +649,12 @@ class LogWriter:
             del self._groups[m.group]
         if m.to is not None and self._pairs.get(convlog.pair_key(m.sender, m.to)) == c:
             del self._pairs[convlog.pair_key(m.sender, m.to)]
+
+
+def _state(rows: Sequence[Sequence[Any]]) -> dict[int, tuple[int, int]]:
+    """The locking SELECT's rows (id, last_seq, member_epoch) as conv ->
+    (last_seq, member_epoch)."""
+    return {int(i): (int(last), int(epoch)) for i, last, epoch in rows}
 
 
 def _made_elsewhere(e: Conflict | ProtocolError) -> bool:

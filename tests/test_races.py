@@ -278,14 +278,14 @@ def test_a_batch_whose_connection_is_lost_during_its_commit_is_logged_once(maria
         real = sqlwire.Wire.query
         lost: list[bool] = []
 
-        def query_then_lose(wire, sql):  # type: ignore[no-untyped-def]
+        def query_then_lose(wire, sql, sets=None):  # type: ignore[no-untyped-def]
             if "COMMIT" in sql and not lost:
                 lost.append(True)
                 if reached:
-                    real(wire, sql)
+                    real(wire, sql, sets)
                 wire.raw.close()  # the socket goes, as with a network cut
                 raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
-            return real(wire, sql)
+            return real(wire, sql, sets)
 
         monkeypatch.setattr(sqlwire.Wire, "query", query_then_lose)
         second, _ = writer.append(Outgoing(a, {"msg": "two"}, to=b))
@@ -326,14 +326,14 @@ def test_a_batch_whose_query_is_still_on_the_server_when_its_connection_is_given
         real = sqlwire.Wire.query
         given_up: list[int] = []
 
-        def sent_then_given_up(wire, sql):  # type: ignore[no-untyped-def]
+        def sent_then_given_up(wire, sql, sets=None):  # type: ignore[no-untyped-def]
             if "COMMIT" in sql and not given_up:
                 given_up.append(wire.raw.thread_id())
                 data = sql.encode()
                 wire.sock.sendall(struct.pack("<IB", len(data) + 1, sqlwire.COM_QUERY) + data)
                 wire.raw._force_close()  # the server reads the query all the same, and waits for the lock
                 raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query (timed out)")
-            return real(wire, sql)
+            return real(wire, sql, sets)
 
         release = threading.Timer(1.0, holder.commit)
         release.start()
@@ -462,13 +462,13 @@ def test_a_batch_whose_commit_is_lost_when_the_log_cannot_be_asked_is_refused_as
     with _a_pairs_writer(mariadb) as (db, writer, a, b, first):
         real = sqlwire.Wire.query
 
-        def query_then_lose(wire, sql):  # type: ignore[no-untyped-def]
+        def query_then_lose(wire, sql, sets=None):  # type: ignore[no-untyped-def]
             if "COMMIT" in sql:
-                real(wire, sql)
+                real(wire, sql, sets)
                 wire.raw.close()  # the socket goes, and the database with it
                 monkeypatch.setattr(writer._engine, "connect", unreachable)
                 raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
-            return real(wire, sql)
+            return real(wire, sql, sets)
 
         monkeypatch.setattr(sqlwire.Wire, "query", query_then_lose)
         with pytest.raises(Unavailable) as refused:

@@ -78,6 +78,33 @@ def test_a_query_longer_than_a_packet_goes_through_the_cursor_every_result_read(
     assert _rows(raw) == [(1, 1), (2, 7)]
 
 
+def test_a_result_set_is_read_where_the_caller_takes_rows(raw: Any) -> None:
+    """The fast path's compound statement answers the rows it locked when a
+    conversation moved: a result set of ints (NULL as None), then the
+    compound's own OK packet."""
+    wire = sqlwire.Wire(raw)
+    wire.query("INSERT INTO t VALUES (1, 10), (2, 20), (3, 300000); COMMIT")
+    branch = ("BEGIN NOT ATOMIC UPDATE t SET v = v + 1 WHERE id IN (1, 2) AND (id, v) IN ((1, 10), (2, {v})); "
+              "IF ROW_COUNT() <> 2 THEN ROLLBACK; SELECT id, v, NULL FROM t WHERE id IN (1, 2, 3) ORDER BY id "
+              "FOR UPDATE; ELSE COMMIT; END IF; END")
+    sets: list[sqlwire.Rows] = []
+    wire.query(branch.format(v=20), sets)  # both matched: committed, no rows
+    assert sets == []
+    assert _rows(raw) == [(1, 11), (2, 21), (3, 300000)]
+    wire.query(branch.format(v=99), sets)  # one moved: rolled back, the rows read (and locked)
+    assert sets == [[(1, 11, None), (2, 21, None), (3, 300000, None)]]
+    raw.rollback()
+    assert _rows(raw) == [(1, 11), (2, 21), (3, 300000)]
+    # a result set of no rows is still one
+    wire.query("BEGIN NOT ATOMIC SELECT id, v FROM t WHERE id = 9; END", sets)
+    assert sets[1:] == [[]]
+    # through the cursor (a TLS connection's path), the same
+    through: list[sqlwire.Rows] = []
+    sqlwire.through_cursor(raw, branch.format(v=99), through)
+    assert through == [[(1, 11, None), (2, 21, None), (3, 300000, None)]]
+    raw.rollback()
+
+
 def test_the_server_status_is_read_from_every_answer(raw: Any) -> None:
     """The writer quotes by the connection's sql_mode (NO_BACKSLASH_ESCAPES
     in server_status): a mode set by a query on the wire shows there."""
@@ -115,6 +142,9 @@ def test_an_answer_split_across_reads_is_read_whole(raw: Any) -> None:
         with pytest.raises(pymysql.err.IntegrityError) as e:
             wire.query("INSERT INTO t VALUES (1, 1)")
         assert e.value.args[0] == 1062
+        sets: list[sqlwire.Rows] = []
+        wire.query("BEGIN NOT ATOMIC SELECT id, v FROM t ORDER BY id; END", sets)
+        assert sets == [[(1, 3), (2, 3)]]
     finally:
         raw._sock = real
     raw.rollback()
@@ -127,11 +157,12 @@ def test_an_err_packet_is_raised_as_pymysqls_error_and_runs_nothing_after(raw: A
         wire.query("INSERT INTO t VALUES (1, 1); NOT SQL; INSERT INTO t VALUES (2, 2)")
     assert syntax.value.args[0] == 1064
     raw.rollback()
-    # the writer's MOVED signal, as the fast path's check sends it
+    # a signal inside a compound statement, as the fast path's is
     with pytest.raises(pymysql.err.MySQLError) as signal:
-        wire.query(f"BEGIN NOT ATOMIC UPDATE t SET v = 1 WHERE id = 7; {convlog.check_count(1)}; "
-                   "INSERT INTO t VALUES (7, 7); COMMIT; END")
-    assert convlog.moved(signal.value)
+        wire.query("BEGIN NOT ATOMIC UPDATE t SET v = 1 WHERE id = 7; IF ROW_COUNT() <> 1 THEN "
+                   "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'short'; END IF; INSERT INTO t VALUES (7, 7); "
+                   "COMMIT; END")
+    assert signal.value.args == (1644, "short")
     raw.rollback()
     assert _rows(raw) == []
     # the connection is still sound, for the wire and for PyMySQL
@@ -193,7 +224,7 @@ def test_a_tls_connection_keeps_pymysqls_path(mariadb: Any, monkeypatch: pytest.
         raw._secure = True  # type: ignore[union-attr]
         writer._wire = None  # made again for the connection: TLS is known from its handshake on
 
-        def refused(self: sqlwire.Wire, sql: str) -> int:
+        def refused(self: sqlwire.Wire, sql: str, sets: Any = None) -> int:
             raise AssertionError("a TLS connection's query went on the wire")
 
         monkeypatch.setattr(sqlwire.Wire, "query", refused)

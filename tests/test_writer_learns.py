@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 
-from gchat import convlog
+from gchat import convlog, sqlwire
 from gchat.protocol import loads
 from gchat.writer import LogWriter, Outgoing
 from tests.cluster_support import Cluster, RedisServer, running_cluster
@@ -130,3 +131,50 @@ def test_a_wrong_guess_takes_the_locking_path_and_numbers_stay_gap_free(backend:
         with db.transaction() as s:
             stored = convlog.messages_between(s, c, 0)
         assert [(m.seq, loads(m.body)["msg"]) for m in stored] == [(i + 1, f"m{i}") for i in range(8)]
+
+
+def test_a_moved_batch_is_written_in_two_round_trips(mariadb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast try that finds its conversation moved brings back, in the same
+    round trip, the rows it then locked: the batch is numbered again and
+    written in the next query. Two round trips on the writer's connection,
+    the locking path's count; before, four (the try, its ROLLBACK, the
+    lock's SELECT, the write): at 300 group messages a second across two
+    nodes a third of the batches paid them (docs/benchmarks.md)."""
+    with two_writers_on_a_pair(mariadb.create()) as (a, b, one, two, db):
+        def send(writer: LogWriter, text: str) -> int:
+            w, _ = writer.append(Outgoing(a, {"msgid": 5, "msg": text}, to=b))
+            return w.seq
+
+        assert send(two, "m0") == 1
+        c = two.pair(a, b)
+        assert [send(one, f"m{i}") for i in (1, 2)] == [2, 3]  # two has not heard of them
+        assert two._conn is not None
+        raw = two._conn.connection.dbapi_connection
+        trips: list[str] = []
+        query, command = sqlwire.Wire.query, pymysql.connections.Connection._execute_command
+
+        def on_the_wire(wire: sqlwire.Wire, sql: str, sets: Any = None) -> int:
+            if wire.raw is raw:
+                trips.append(sql.split(" ", 1)[0])
+            return query(wire, sql, sets)
+
+        def through_pymysql(conn: Any, kind: int, sql: Any) -> Any:
+            if conn is raw:
+                trips.append((sql.decode() if isinstance(sql, bytes) else sql).split(" ", 1)[0])
+            return command(conn, kind, sql)
+
+        monkeypatch.setattr(sqlwire.Wire, "query", on_the_wire)
+        monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", through_pymysql)
+        counts = two.counts.batches_fast, two.counts.batches_moved, two.counts.batches_locked
+        assert send(two, "m3") == 4
+        assert trips == ["BEGIN", "UPDATE"]  # the fast try (a compound statement), then the write
+        assert (two.counts.batches_fast, two.counts.batches_moved, two.counts.batches_locked) == (
+            counts[0], counts[1] + 1, counts[2] + 1)
+        del trips[:]
+        assert send(two, "m4") == 5  # where it moved was learnt under the lock: locked first now
+        assert trips == ["SELECT", "UPDATE"]
+        monkeypatch.undo()
+        with db.transaction() as s:
+            stored = convlog.messages_between(s, c, 0)
+        assert [(m.seq, loads(m.body)["msg"], loads(m.body)["cseq"]) for m in stored] == [
+            (i + 1, f"m{i}", i + 1) for i in range(5)]
