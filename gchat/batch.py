@@ -29,6 +29,14 @@ V_contra = TypeVar("V_contra", contravariant=True)
 # rows named in one IN (...) list: large enough for any storm to pay off,
 # small enough for a statement of bounded size
 MAX_BATCH = 500
+# a new worker waits what is left of a linger only when the stream's rate
+# says that many more calls come in it (Batcher._drain). With one, a stream
+# whose calls come in pairs (two nodes' members taking turns in a group: a
+# node's messages 3 ms apart, then 10) held the second of each pair for the
+# rest of the linger, for nothing: the next call came after it. A group
+# message's p50 across two nodes at 300 a second was 8.3 ms against 1.7-1.9
+# locally (docs/benchmarks.md, "A linger that waited for nothing")
+PACE_MIN = 2
 
 
 class Sink(Protocol[V_contra]):
@@ -49,7 +57,8 @@ class Batcher(Generic[K, V]):
         while the last one ran), so that it gathers more; one that follows a
         batch taken less than `linger` ago waits what is left of it when the
         calls' rate says more come in that time; the first after a quiet
-        spell of `linger` goes at once. `gather`: a lingering batch goes as
+        spell of `linger` goes at once (and one that would gather fewer than
+        PACE_MIN more). `gather`: a lingering batch goes as
         soon as this many calls wait (0: it waits the whole linger), so a
         long linger costs a slow stream latency, not a fast one."""
         self._run = run
@@ -94,12 +103,13 @@ class Batcher(Generic[K, V]):
                     else:
                         # a new worker waits what is left of a linger since the
                         # last batch was taken, when the stream's rate says more
-                        # calls come in it: at 1,000 messages a second the
-                        # worker often found none waiting and ended, and a
-                        # batch held three. A slower stream (100 a second)
-                        # would only wait, its batches held one either way
+                        # calls come in it (PACE_MIN): at 1,000 messages a
+                        # second the worker often found none waiting and
+                        # ended, and a batch held three. A slower stream (100
+                        # a second) would only wait, its batches held one
+                        # either way
                         wait = self._taken + self._linger - time.monotonic()
-                        if wait * self._rate < 1:
+                        if wait * self._rate < PACE_MIN:
                             wait = 0
                     if wait > 0:
                         self._lingering = Event()

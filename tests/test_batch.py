@@ -105,6 +105,33 @@ def test_a_call_soon_after_a_batch_waits_what_is_left_of_the_linger_when_more_ar
     assert sizes == [1, 1, 1]
 
 
+def test_a_stream_of_pairs_is_not_held_for_calls_that_do_not_come() -> None:
+    """Calls in pairs (a node's messages when two nodes' members take turns
+    in a group): the second of a pair comes soon after the first's batch,
+    and the next pair only after a linger. The stream's rate says about one
+    call in what is left of the linger: less than PACE_MIN, so the second
+    goes at once instead of waiting out the linger for nothing (it did, for
+    a batch of one each time: a group message's p50 across two nodes was
+    8.3 ms against 1.8 locally)."""
+    sizes: list[int] = []
+
+    def run(keys: list[int]) -> list[int]:
+        sizes.append(len(keys))
+        gevent.sleep(0.01)  # the batch's round trip
+        return keys
+
+    b: Batcher[int, int] = Batcher(run, linger=0.5)
+    waits = []
+    for pair in range(4):
+        for k in (2 * pair, 2 * pair + 1):
+            started = time.monotonic()
+            assert b(k) == k
+            waits.append(time.monotonic() - started)
+            gevent.sleep(0.15 if k % 2 == 0 else 0.55)  # the pair 0.15 s apart, then a linger and more
+    assert sizes == [1] * 8
+    assert max(waits) < 0.15, waits  # none held for the rest of the linger (0.35 s)
+
+
 def test_a_lingering_batch_goes_once_gather_calls_wait_and_a_slow_stream_waits_the_linger() -> None:
     """Settings.log_gather: a long linger costs a fast stream no latency (its
     batch goes as soon as `gather` calls wait) and gives a slow one bigger
