@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gevent
@@ -63,6 +64,16 @@ def test_a_busy_stream_lingers_to_share_a_batch_and_a_lone_call_does_not_wait(li
         assert sizes == [1, 3, 1]  # each batch took what had arrived
 
 
+def _round_trips(sizes: list[int]) -> Callable[[list[int]], list[int]]:
+    """A batch's work that takes a round trip (10 ms) and records its size."""
+    def run(keys: list[int]) -> list[int]:
+        sizes.append(len(keys))
+        gevent.sleep(0.01)
+        return keys
+
+    return run
+
+
 def test_a_call_soon_after_a_batch_waits_what_is_left_of_the_linger_when_more_are_coming() -> None:
     """A stream a little slower than the batch's round trip (each call finds
     the last batch done and its worker gone) still shares batches: a call
@@ -71,12 +82,7 @@ def test_a_call_soon_after_a_batch_waits_what_is_left_of_the_linger_when_more_ar
     (less than a call in what is left) and a call after a quiet spell go at
     once."""
     sizes: list[int] = []
-
-    def run(keys: list[int]) -> list[int]:
-        sizes.append(len(keys))
-        gevent.sleep(0.01)  # the batch's round trip
-        return keys
-
+    run = _round_trips(sizes)
     b: Batcher[int, int] = Batcher(run, linger=1.0)
     assert b(0) == 0  # the first: at once
     stream = []
@@ -114,12 +120,7 @@ def test_a_stream_of_pairs_is_not_held_for_calls_that_do_not_come() -> None:
     a batch of one each time: a group message's p50 across two nodes was
     8.3 ms against 1.8 locally)."""
     sizes: list[int] = []
-
-    def run(keys: list[int]) -> list[int]:
-        sizes.append(len(keys))
-        gevent.sleep(0.01)  # the batch's round trip
-        return keys
-
+    run = _round_trips(sizes)
     b: Batcher[int, int] = Batcher(run, linger=0.5)
     waits = []
     for pair in range(4):
@@ -137,12 +138,7 @@ def test_a_lingering_batch_goes_once_gather_calls_wait_and_a_slow_stream_waits_t
     batch goes as soon as `gather` calls wait) and gives a slow one bigger
     batches (it waits the whole linger); nothing is lost or reordered."""
     sizes: list[int] = []
-
-    def run(keys: list[int]) -> list[int]:
-        sizes.append(len(keys))
-        gevent.sleep(0.01)  # the batch's round trip
-        return keys
-
+    run = _round_trips(sizes)
     b: Batcher[int, int] = Batcher(run, linger=30.0, gather=3)
     first = gevent.spawn(b, 0)
     gevent.sleep(0.001)  # its batch runs; a burst arrives meanwhile
