@@ -527,10 +527,9 @@ class FastSql:
         A statement that fails (a duplicate key, a deadlock) ends it with
         its error, the rest unrun: the COMMIT goes only with a batch
         numbered right; the caller rolls back what ran."""
-        ids = sorted(expected)
+        lock, ids = self.lock(expected)
         return (f"BEGIN NOT ATOMIC {self.advance_if(expected)}; IF ROW_COUNT() <> {len(ids)} THEN ROLLBACK; "
-                f"{render(self._lock(len(ids)), ids)}; ELSE {self.append(rows, backslash_escapes)}; COMMIT; "
-                "END IF; END")
+                f"{render(lock, ids)}; ELSE {self.append(rows, backslash_escapes)}; COMMIT; END IF; END")
 
 
 def _ints_only(text: str, n: int) -> str:
