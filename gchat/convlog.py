@@ -288,7 +288,13 @@ def lock_conversations(conn: Connection, conv_ids: Iterable[int]) -> dict[int, t
     the commit. Locked in id order, so two nodes locking overlapping sets
     wait for each other instead of deadlocking."""
     ids = sorted(set(conv_ids))
-    return {i: (int(last), int(epoch)) for i, last, epoch in conn.execute(_LOCK, {"ids": ids})}
+    return locked_state(conn.execute(_LOCK, {"ids": ids}))
+
+
+def locked_state(rows: Iterable[Sequence[Any]]) -> dict[int, tuple[int, int]]:
+    """The lock's rows (id, last_seq, member_epoch), by any driver, as conv
+    -> (last_seq, member_epoch)."""
+    return {int(i): (int(last), int(epoch)) for i, last, epoch in rows}
 
 
 def group_members(conn: Connection, group_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:

@@ -432,7 +432,7 @@ class LogWriter:
             # moved: rolled back, nothing written; the batch's rows are locked now
             sent.clear()
             self.counts.batches_moved += 1
-            return self._write_locked(raw, items, _state(locked[0]), sent)
+            return self._write_locked(raw, items, convlog.locked_state(locked[0]), sent)
 
     def _locked(self, conn: Connection, items: list[tuple[Outgoing, int]],
                 sent: list[_Sent | bool]) -> list[Written | ProtocolError]:
@@ -447,7 +447,7 @@ class LogWriter:
             cur = raw.cursor()
             try:
                 _execute(raw, cur, sql, ids)
-                state = _state(cur.fetchall())
+                state = convlog.locked_state(cur.fetchall())
             finally:
                 cur.close()
             return self._write_locked(raw, items, state, sent)
@@ -649,12 +649,6 @@ class LogWriter:
             del self._groups[m.group]
         if m.to is not None and self._pairs.get(convlog.pair_key(m.sender, m.to)) == c:
             del self._pairs[convlog.pair_key(m.sender, m.to)]
-
-
-def _state(rows: Sequence[Sequence[Any]]) -> dict[int, tuple[int, int]]:
-    """The locking SELECT's rows (id, last_seq, member_epoch) as conv ->
-    (last_seq, member_epoch)."""
-    return {int(i): (int(last), int(epoch)) for i, last, epoch in rows}
 
 
 def _made_elsewhere(e: Conflict | ProtocolError) -> bool:
